@@ -1,0 +1,100 @@
+"""Audio: a librosa log-mel spectrogram fed to a spectrogram CNN that emits one token every 40 ms."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+SAMPLE_RATE = 16_000  # Hz
+N_FFT = 400  # samples: 25 ms analysis window
+HOP_LENGTH = 160  # samples: 10 ms between spectrogram frames
+N_MELS = 64  # mel bands between 0 Hz and the Nyquist frequency
+LOG_FLOOR = 1e-10  # power floor before the log, so digital silence stays finite
+FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 0.01 s per spectrogram frame
+TOKEN_STRIDE = 4  # spectrogram frames per audio token: the CNN pools time by 2 twice
+TOKEN_SECONDS = TOKEN_STRIDE * FRAME_SECONDS  # 0.04 s per audio token
+
+
+def log_mel(audio: np.ndarray) -> np.ndarray:
+    """Log-mel spectrogram of a mono 16 kHz waveform.
+
+    audio: (samples,) float32 in [-1, 1]
+    returns: (n_frames, N_MELS) float32, natural-log power; frame i is centred at i * FRAME_SECONDS
+    """
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio of shape (samples,), got {audio.shape}")
+    mel = librosa.feature.melspectrogram(
+        y=np.asarray(audio, dtype=np.float32),
+        sr=SAMPLE_RATE,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        n_mels=N_MELS,
+        power=2.0,
+    )
+    return np.log(np.maximum(mel, LOG_FLOOR)).T.astype(np.float32)
+
+
+def token_times(n_tokens: int) -> np.ndarray:
+    """(n_tokens,) float64 centre time in seconds of each audio token of a recording's spectrogram."""
+    return (np.arange(n_tokens) + 0.5) * TOKEN_SECONDS
+
+
+class SpectrogramCNN(nn.Module):
+    """2-D CNN over a log-mel spectrogram: (B, T, N_MELS) -> (B, ceil(T / 4), dim) tokens.
+
+    Padded frames are zeroed after every convolution, so they look exactly like the convolutions' own zero
+    padding: a clip gives the same tokens alone and batched with longer clips.
+    """
+
+    def __init__(self, *, dim: int = 128, channels: tuple[int, int, int] = (32, 64, 128)):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.input_norm = nn.BatchNorm2d(1)
+        self.blocks = nn.ModuleList(
+            [
+                ConvBlock(1, c1, pool=(2, 2)),  # time /2, mel 64 -> 32
+                ConvBlock(c1, c2, pool=(2, 2)),  # time /4, mel 32 -> 16
+                ConvBlock(c2, c3, pool=(1, 2)),  # mel 16 -> 8
+            ]
+        )
+        self.project = nn.Linear(c3 * (N_MELS // 8), dim)
+        self.dim = dim
+
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel: (B, T, N_MELS) log-mel; mask: (B, T) bool, True on real frames.
+
+        returns tokens (B, T', dim) and their mask (B, T') with T' = ceil(T / TOKEN_STRIDE)
+        """
+        pad = -mel.shape[1] % TOKEN_STRIDE
+        mel = nn.functional.pad(mel, (0, 0, 0, pad))
+        mask = nn.functional.pad(mask, (0, pad))
+        x = self.input_norm(rearrange(mel, "b t f -> b 1 t f")) * rearrange(mask, "b t -> b 1 t 1")
+        for block in self.blocks:
+            x, mask = block(x, mask)
+        tokens = self.project(rearrange(x, "b c t f -> b t (c f)"))
+        return tokens * mask[..., None], mask
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and GELU, then max-pooling; padded time steps are kept at zero."""
+
+    def __init__(self, c_in: int, c_out: int, *, pool: tuple[int, int]):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(c_out)
+        self.pool = nn.MaxPool2d(pool)
+        self.time_pool = pool[0]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, T, F); mask: (B, T) -> (B, C', T / time_pool, F / mel_pool) and the pooled mask."""
+        keep = rearrange(mask, "b t -> b 1 t 1")
+        x = nn.functional.gelu(self.norm1(self.conv1(x))) * keep
+        x = nn.functional.gelu(self.norm2(self.conv2(x))) * keep
+        # A pooled step is real if any frame under it was.
+        mask = rearrange(mask, "b (t p) -> b t p", p=self.time_pool).any(-1)
+        return self.pool(x) * rearrange(mask, "b t -> b 1 t 1"), mask

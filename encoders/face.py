@@ -1,0 +1,226 @@
+"""The face path: find the main face in sampled video frames, crop it like FER2013, and embed it with a CNN.
+
+Detection uses OpenCV's YuNet (an ONNX file, configured with ``FUSION_FACE_MODEL`` or the ``model`` argument)
+and falls back to OpenCV 4's bundled Haar cascade when no model is configured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from einops import rearrange
+from einops.layers.torch import Reduce
+from torch import nn
+
+from encoders.loading import FACE_ENV, ModelNotFoundError, choose_model
+
+FACE_SIZE = 48  # pixels: side of the grey face crop, as in FER2013
+# Fraction of the box side added around the detected box before cropping. YuNet's box already spans forehead to
+# chin (it is taller than wide, and the crop side is max(w, h)), which is how FER2013 frames faces. Measured with
+# YuNet's landmarks on 517 FER2013 training images vs. crops of the 12 shared clips, as fractions of the crop side
+# (medians): eye distance 0.357 vs. 0.341, eye line 0.381 vs. 0.382, mouth line 0.735 vs. 0.727 at margin 0.0; a
+# margin of 0.1 shrinks the face to an eye distance of 0.310, below three quarters of FER2013 faces.
+FACE_MARGIN = 0.0
+# pixels: frames are downscaled so their longer side is at most this before detection (the input size of OpenCV's
+# YuNet sample; faces in recorded video fill a good part of the frame); boxes are mapped back to full resolution
+DETECT_MAX_SIDE = 320
+# YuNet confidence threshold. Frontal faces in the shared clips score 0.92-0.95, just above OpenCV's default of 0.9,
+# so that default would drop a turned or blurred face; a stray box let through does not persist across frames,
+# so select_main_face does not pick it.
+MIN_SCORE = 0.7
+TRACK_IOU = 0.3  # IoU with a track's latest box needed to extend it; a talking head at 5 fps moves far less
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+HAAR_MIN_NEIGHBORS = 5  # overlapping Haar hits needed to accept a face: OpenCV's recommended value
+PIXEL_MEAN = 0.51  # FER2013 grey level mean in [0, 1] (measured on 3,000 training images)
+PIXEL_STD = 0.31  # FER2013 grey level standard deviation in [0, 1]
+
+
+class FaceDetector:
+    """Finds faces in BGR frames: YuNet (cv2.FaceDetectorYN) when a model file is configured, else OpenCV 4's
+    bundled Haar cascade."""
+
+    backend: str  # "yunet" or "haar"
+
+    def __init__(self, model: str | os.PathLike | None = None):
+        path = choose_model(model, env_var=FACE_ENV, default=None)
+        if path is None:
+            self.backend = "haar"
+            self._haar = _load_haar()
+            return
+        if not Path(path).expanduser().is_file():
+            raise ModelNotFoundError(
+                what="YuNet face detector", requested=path, env_var=FACE_ENV, argument="face_model",
+                reason="no such file",
+            )
+        self.backend = "yunet"
+        self._input_size = (DETECT_MAX_SIDE, DETECT_MAX_SIDE)
+        try:
+            self._yunet = cv2.FaceDetectorYN.create(
+                str(Path(path).expanduser()), "", self._input_size, score_threshold=MIN_SCORE
+            )
+        except cv2.error as err:
+            raise ModelNotFoundError(
+                what="YuNet face detector", requested=path, env_var=FACE_ENV, argument="face_model",
+                reason="OpenCV cannot read it as a YuNet ONNX model",
+            ) from err
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 BGR -> (n, 5) float32 rows x, y, w, h, score in full-resolution pixels (score 1.0 for
+        Haar)."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 BGR frame, got {frame.shape} {frame.dtype}")
+        height, width = frame.shape[:2]
+        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = frame if size == (width, height) else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        if self.backend == "yunet":
+            if size != self._input_size:
+                self._yunet.setInputSize(size)
+                self._input_size = size
+            _, faces = self._yunet.detect(small)
+            rows = np.zeros((0, 5), np.float32) if faces is None else faces[:, [0, 1, 2, 3, 14]]
+        else:
+            grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+            boxes = np.asarray(self._haar.detectMultiScale(grey, minNeighbors=HAAR_MIN_NEIGHBORS), np.float32)
+            boxes = boxes.reshape(-1, 4)
+            rows = np.concatenate([boxes, np.ones((len(boxes), 1), np.float32)], axis=1)
+        # the downscaled frame was resized per axis to whole pixels, so map each axis back with its own ratio
+        to_full = np.array([width / size[0], height / size[1]] * 2 + [1.0], np.float32)
+        return rows * to_full
+
+
+def _load_haar() -> cv2.CascadeClassifier:
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    if folder is None or not hasattr(cv2, "CascadeClassifier") or not (Path(folder) / HAAR_CASCADE).is_file():
+        raise ModelNotFoundError(
+            what="Haar cascade face detector", requested=HAAR_CASCADE, env_var=FACE_ENV, argument="face_model",
+            reason=f"OpenCV {cv2.__version__} does not ship Haar cascades (OpenCV 5 removed them), so the YuNet "
+            f"face detector (face_detection_yunet.onnx) must be configured",
+        )
+    cascade = cv2.CascadeClassifier(str(Path(folder) / HAAR_CASCADE))
+    if cascade.empty():
+        raise ModelNotFoundError(
+            what="Haar cascade face detector", requested=str(Path(folder) / HAAR_CASCADE), env_var=FACE_ENV,
+            argument="face_model", reason="OpenCV could not parse the cascade file",
+        )
+    return cascade
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(4,) box and (n, 4) boxes, x, y, w, h -> (n,) intersection over union."""
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
+    y1 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
+
+
+def select_main_face(detections: list[np.ndarray]) -> np.ndarray:
+    """Per-frame detections -> (n_frames, 4) float32 boxes of the main face, NaN rows where it is absent.
+
+    Each element of ``detections`` is an (n, 4 or 5) array of x, y, w, h (and score) rows. The main face is the
+    largest and most persistent: detections are linked across frames into tracks by IoU with each track's latest
+    box (a track survives frames where it was missed), each track is scored by the sum of its box areas, and the
+    best track is kept.
+    """
+    tracks: list[dict[int, np.ndarray]] = []  # frame index -> box
+    for t, dets in enumerate(detections):
+        boxes = np.asarray(dets, np.float32)[:, :4]
+        extended: set[int] = set()
+        # larger boxes pick their track first, so a small face next to the main one cannot steal its track
+        for box in boxes[np.argsort(-boxes[:, 2] * boxes[:, 3])]:
+            free = [k for k in range(len(tracks)) if k not in extended]
+            if free:
+                latest = np.stack([next(reversed(tracks[k].values())) for k in free])
+                overlaps = _iou(box, latest)
+                best = int(np.argmax(overlaps))
+                if overlaps[best] >= TRACK_IOU:
+                    tracks[free[best]][t] = box
+                    extended.add(free[best])
+                    continue
+            tracks.append({t: box})
+            extended.add(len(tracks) - 1)
+    main = np.full((len(detections), 4), np.nan, np.float32)
+    if tracks:
+        best_track = max(tracks, key=lambda track: sum(float(b[2] * b[3]) for b in track.values()))
+        for t, box in best_track.items():
+            main[t] = box
+    return main
+
+
+def crop_face(frame: np.ndarray, box: np.ndarray, *, margin: float = FACE_MARGIN) -> np.ndarray:
+    """(H, W, 3) BGR frame, (4,) box -> (FACE_SIZE, FACE_SIZE) uint8 grey: a square around the box centre, side
+    max(w, h) * (1 + margin), zero padded where it leaves the frame, converted to grey and resized (INTER_AREA)."""
+    x, y, w, h = (float(v) for v in box)
+    if not np.isfinite([x, y, w, h]).all() or w <= 0 or h <= 0:
+        raise ValueError(f"expected a finite box with positive width and height, got {box}")
+    side = max(1, round(max(w, h) * (1 + margin)))
+    left, top = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, width), min(top + side, height)
+    square = np.zeros((side, side), np.uint8)
+    if x1 > x0 and y1 > y0:
+        square[y0 - top : y1 - top, x0 - left : x1 - left] = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+    return cv2.resize(square, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class FaceCrops:
+    crops: np.ndarray  # (n_frames, FACE_SIZE, FACE_SIZE) uint8 grey; all zeros where no face
+    present: np.ndarray  # (n_frames,) bool
+    boxes: np.ndarray  # (n_frames, 4) float32 x, y, w, h in frame pixels; NaN where no face
+
+
+def extract_faces(frames: np.ndarray, detector: FaceDetector) -> FaceCrops:
+    """(n_frames, H, W, 3) uint8 BGR -> the main face's crop in every frame. Works for n_frames == 0."""
+    boxes = select_main_face([detector.detect(frame) for frame in frames])
+    present = ~np.isnan(boxes).any(axis=1)
+    crops = np.zeros((len(frames), FACE_SIZE, FACE_SIZE), np.uint8)
+    for t in np.flatnonzero(present):
+        crops[t] = crop_face(frames[t], boxes[t])
+    return FaceCrops(crops=crops, present=present, boxes=boxes)
+
+
+def face_pixels(crops: np.ndarray) -> torch.Tensor:
+    """(n, FACE_SIZE, FACE_SIZE) uint8 grey crops -> (n, 1, FACE_SIZE, FACE_SIZE) float32 in [0, 1] for FaceCNN."""
+    if crops.ndim != 3 or crops.shape[1:] != (FACE_SIZE, FACE_SIZE) or crops.dtype != np.uint8:
+        raise ValueError(f"expected (n, {FACE_SIZE}, {FACE_SIZE}) uint8 crops, got {crops.shape} {crops.dtype}")
+    pixels = torch.from_numpy(np.ascontiguousarray(crops)).float() / 255.0
+    return rearrange(pixels, "n h w -> n 1 h w")
+
+
+def _stage(channels_in: int, channels_out: int) -> nn.Sequential:
+    """Two 3x3 conv + BatchNorm + ReLU, then a 2x2 max-pool: (N, C_in, H, W) -> (N, C_out, H / 2, W / 2)."""
+    layers: list[nn.Module] = []
+    for c_in in (channels_in, channels_out):
+        # no conv bias: the BatchNorm right after has its own shift
+        layers += [nn.Conv2d(c_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
+
+
+class FaceCNN(nn.Module):
+    """Face expression CNN over FER2013-style crops: (N, 1, 48, 48) float in [0, 1] -> (N, dim) embeddings.
+
+    VGG-style: four stages of widths 32, 64, 128, 256 take 48 -> 24 -> 12 -> 6 -> 3 pixels, then global average
+    pooling, dropout and a linear projection to ``dim``. About 1.2M parameters at dim=256.
+    """
+
+    def __init__(self, *, dim: int = 256, dropout: float = 0.3):
+        super().__init__()
+        self.dim = dim
+        widths = (1, 32, 64, 128, 256)
+        self.stages = nn.Sequential(*(_stage(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:])))
+        self.head = nn.Sequential(
+            Reduce("n c h w -> n c", "mean"), nn.Dropout(dropout), nn.Linear(widths[-1], dim)
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 1, FACE_SIZE, FACE_SIZE) float in [0, 1] -> (N, dim)."""
+        # normalised here so every caller (training on FER2013, inference on video crops) passes plain pixels
+        return self.head(self.stages((pixels - PIXEL_MEAN) / PIXEL_STD))

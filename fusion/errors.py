@@ -1,0 +1,36 @@
+"""The exceptions a user of :mod:`fusion` can catch."""
+
+from __future__ import annotations
+
+import os
+
+from encoders.loading import ModelNotFoundError
+
+
+class FusionError(Exception):
+    """Base class of the errors raised by :mod:`fusion` about a specific input or checkpoint."""
+
+
+class MediaError(FusionError):
+    """A file could not be decoded: missing, empty, truncated, or not a media file FFmpeg reads."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class NoModalityError(FusionError):
+    """A recording has nothing to predict from: no audio track and no face in any sampled frame."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CheckpointError(FusionError):
+    """A checkpoint is missing, unreadable, or incompatible with this version of the code."""
+
+
+__all__ = ["FusionError", "MediaError", "NoModalityError", "CheckpointError", "ModelNotFoundError"]

@@ -1,0 +1,147 @@
+"""From a decoded recording to the fusion model's inputs.
+
+The frozen parts of every encoder run here, once per recording: the log-mel front end, Whisper and BERT, face
+detection and cropping. The trainable parts (spectrogram CNN, face CNN, fusion) live in :mod:`fusion.model`
+and take these features, so training and prediction share one feature path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from alignment import Stream
+from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
+from encoders.face import FACE_SIZE, FaceDetector, extract_faces, face_pixels
+from encoders.text import Transcriber, Utterance, WordEncoder
+from fusion.media import DEFAULT_FPS, Media, decode
+
+
+@dataclass
+class RecordingFeatures:
+    """What the frozen encoders make of one recording.
+
+    mel: (n_frames, N_MELS) float32 log-mel, frame i at i * FRAME_SECONDS; None when there is no audio track
+    utterances: Whisper's transcript with word times; [] when nothing is said or there is no audio
+    word_embeddings: (n_words, text_dim) float32, one row per word of the utterances, in order
+    face_crops: (n_frames, 48, 48) uint8 grey crops of the main face (zeros where absent); None: no video track
+    face_times: (n_frames,) float64 seconds; face_present: (n_frames,) bool
+    timings: seconds spent per stage
+    """
+
+    path: str
+    duration: float
+    mel: np.ndarray | None
+    utterances: list[Utterance]
+    word_embeddings: np.ndarray
+    face_crops: np.ndarray | None
+    face_times: np.ndarray | None
+    face_present: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this recording actually has: audio track, spoken words, a face in some frame."""
+        present = []
+        if self.mel is not None:
+            present.append("audio")
+        if len(self.word_embeddings):
+            present.append("text")
+        if self.face_present is not None and self.face_present.any():
+            present.append("video")
+        return tuple(present)
+
+    @property
+    def word_times(self) -> np.ndarray:
+        """(n_words, 2) float64 start, end seconds of each word."""
+        times = [(w.start, w.end) for u in self.utterances for w in u.words]
+        return np.asarray(times, dtype=np.float64).reshape(-1, 2)
+
+    def streams(self) -> dict[str, Stream]:
+        """The encoder inputs of each modality as streams on the recording's timeline."""
+        if self.mel is None:
+            audio = Stream.empty(N_MELS)
+        else:
+            mel = torch.from_numpy(self.mel)
+            audio = Stream(mel, torch.arange(len(mel)) * FRAME_SECONDS, torch.ones(len(mel), dtype=torch.bool))
+        words = torch.from_numpy(self.word_embeddings)
+        text = Stream(words, torch.from_numpy(self.word_times.mean(1)).float(), torch.ones(len(words), dtype=torch.bool))
+        if self.face_crops is None:
+            video = Stream.empty(1, FACE_SIZE, FACE_SIZE)
+        else:
+            video = Stream(
+                face_pixels(self.face_crops),
+                torch.from_numpy(self.face_times).float(),
+                torch.from_numpy(self.face_present),
+            )
+        return {"audio": audio, "text": text, "video": video}
+
+
+class FeatureExtractor:
+    """Holds the frozen models (Whisper, BERT, face detector), each loaded once, and extracts features per file.
+
+    Models are chosen by argument, else by the environment variables FUSION_WHISPER_MODEL, FUSION_TEXT_MODEL and
+    FUSION_FACE_MODEL, else by name (downloaded when online).
+    """
+
+    def __init__(
+        self,
+        *,
+        whisper_model: str | os.PathLike | None = None,
+        text_model: str | os.PathLike | None = None,
+        face_model: str | os.PathLike | None = None,
+        fps: float = DEFAULT_FPS,
+        device: str | torch.device | None = None,
+    ):
+        self.transcriber = Transcriber(whisper_model, device=device)
+        self.word_encoder = WordEncoder(text_model, device=device)
+        self.face_detector = FaceDetector(face_model)
+        self.fps = fps
+
+    def __call__(self, path: str | os.PathLike) -> RecordingFeatures:
+        """Decode a file once and extract every modality's features."""
+        timings: dict[str, float] = {}
+        with _timed(timings, "decode"):
+            media = decode(path, fps=self.fps)
+        return self.extract(media, timings=timings)
+
+    def extract(self, media: Media, *, timings: dict[str, float] | None = None) -> RecordingFeatures:
+        timings = {} if timings is None else timings
+        mel, utterances = None, []
+        if media.audio is not None:
+            with _timed(timings, "log_mel"):
+                mel = log_mel(media.audio)
+            with _timed(timings, "whisper"):
+                utterances = self.transcriber.transcribe(media.audio)
+        with _timed(timings, "bert"):
+            word_embeddings = self.word_encoder.encode(utterances).numpy()
+
+        crops = times = present = None
+        if media.frames is not None:
+            with _timed(timings, "face_detection"):
+                faces = extract_faces(media.frames, self.face_detector)
+            crops, times, present = faces.crops, media.frame_times, faces.present
+        return RecordingFeatures(
+            path=media.path,
+            duration=media.duration,
+            mel=mel,
+            utterances=utterances,
+            word_embeddings=word_embeddings,
+            face_crops=crops,
+            face_times=times,
+            face_present=present,
+            timings=timings,
+        )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start

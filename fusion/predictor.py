@@ -1,0 +1,270 @@
+"""Prediction: a recording in, an emotion timeline out.
+
+    >>> import fusion
+    >>> result = fusion.predict("interview.mp4", checkpoint="runs/model")
+    >>> result.timeline          # one row per segment: start, end, text, probabilities, label, modalities
+    >>> result.summary           # clip-level probabilities and label
+
+`fusion.load(checkpoint)` returns a :class:`Predictor` that loads every model once and predicts many files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments, pad_streams
+from encoders.audio import TOKEN_STRIDE
+from encoders.loading import TEXT_ENV, WHISPER_ENV, choose_model
+from fusion import checkpoint as checkpoints
+from fusion.errors import CheckpointError, NoModalityError
+from fusion.features import FeatureExtractor, RecordingFeatures
+from fusion.model import MODALITIES, FusionBatch, FusionModel, modalities_present
+from fusion.runtime import autocast, pick_device
+
+CHECKPOINT_ENV = "FUSION_CHECKPOINT"
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
+SEGMENT_BATCH = 32  # segments fused per forward pass
+AUDIO_CHUNK_FRAMES = 3000  # spectrogram frames (30 s) per audio CNN input, so memory does not grow with duration
+AUDIO_CHUNK_BATCH = 8  # audio chunks per audio CNN pass
+FACE_BATCH = 256  # face crops per face CNN pass
+
+
+@dataclass
+class Prediction:
+    """The emotion timeline of one recording.
+
+    timeline: one row per segment with columns start, end (seconds), text, face_present (share of sampled
+        frames with a face; NaN without video), one probability column per emotion, label (top emotion) and
+        modalities (comma-separated, those with a token inside the segment). A segment with no modality at
+        all has NaN probabilities and an empty label.
+    summary: {"probabilities": {emotion: p}, "label": str, "modalities": [...]}, the duration-weighted mean
+        over the predicted segments.
+    """
+
+    file: str
+    duration: float
+    labels: tuple[str, ...]
+    timeline: pd.DataFrame
+    summary: dict
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        segments = []
+        for row in self.timeline.itertuples(index=False):
+            row = row._asdict()
+            segments.append(
+                {
+                    "start": row["start"],
+                    "end": row["end"],
+                    "text": row["text"],
+                    "modalities": row["modalities"].split(",") if row["modalities"] else [],
+                    "face_present": None if np.isnan(row["face_present"]) else row["face_present"],
+                    "probabilities": {e: None if np.isnan(row[e]) else row[e] for e in self.labels},
+                    "label": row["label"] or None,
+                }
+            )
+        return {
+            "file": self.file,
+            "duration": self.duration,
+            "segments": segments,
+            "summary": self.summary,
+            "timings": self.timings,
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str | None:
+        """The timeline as CSV: written to path, or returned as a string when path is None."""
+        return self.timeline.to_csv(path, index=False, float_format="%.6g")
+
+
+class Predictor:
+    """Loads a checkpoint and the frozen encoders once; :meth:`predict` then scores any number of files.
+
+    Whisper and the text model default to the ones named in the checkpoint; the arguments or the environment
+    variables FUSION_WHISPER_MODEL / FUSION_TEXT_MODEL / FUSION_FACE_MODEL point at local copies.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        *,
+        whisper_model: str | os.PathLike | None = None,
+        text_model: str | os.PathLike | None = None,
+        face_model: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+    ):
+        self.device = pick_device(device)
+        self.checkpoint = checkpoints.load(resolve_checkpoint(checkpoint), device=self.device)
+        self.model: FusionModel = self.checkpoint.model
+        self.extractor = FeatureExtractor(
+            whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=self.checkpoint.encoders.whisper),
+            text_model=choose_model(text_model, env_var=TEXT_ENV, default=self.checkpoint.encoders.text),
+            face_model=face_model,
+            fps=self.checkpoint.fps,
+            device=self.device,
+        )
+        if self.extractor.word_encoder.dim != self.model.config.text_dim:
+            raise CheckpointError(
+                f"{self.checkpoint.path}: trained on {self.model.config.text_dim}-d text embeddings, but the text "
+                f"model {self.extractor.word_encoder.name} gives {self.extractor.word_encoder.dim}-d ones"
+            )
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.config.labels
+
+    def predict(
+        self, path: str | os.PathLike, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
+    ) -> Prediction:
+        """Decode, encode, align and fuse one recording.
+
+        segments: "utterance" (Whisper's utterances, pauses and silence in windows of about window_s seconds)
+        or "window" (fixed windows of about window_s seconds).
+        Raises MediaError for an unreadable file and NoModalityError when it has neither audio nor a face.
+        """
+        return self.predict_features(self.extractor(path), segments=segments, window_s=window_s)
+
+    def predict_features(
+        self, features: RecordingFeatures, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
+    ) -> Prediction:
+        """The timeline of a recording whose features are already extracted."""
+        if not features.modalities:
+            raise NoModalityError(features.path, "no audio track and no face in any sampled frame")
+        timeline = make_segments(features.utterances, features.duration, mode=segments, window_s=window_s)
+        timings = dict(features.timings)
+        with torch.inference_mode(), autocast(self.device):
+            tokens = self._encode(features, timings)
+            start = time.perf_counter()
+            probabilities, present = self._fuse(tokens, timeline)
+            timings["fusion"] = time.perf_counter() - start
+        return self._result(features, timeline, probabilities, present, timings)
+
+    def _encode(self, features: RecordingFeatures, timings: dict[str, float]) -> dict[str, Stream]:
+        """Run the trainable encoders over the whole recording once: audio tokens and face embeddings."""
+        inputs = features.streams()
+        start = time.perf_counter()
+        audio = self._encode_audio(inputs["audio"])
+        timings["audio_cnn"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        video = inputs["video"]
+        embeddings = torch.zeros(len(video), self.model.config.face_dim)
+        real = torch.nonzero(video.mask).flatten()
+        for first in range(0, len(real), FACE_BATCH):
+            rows = real[first : first + FACE_BATCH]
+            embeddings[rows] = self.model.face_encoder(video.values[rows].to(self.device)).float().cpu()
+        timings["face_cnn"] = time.perf_counter() - start
+        return {"audio": audio, "text": inputs["text"], "video": Stream(embeddings, video.times, video.mask)}
+
+    def _encode_audio(self, mel: Stream) -> Stream:
+        """Log-mel frames -> audio tokens, in 30 s chunks batched AUDIO_CHUNK_BATCH at a time."""
+        chunk = AUDIO_CHUNK_FRAMES - AUDIO_CHUNK_FRAMES % TOKEN_STRIDE
+        pieces = [mel[i : i + chunk] for i in range(0, len(mel), chunk)]
+        values, times = [torch.zeros(0, self.model.config.audio_dim)], [torch.zeros(0)]
+        for first in range(0, len(pieces), AUDIO_CHUNK_BATCH):
+            encoded = self.model.encode_audio(pad_streams(pieces[first : first + AUDIO_CHUNK_BATCH]).to(self.device))
+            keep = encoded.mask.cpu()
+            values.append(encoded.values.float().cpu()[keep])
+            times.append(encoded.times.cpu()[keep])
+        values, times = torch.cat(values), torch.cat(times)
+        return Stream(values, times, torch.ones(len(times), dtype=torch.bool))
+
+    def _fuse(self, tokens: dict[str, Stream], timeline: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """Per segment (with the context its attention can reach): (S, n_labels) probabilities, (S, 3) presence."""
+        context = self.model.config.context_s
+        probabilities, present = [], []
+        for first in range(0, len(timeline), SEGMENT_BATCH):
+            batch_segments = timeline[first : first + SEGMENT_BATCH]
+            examples = [{m: tokens[m].between(s.start - context, s.end + context) for m in MODALITIES}
+                        for s in batch_segments]
+            batch = FusionBatch.collate(examples, [(s.start, s.end) for s in batch_segments]).to(self.device)
+            logits = self.model.fuse(batch.streams, batch.segments)
+            probabilities.append(torch.softmax(logits.float(), -1).cpu())
+            present.append(modalities_present(batch.streams, batch.segments).cpu())
+        return torch.cat(probabilities).numpy(), torch.cat(present).numpy()
+
+    def _result(self, features, timeline, probabilities, present, timings) -> Prediction:
+        probabilities = np.where(present.any(1, keepdims=True), probabilities, np.nan)
+        rows = []
+        for segment, p, has in zip(timeline, probabilities, present):
+            rows.append(
+                {
+                    "start": round(segment.start, 3),
+                    "end": round(segment.end, 3),
+                    "text": segment.text,
+                    "face_present": _face_share(features, segment),
+                    **dict(zip(self.labels, p.tolist())),
+                    "label": self.labels[int(np.argmax(p))] if has.any() else "",
+                    "modalities": ",".join(m for m, h in zip(MODALITIES, has) if h),
+                }
+            )
+        frame = pd.DataFrame(rows)
+        weights = np.array([s.end - s.start for s in timeline]) * present.any(1)
+        clip = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+        summary = {
+            "probabilities": dict(zip(self.labels, clip.tolist())),
+            "label": self.labels[int(np.argmax(clip))],
+            "modalities": list(features.modalities),
+        }
+        return Prediction(features.path, features.duration, self.labels, frame, summary, timings)
+
+
+def _face_share(features: RecordingFeatures, segment: Segment) -> float:
+    """Share of the sampled frames inside the segment that show a face; NaN without video or frames."""
+    if features.face_times is None:
+        return float("nan")
+    inside = (features.face_times >= segment.start) & (features.face_times < segment.end)
+    return float(features.face_present[inside].mean()) if inside.any() else float("nan")
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
+    """The checkpoint to load: the argument, else $FUSION_CHECKPOINT, else the default model shipped with the package."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if os.environ.get(CHECKPOINT_ENV):
+        return Path(os.environ[CHECKPOINT_ENV])
+    if (DEFAULT_CHECKPOINT / checkpoints.CONFIG_FILE).is_file():
+        return DEFAULT_CHECKPOINT
+    raise CheckpointError(
+        "No checkpoint given and no default model is installed with this package. Pass checkpoint=PATH "
+        f"(command line: --checkpoint PATH) or set {CHECKPOINT_ENV}=PATH to a folder written by fusion training."
+    )
+
+
+def load(checkpoint: str | os.PathLike | None = None, **options) -> Predictor:
+    """A :class:`Predictor` with every model loaded once; options as for :class:`Predictor`."""
+    return Predictor(checkpoint, **options)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_predictor(checkpoint: str | None, options: tuple) -> Predictor:
+    return Predictor(checkpoint, **dict(options))
+
+
+def predict(
+    video_path: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    segments: str = "utterance",
+    window_s: float = DEFAULT_WINDOW_S,
+    **options,
+) -> Prediction:
+    """Predict the emotion timeline of one recording.
+
+    The models are loaded on the first call and reused by later calls with the same checkpoint and options.
+    options: whisper_model, text_model, face_model, device (see :class:`Predictor`).
+    """
+    key = None if checkpoint is None else os.fspath(checkpoint)
+    options = tuple(sorted((k, None if v is None else str(v)) for k, v in options.items()))
+    return _cached_predictor(key, options).predict(video_path, segments=segments, window_s=window_s)
