@@ -182,4 +182,3 @@ def in_segments(times: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor)
     """
     start, end = segments[:, :1], segments[:, 1:]
     return mask & (times >= start) & (times <= end)
-

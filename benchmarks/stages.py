@@ -1,4 +1,5 @@
-"""Time each stage of prediction on one file: decode, log-mel, Whisper, BERT, face detection, face CNN, audio CNN, fusion.
+"""Time each stage of prediction on one file: decode, log-mel, Whisper, BERT, face detection, face CNN,
+audio CNN, fusion.
 
     python benchmarks/stages.py ../shared/data/av-clips/ravdess/01-01-01-01-01-01-01.mp4 --repeats 5
 
@@ -46,8 +47,10 @@ def main() -> None:
             runs.append(result.timings | {"total": time.perf_counter() - start})
 
     print(f"file: {args.file} ({result.duration:.2f} s, modalities {', '.join(result.summary['modalities'])})")
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {predictor.device}; "
-          f"torch {torch.__version__}")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {predictor.device}; "
+        f"torch {torch.__version__}"
+    )
     print(f"checkpoint: {'random weights (timing only)' if not args.checkpoint else args.checkpoint}")
     print(f"model loading (once per process): {load_s:.2f} s")
     print(f"median of {args.repeats} predictions after a warm-up:")

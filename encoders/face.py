@@ -54,7 +54,10 @@ class FaceDetector:
             return
         if not Path(path).expanduser().is_file():
             raise ModelNotFoundError(
-                what="YuNet face detector", requested=path, env_var=FACE_ENV, argument="face_model",
+                what="YuNet face detector",
+                requested=path,
+                env_var=FACE_ENV,
+                argument="face_model",
                 reason="no such file",
             )
         self.backend = "yunet"
@@ -65,7 +68,10 @@ class FaceDetector:
             )
         except cv2.error as err:
             raise ModelNotFoundError(
-                what="YuNet face detector", requested=path, env_var=FACE_ENV, argument="face_model",
+                what="YuNet face detector",
+                requested=path,
+                env_var=FACE_ENV,
+                argument="face_model",
                 reason="OpenCV cannot read it as a YuNet ONNX model",
             ) from err
 
@@ -98,15 +104,21 @@ def _load_haar() -> cv2.CascadeClassifier:
     folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
     if folder is None or not hasattr(cv2, "CascadeClassifier") or not (Path(folder) / HAAR_CASCADE).is_file():
         raise ModelNotFoundError(
-            what="Haar cascade face detector", requested=HAAR_CASCADE, env_var=FACE_ENV, argument="face_model",
+            what="Haar cascade face detector",
+            requested=HAAR_CASCADE,
+            env_var=FACE_ENV,
+            argument="face_model",
             reason=f"OpenCV {cv2.__version__} does not ship Haar cascades (OpenCV 5 removed them), so the YuNet "
             f"face detector (face_detection_yunet.onnx) must be configured",
         )
     cascade = cv2.CascadeClassifier(str(Path(folder) / HAAR_CASCADE))
     if cascade.empty():
         raise ModelNotFoundError(
-            what="Haar cascade face detector", requested=str(Path(folder) / HAAR_CASCADE), env_var=FACE_ENV,
-            argument="face_model", reason="OpenCV could not parse the cascade file",
+            what="Haar cascade face detector",
+            requested=str(Path(folder) / HAAR_CASCADE),
+            env_var=FACE_ENV,
+            argument="face_model",
+            reason="OpenCV could not parse the cascade file",
         )
     return cascade
 
@@ -216,9 +228,7 @@ class FaceCNN(nn.Module):
         self.dim = dim
         widths = (1, 32, 64, 128, 256)
         self.stages = nn.Sequential(*(_stage(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:])))
-        self.head = nn.Sequential(
-            Reduce("n c h w -> n c", "mean"), nn.Dropout(dropout), nn.Linear(widths[-1], dim)
-        )
+        self.head = nn.Sequential(Reduce("n c h w -> n c", "mean"), nn.Dropout(dropout), nn.Linear(widths[-1], dim))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 1, FACE_SIZE, FACE_SIZE) float in [0, 1] -> (N, dim)."""

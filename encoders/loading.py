@@ -49,7 +49,8 @@ def looks_like_path(name_or_path: str) -> bool:
         name_or_path.startswith((".", "/", "~"))
         or name_or_path.endswith((".pt", ".onnx", ".safetensors"))
         or Path(name_or_path).is_absolute()  # also C:\ and C:/ on Windows
-        or ("/" in name_or_path or os.sep in name_or_path) and not _is_hub_id(name_or_path)
+        or ("/" in name_or_path or os.sep in name_or_path)
+        and not _is_hub_id(name_or_path)
         or Path(name_or_path).exists()
     )
 

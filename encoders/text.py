@@ -26,6 +26,7 @@ from encoders.loading import (
     choose_model,
     looks_like_path,
 )
+from encoders.runtime import pick_device
 
 MIN_AUDIO_SECONDS = 0.1  # shorter than any spoken word: not worth a Whisper call
 GATE_FRAME_SECONDS = 0.025  # one 25 ms frame, the usual speech analysis window
@@ -64,10 +65,6 @@ class Utterance:
     words: tuple[Word, ...]
 
 
-def _default_device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Transcriber:
     """Whisper speech recognition with word timestamps. Loads the model once; call transcribe() many times.
 
@@ -77,7 +74,7 @@ class Transcriber:
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
         self.name: str = choose_model(model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL)
-        self.device = _default_device(device)
+        self.device = pick_device(device)
         self.model = _load_whisper(self.name, self.device)
 
     def transcribe(self, audio: np.ndarray) -> list[Utterance]:
@@ -162,7 +159,7 @@ class WordEncoder:
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
         self.name: str = choose_model(model, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL)
-        self.device = _default_device(device)
+        self.device = pick_device(device)
         self.tokenizer, self.model = _load_bert(self.name)
         if not self.tokenizer.is_fast:
             raise ValueError(f"text model '{self.name}': pooling word pieces needs a fast tokenizer (word_ids)")

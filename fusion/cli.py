@@ -21,10 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--checkpoint", help="checkpoint folder (default: $FUSION_CHECKPOINT or the shipped model)")
     predict.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     predict.add_argument("--output", "-o", help="write to this file instead of standard output")
-    predict.add_argument("--segments", choices=SEGMENT_MODES, default="utterance",
-                         help="utterance: Whisper's utterances (default); window: fixed windows")
-    predict.add_argument("--window", type=float, default=DEFAULT_WINDOW_S,
-                         help=f"window length in seconds for silence and --segments window (default {DEFAULT_WINDOW_S})")
+    predict.add_argument(
+        "--segments",
+        choices=SEGMENT_MODES,
+        default="utterance",
+        help="utterance: Whisper's utterances (default); window: fixed windows",
+    )
+    predict.add_argument(
+        "--window",
+        type=float,
+        default=DEFAULT_WINDOW_S,
+        help=f"window length in seconds for silence and --segments window (default {DEFAULT_WINDOW_S})",
+    )
     predict.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     predict.add_argument("--whisper-model", help="Whisper name or checkpoint path (default: $FUSION_WHISPER_MODEL)")
     predict.add_argument("--text-model", help="text model name or folder (default: $FUSION_TEXT_MODEL)")
@@ -66,7 +74,9 @@ def _table(result) -> str:
     lines.append(f"{'start':>7} {'end':>7}  {'label':<10} {'p':>5}  {'modalities':<17} text")
     for row in result.timeline.itertuples(index=False):
         p = getattr(row, row.label) if row.label else float("nan")
-        lines.append(f"{row.start:7.2f} {row.end:7.2f}  {row.label or '-':<10} {p:5.2f}  {row.modalities:<17} {row.text}")
+        lines.append(
+            f"{row.start:7.2f} {row.end:7.2f}  {row.label or '-':<10} {p:5.2f}  {row.modalities:<17} {row.text}"
+        )
     summary = result.summary
     lines.append(f"overall: {summary['label']} ({summary['probabilities'][summary['label']]:.2f})")
     return "\n".join(lines) + "\n"

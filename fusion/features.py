@@ -71,7 +71,9 @@ class RecordingFeatures:
             mel = torch.from_numpy(self.mel)
             audio = Stream(mel, torch.arange(len(mel)) * FRAME_SECONDS, torch.ones(len(mel), dtype=torch.bool))
         words = torch.from_numpy(self.word_embeddings)
-        text = Stream(words, torch.from_numpy(self.word_times.mean(1)).float(), torch.ones(len(words), dtype=torch.bool))
+        text = Stream(
+            words, torch.from_numpy(self.word_times.mean(1)).float(), torch.ones(len(words), dtype=torch.bool)
+        )
         if self.face_crops is None:
             video = Stream.empty(1, FACE_SIZE, FACE_SIZE)
         else:

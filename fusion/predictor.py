@@ -24,11 +24,11 @@ import torch
 from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments, pad_streams
 from encoders.audio import TOKEN_STRIDE
 from encoders.loading import TEXT_ENV, WHISPER_ENV, choose_model
+from encoders.runtime import autocast, pick_device
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
 from fusion.features import FeatureExtractor, RecordingFeatures
 from fusion.model import MODALITIES, FusionBatch, FusionModel, modalities_present
-from fusion.runtime import autocast, pick_device
 
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
@@ -186,8 +186,9 @@ class Predictor:
         probabilities, present = [], []
         for first in range(0, len(timeline), SEGMENT_BATCH):
             batch_segments = timeline[first : first + SEGMENT_BATCH]
-            examples = [{m: tokens[m].between(s.start - context, s.end + context) for m in MODALITIES}
-                        for s in batch_segments]
+            examples = [
+                {m: tokens[m].between(s.start - context, s.end + context) for m in MODALITIES} for s in batch_segments
+            ]
             batch = FusionBatch.collate(examples, [(s.start, s.end) for s in batch_segments]).to(self.device)
             logits = self.model.fuse(batch.streams, batch.segments)
             probabilities.append(torch.softmax(logits.float(), -1).cpu())
@@ -229,7 +230,7 @@ def _face_share(features: RecordingFeatures, segment: Segment) -> float:
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
-    """The checkpoint to load: the argument, else $FUSION_CHECKPOINT, else the default model shipped with the package."""
+    """The checkpoint to load: the argument, else $FUSION_CHECKPOINT, else the model shipped with the package."""
     if checkpoint is not None:
         return Path(checkpoint)
     if os.environ.get(CHECKPOINT_ENV):

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from alignment import PaddedStreams
+from encoders.runtime import autocast, pick_device
 from fusion.features import RecordingFeatures
 from fusion.model import MODALITIES, FusionBatch, FusionConfig, FusionModel
-from fusion.runtime import autocast, pick_device
 
 
 @dataclass

@@ -53,7 +53,10 @@ def test_utterances_keep_their_text_and_pauses_become_windows():
 
 
 def test_window_mode_and_no_speech_give_fixed_windows():
-    for segments in (make_segments([], 10.0, window_s=2.5), make_segments([utterance(1, 2)], 10.0, mode="window", window_s=2.5)):
+    for segments in (
+        make_segments([], 10.0, window_s=2.5),
+        make_segments([utterance(1, 2)], 10.0, mode="window", window_s=2.5),
+    ):
         assert [(s.start, s.end) for s in segments] == [(0.0, 2.5), (2.5, 5.0), (5.0, 7.5), (7.5, 10.0)]
     with pytest.raises(ValueError, match="segment mode"):
         make_segments([], 1.0, mode="sentences")

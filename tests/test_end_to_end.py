@@ -7,7 +7,6 @@ features loads and predicts every clip through the API and the command line.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -98,9 +97,20 @@ def test_predict_function_reuses_loaded_models(trained_checkpoint, clips):
 def test_command_line_json_for_every_clip(trained_checkpoint, clips):
     for path in clips:
         run = subprocess.run(
-            [sys.executable, "-m", "fusion.cli", "predict", str(path), "--checkpoint", str(trained_checkpoint),
-             "--format", "json"],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "fusion.cli",
+                "predict",
+                str(path),
+                "--checkpoint",
+                str(trained_checkpoint),
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert run.returncode == 0, run.stderr
         result = json.loads(run.stdout)
@@ -118,7 +128,9 @@ def test_command_line_reports_bad_input_without_traceback(trained_checkpoint, tm
     empty.write_bytes(b"")
     run = subprocess.run(
         [sys.executable, "-m", "fusion.cli", "predict", str(empty), "--checkpoint", str(trained_checkpoint)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 1
     assert "empty.mp4" in run.stderr and "Traceback" not in run.stderr

@@ -28,9 +28,7 @@ def sample_frames(path: Path, step: int = FRAME_STEP) -> np.ndarray:
     """mp4 -> (n, H, W, 3) uint8 BGR, every step-th frame; independent of fusion.media."""
     with av.open(str(path)) as container:
         frames = [
-            frame.to_ndarray(format="bgr24")
-            for i, frame in enumerate(container.decode(video=0))
-            if i % step == 0
+            frame.to_ndarray(format="bgr24") for i, frame in enumerate(container.decode(video=0)) if i % step == 0
         ]
     return np.stack(frames)
 

@@ -27,16 +27,23 @@ def example(seconds: float, *, words: int, faces: int, face_present: list[bool] 
     frames = int(seconds / FRAME_SECONDS)
     present = torch.tensor(face_present if face_present is not None else [True] * faces)
     return {
-        "audio": Stream(torch.randn(frames, N_MELS), torch.arange(frames) * FRAME_SECONDS, torch.ones(frames, dtype=torch.bool))
-        if frames else Stream.empty(N_MELS),
-        "text": Stream(torch.randn(words, 8), torch.linspace(0.2, seconds - 0.2, words), torch.ones(words, dtype=torch.bool)),
+        "audio": Stream(
+            torch.randn(frames, N_MELS), torch.arange(frames) * FRAME_SECONDS, torch.ones(frames, dtype=torch.bool)
+        )
+        if frames
+        else Stream.empty(N_MELS),
+        "text": Stream(
+            torch.randn(words, 8), torch.linspace(0.2, seconds - 0.2, words), torch.ones(words, dtype=torch.bool)
+        ),
         "video": Stream(torch.rand(faces, 1, FACE_SIZE, FACE_SIZE), torch.linspace(0, seconds - 0.1, faces), present),
     }
 
 
 def test_logits_shape():
     model = tiny_random_model()
-    batch = FusionBatch.collate([example(3.0, words=5, faces=15), example(2.0, words=0, faces=10)], [(0, 3.0), (0, 2.0)])
+    batch = FusionBatch.collate(
+        [example(3.0, words=5, faces=15), example(2.0, words=0, faces=10)], [(0, 3.0), (0, 2.0)]
+    )
     assert model(batch).shape == (2, len(TINY.labels))
 
 
@@ -68,7 +75,9 @@ def test_a_dropped_modality_equals_an_absent_one():
     model = tiny_random_model()
     full = example(2.0, words=4, faces=10)
     without_video = dict(full, video=Stream.empty(1, FACE_SIZE, FACE_SIZE))
-    masked_video = dict(full, video=Stream(full["video"].values, full["video"].times, torch.zeros(10, dtype=torch.bool)))
+    masked_video = dict(
+        full, video=Stream(full["video"].values, full["video"].times, torch.zeros(10, dtype=torch.bool))
+    )
     with torch.no_grad():
         a = model(FusionBatch.collate([without_video], [(0, 2.0)]))
         b = model(FusionBatch.collate([masked_video], [(0, 2.0)]))
@@ -85,7 +94,9 @@ def test_modality_dropout_keeps_at_least_one_present_modality():
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     model = tiny_random_model(seed=3)
-    ckpt = checkpoints.Checkpoint(model=model, encoders=checkpoints.EncoderNames(whisper="tiny.en", text="bert"), fps=5.0)
+    ckpt = checkpoints.Checkpoint(
+        model=model, encoders=checkpoints.EncoderNames(whisper="tiny.en", text="bert"), fps=5.0
+    )
     folder = checkpoints.save(ckpt, tmp_path / "ckpt")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
@@ -101,7 +112,8 @@ def test_checkpoint_errors_are_specific(tmp_path):
     with pytest.raises(CheckpointError, match="not a fusion checkpoint"):
         checkpoints.load(tmp_path)
     folder = checkpoints.save(
-        checkpoints.Checkpoint(model=tiny_random_model(), encoders=checkpoints.EncoderNames("a", "b"), fps=5.0), tmp_path / "c"
+        checkpoints.Checkpoint(model=tiny_random_model(), encoders=checkpoints.EncoderNames("a", "b"), fps=5.0),
+        tmp_path / "c",
     )
     config = json.loads((folder / "config.json").read_text())
     config["features"]["audio"]["n_mels"] = 80
