@@ -154,13 +154,15 @@ class PaddedStreams:
 def pad_streams(streams: Sequence[Stream]) -> PaddedStreams:
     """Stack streams of one modality into a padded batch; padding is zeros with mask False."""
     length = max((len(s) for s in streams), default=0)
-    feature_shape = streams[0].values.shape[1:]
-    values = torch.zeros(len(streams), length, *feature_shape, dtype=streams[0].values.dtype)
+    # An empty stream may not know its feature size (a still image has no text model): take a non-empty one's.
+    shaped = next((s for s in streams if len(s)), streams[0])
+    values = torch.zeros(len(streams), length, *shaped.values.shape[1:], dtype=shaped.values.dtype)
     times = torch.zeros(len(streams), length)
     mask = torch.zeros(len(streams), length, dtype=torch.bool)
     for row, stream in enumerate(streams):
         n = len(stream)
-        values[row, :n] = stream.values
+        if n:
+            values[row, :n] = stream.values
         times[row, :n] = stream.times
         mask[row, :n] = stream.mask
     return PaddedStreams(values, times, mask)

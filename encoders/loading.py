@@ -59,3 +59,16 @@ def _is_hub_id(name: str) -> bool:
     # Hugging Face ids are "org/name": exactly one slash and no path-like pieces.
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def portable_name(name_or_path: str, *, default: str) -> str:
+    """The name to record in a checkpoint for a model loaded from name_or_path.
+
+    A local copy of the default model (a file or folder named like it, e.g. ``.../tiny.en.pt`` for ``tiny.en`` or
+    ``.../all-MiniLM-L6-v2`` for ``sentence-transformers/all-MiniLM-L6-v2``) is recorded by the default's name, so
+    the checkpoint works on other machines; any other path is recorded as it is.
+    """
+    if not looks_like_path(name_or_path):
+        return name_or_path
+    stem = Path(name_or_path).name.removesuffix(".pt")
+    return default if stem == default.split("/")[-1] else name_or_path

@@ -6,8 +6,12 @@ import argparse
 import sys
 
 from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
+from fusion.augment import AugmentConfig
+from fusion.cache import FeatureCache
+from fusion.datasets import DATA_KINDS, from_spec
 from fusion.errors import FusionError, ModelNotFoundError
 from fusion.predictor import Predictor
+from fusion.train import TrainConfig, train_checkpoint
 
 FORMATS = ("table", "json", "csv")
 
@@ -38,9 +42,28 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--text-model", help="text model name or folder (default: $FUSION_TEXT_MODEL)")
     predict.add_argument("--face-model", help="YuNet .onnx path (default: $FUSION_FACE_MODEL, else Haar cascade)")
 
+    data_help = "a corpus as KIND=PATH: " + ", ".join(DATA_KINDS) + " (repeat for several)"
+    features = commands.add_parser("features", help="compute and cache the features of corpora (resumable)")
+    features.add_argument("--data", action="append", required=True, help=data_help)
+    features.add_argument("--cache", required=True, help="feature cache folder")
+
+    train = commands.add_parser("train", help="train a checkpoint on corpora (features from the cache)")
+    train.add_argument("--data", action="append", required=True, help=data_help)
+    train.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
+    train.add_argument("--out", required=True, help="checkpoint folder to write")
+    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    train.add_argument("--examples-per-epoch", type=int, help="examples drawn per epoch (default: all)")
+    train.add_argument("--validation-fraction", type=float, default=0.15, help="share of each corpus's speakers")
+    train.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
     args = parser.parse_args(argv)
+    commands_by_name = {"predict": _predict, "features": _features, "train": _train}
     try:
-        return _predict(args)
+        return commands_by_name[args.command](args)
     except (FusionError, ModelNotFoundError) as error:
         print(f"fusion: error: {error}", file=sys.stderr)
         return 1
@@ -66,6 +89,40 @@ def _predict(args: argparse.Namespace) -> int:
             f.write(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    examples = []
+    for spec in args.data:
+        manifest = from_spec(spec)
+        examples += manifest.examples
+        for skipped in manifest.skipped:
+            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    _, report = FeatureCache(args.cache).build(examples)
+    print(report)
+    return 0 if not report.skipped else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        examples_per_epoch=args.examples_per_epoch,
+        augment=AugmentConfig(enabled=not args.no_augment),
+        seed=args.seed,
+    )
+    folder, result = train_checkpoint(
+        args.data,
+        cache_dir=args.cache,
+        out=args.out,
+        validation_fraction=args.validation_fraction,
+        train_config=config,
+        device=args.device,
+    )
+    best = result.history[result.best_epoch - 1]
+    print(f"wrote {folder} (best epoch {result.best_epoch}: validation UA {best.get('ua', float('nan')):.3f})")
     return 0
 
 

@@ -13,14 +13,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
 from alignment import Stream
 from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
 from encoders.face import FACE_SIZE, FaceDetector, extract_faces, face_pixels
-from encoders.text import Transcriber, Utterance, WordEncoder
+from encoders.text import Transcriber, Utterance, Word, WordEncoder
+from fusion.errors import MediaError
 from fusion.media import DEFAULT_FPS, Media, decode
+
+IMAGE_DURATION_S = 1 / DEFAULT_FPS  # seconds: a still image counts as one sampled video frame
 
 
 @dataclass
@@ -113,6 +117,23 @@ class FeatureExtractor:
             media = decode(path, fps=self.fps)
         return self.extract(media, timings=timings)
 
+    def text_only(self, text: str, duration: float, *, path: str = "") -> RecordingFeatures:
+        """Features of a transcript without media (e.g. a MELD row): its words spread evenly over duration seconds."""
+        words = text.split()
+        bounds = np.linspace(0.0, duration, len(words) + 1)
+        utterance = Utterance(text, 0.0, duration, tuple(Word(w, a, b) for w, a, b in zip(words, bounds, bounds[1:])))
+        utterances = [utterance] if words else []
+        return RecordingFeatures(
+            path=path,
+            duration=duration,
+            mel=None,
+            utterances=utterances,
+            word_embeddings=self.word_encoder.encode(utterances).numpy(),
+            face_crops=None,
+            face_times=None,
+            face_present=None,
+        )
+
     def extract(self, media: Media, *, timings: dict[str, float] | None = None) -> RecordingFeatures:
         timings = {} if timings is None else timings
         mel, utterances = None, []
@@ -140,6 +161,28 @@ class FeatureExtractor:
             face_present=present,
             timings=timings,
         )
+
+
+def image_features(path: str | os.PathLike) -> RecordingFeatures:
+    """Features of a face image that is already a tight crop (FER2013 layout): one video frame at time 0.
+
+    The image is read in grey and resized to FACE_SIZE, the same preprocessing as the crops taken from video.
+    """
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise MediaError(path, "not a readable image")
+    if image.shape != (FACE_SIZE, FACE_SIZE):
+        image = cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+    return RecordingFeatures(
+        path=os.fspath(path),
+        duration=IMAGE_DURATION_S,
+        mel=None,
+        utterances=[],
+        word_embeddings=np.zeros((0, 0), np.float32),
+        face_crops=image[None],
+        face_times=np.zeros(1),
+        face_present=np.ones(1, dtype=bool),
+    )
 
 
 @contextmanager

@@ -19,11 +19,9 @@ from einops import rearrange, repeat
 from torch import nn
 
 from alignment import PaddedStreams, Stream, in_segments, near_in_time, pad_streams
-from encoders.audio import TOKEN_SECONDS, SpectrogramCNN
+from encoders.audio import TOKEN_SECONDS, TOKEN_STRIDE, SpectrogramCNN
 from encoders.face import FaceCNN
-from fusion.labels import EMOTIONS
-
-MODALITIES = ("audio", "text", "video")
+from fusion.labels import EMOTIONS, MODALITIES
 
 
 @dataclass
@@ -98,7 +96,12 @@ class FusionModel(nn.Module):
 
     def encode_audio(self, mel: PaddedStreams) -> PaddedStreams:
         """Log-mel frames (B, T_mel, N_MELS) -> audio tokens (B, T_mel / 4, audio_dim), one per 40 ms."""
-        tokens, mask = self.audio_encoder(mel.values, mel.mask)
+        rows = mel.mask.any(1)  # the CNN runs only on examples that have audio (mixed-corpus batches)
+        tokens = mel.values.new_zeros(len(rows), -(-mel.values.shape[1] // TOKEN_STRIDE), self.config.audio_dim)
+        mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if rows.any():
+            encoded, mask[rows] = self.audio_encoder(mel.values[rows], mel.mask[rows])
+            tokens[rows] = encoded.to(tokens.dtype)  # bf16 under autocast
         start = mel.times[:, :1]  # time of each sequence's first frame
         offsets = (torch.arange(tokens.shape[1], device=tokens.device) + 0.5) * TOKEN_SECONDS
         return PaddedStreams(tokens, start + offsets, mask)
@@ -121,7 +124,7 @@ class FusionModel(nn.Module):
 
     def fuse(self, tokens: dict[str, PaddedStreams], segments: torch.Tensor) -> torch.Tensor:
         """Encoded tokens of each modality -> (B, n_labels) logits over each row's segment (B, 2)."""
-        x = {m: self.project[m](tokens[m].values) + self.modality_embedding[m] for m in MODALITIES}
+        x = {m: self._project(m, tokens[m].values) for m in MODALITIES}
         for layer in self.layers:
             x = layer(x, tokens)
 
@@ -135,6 +138,12 @@ class FusionModel(nn.Module):
         present = torch.stack(present, 1).to(pooled.dtype)  # (B, 3)
         fused = torch.einsum("bmd,bm->bd", pooled, present) / present.sum(1, keepdim=True).clamp(min=1)
         return self.head(self.norm(fused))
+
+    def _project(self, modality: str, values: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_modality) -> (B, T, dim); a batch without tokens may not have the feature size (T == 0)."""
+        if values.shape[1] == 0:
+            return values.new_zeros(*values.shape[:2], self.config.dim)
+        return self.project[modality](values) + self.modality_embedding[modality]
 
 
 def modalities_present(tokens: dict[str, PaddedStreams], segments: torch.Tensor) -> torch.Tensor:

@@ -1,94 +1,193 @@
 """Training the fusion model (with its spectrogram and face CNNs) on extracted features.
 
-Whisper and BERT stay frozen: their outputs are features. Examples with missing modalities train through the
-same masks as complete ones, and modality dropout hides present modalities at random so that the model learns
-to predict from any subset.
+Whisper and BERT stay frozen: their outputs are features. Examples with missing modalities (a speech file, a
+face image, a transcript) train through the same masks as complete ones, and modality dropout hides present
+modalities at random so that the model learns to predict from any subset. Batches are drawn with class-balanced
+sampling (within each group, e.g. each corpus, when groups are given), the model is checked on a validation set
+after every epoch, and the epoch with the best validation UA is kept.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import math
+import os
 import random
+import sys
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from alignment import PaddedStreams
+from encoders.audio import FRAME_SECONDS
+from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, portable_name
 from encoders.runtime import autocast, pick_device
+from fusion.augment import AugmentConfig, augment_faces, augment_mel
+from fusion.cache import FeatureCache
+from fusion.checkpoint import Checkpoint, EncoderNames, save
+from fusion.datasets import from_spec, speaker_split
 from fusion.features import RecordingFeatures
+from fusion.metrics import Scores, score
 from fusion.model import MODALITIES, FusionBatch, FusionConfig, FusionModel
+
+WHOLE_EXAMPLE = (0.0, math.inf)  # the segment of a training example: all of it, even when augmentation lengthens it
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 8
+    batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1  # share of the steps with a linear learning-rate warm-up, then cosine decay
     modality_dropout: float = 0.2  # probability of hiding each present modality of an example (one always stays)
+    examples_per_epoch: int | None = None  # examples drawn per epoch (default: the training set's size)
+    patience: int = 8  # epochs without a better validation UA before stopping
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: FusionModel  # the best epoch's weights (by validation UA, else the last epoch), in eval mode
+    history: list[dict]  # per epoch: train_loss, and validation ua / wa / macro_f1 / weighted_f1 when validated
+    best_epoch: int
 
 
 def fit(
     examples: Sequence[RecordingFeatures],
     labels: Sequence[str],
     *,
+    validation: tuple[Sequence[RecordingFeatures], Sequence[str]] | None = None,
+    groups: Sequence[str] | None = None,
     model_config: FusionConfig | None = None,
     train_config: TrainConfig | None = None,
     device: str | torch.device | None = None,
-) -> tuple[FusionModel, list[float]]:
+    progress: bool = False,
+) -> TrainResult:
     """Train a fusion model on whole-recording examples, each with one label.
 
-    Returns the model in eval mode and the mean training loss of each epoch. Classes are weighted by inverse
-    frequency, so rare emotions count as much as common ones.
+    groups: one name per example (e.g. its corpus); sampling then gives every group the same share of each epoch
+    and balances classes within a group, so a large corpus does not drown a small one.
     """
     model_config = model_config or FusionConfig()
-    train_config = train_config or TrainConfig()
+    config = train_config or TrainConfig()
     if len(examples) != len(labels) or not examples:
         raise ValueError(f"need one label per example, got {len(examples)} examples and {len(labels)} labels")
     unknown = sorted(set(labels) - set(model_config.labels))
     if unknown:
         raise ValueError(f"labels {unknown} are not in the model's label set {model_config.labels}")
 
-    _seed_everything(train_config.seed)
+    _seed_everything(config.seed)
     device = pick_device(device)
     model = FusionModel(model_config).to(device)
     targets = torch.tensor([model_config.labels.index(label) for label in labels])
-    counts = torch.bincount(targets, minlength=len(model_config.labels)).float()
-    class_weights = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()), 0.0)
-
     streams = [example.streams() for example in examples]
-    segments = [(0.0, example.duration) for example in examples]
-    steps_per_epoch = -(-len(examples) // train_config.batch_size)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay
-    )
-    schedule = _warmup_cosine(optimizer, total_steps=train_config.epochs * steps_per_epoch, config=train_config)
-    generator = torch.Generator().manual_seed(train_config.seed)
+    segments = [WHOLE_EXAMPLE] * len(examples)
+    sample_weights = balanced_weights(labels, groups)
+    per_epoch = config.examples_per_epoch or len(examples)
+    steps_per_epoch = -(-per_epoch // config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = _warmup_cosine(optimizer, total_steps=config.epochs * steps_per_epoch, config=config)
+    generator = torch.Generator().manual_seed(config.seed)
 
-    history = []
-    for _ in range(train_config.epochs):
+    history: list[dict] = []
+    best_ua, best_epoch, best_state = -1.0, len(history), None
+    for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(len(examples), generator=generator).tolist()
+        order = torch.multinomial(sample_weights, per_epoch, replacement=True, generator=generator).tolist()
         losses = []
-        for first in range(0, len(order), train_config.batch_size):
-            rows = order[first : first + train_config.batch_size]
+        for first in tqdm(range(0, per_epoch, config.batch_size), desc=f"epoch {epoch + 1}", disable=not progress):
+            rows = order[first : first + config.batch_size]
             batch = FusionBatch.collate([streams[i] for i in rows], [segments[i] for i in rows])
-            batch = drop_modalities(batch, train_config.modality_dropout, generator=generator).to(device)
+            batch = drop_modalities(batch, config.modality_dropout, generator=generator)
+            batch = augment(batch, config.augment, generator=generator).to(device)
             with autocast(device):
                 logits = model(batch)
-            loss = F.cross_entropy(logits.float(), targets[rows].to(device), weight=class_weights.to(device))
+            loss = F.cross_entropy(logits.float(), targets[rows].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-    return model.eval(), history
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if validation is not None:
+            scores = evaluate(model, *validation, device=device)
+            record |= {k: getattr(scores, k) for k in ("ua", "wa", "macro_f1", "weighted_f1")}
+            if scores.ua > best_ua:
+                best_ua, best_epoch, best_state = scores.ua, epoch + 1, copy.deepcopy(model.state_dict())
+            elif epoch + 1 - best_epoch >= config.patience:
+                history.append(record)
+                break
+        history.append(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(model.eval(), history, best_epoch if best_state is not None else len(history))
+
+
+def predict_proba(
+    model: FusionModel,
+    examples: Sequence[RecordingFeatures],
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """(N, n_labels) probabilities of whole-recording examples."""
+    device = pick_device(device)
+    model.eval()
+    out = []
+    with torch.inference_mode(), autocast(device):
+        for first in range(0, len(examples), batch_size):
+            chunk = examples[first : first + batch_size]
+            batch = FusionBatch.collate([e.streams() for e in chunk], [WHOLE_EXAMPLE] * len(chunk))
+            out.append(torch.softmax(model(batch.to(device)).float(), -1).cpu())
+    return torch.cat(out).numpy()
+
+
+def evaluate(
+    model: FusionModel,
+    examples: Sequence[RecordingFeatures],
+    labels: Sequence[str],
+    *,
+    device: str | torch.device | None = None,
+) -> Scores:
+    predicted = predict_proba(model, examples, device=device).argmax(1)
+    return score(list(labels), [model.config.labels[i] for i in predicted], model.config.labels)
+
+
+def balanced_weights(labels: Sequence[str], groups: Sequence[str] | None = None) -> torch.Tensor:
+    """(N,) sampling weights giving each group an equal share and each class an equal share within its group."""
+    groups = list(groups) if groups is not None else [""] * len(labels)
+    classes_in_group = {g: len({label for label, h in zip(labels, groups) if h == g}) for g in set(groups)}
+    counts = Counter(zip(groups, labels))
+    weights = [
+        1.0 / (len(classes_in_group) * classes_in_group[g] * counts[g, label]) for label, g in zip(labels, groups)
+    ]
+    return torch.tensor(weights, dtype=torch.float64)
+
+
+def augment(batch: FusionBatch, config: AugmentConfig, *, generator: torch.Generator) -> FusionBatch:
+    """The batch with its log-mel frames and face crops augmented (see fusion.augment)."""
+    if not config.enabled:
+        return batch
+    mel, mel_mask = augment_mel(batch.audio.values, batch.audio.mask, config=config, generator=generator)
+    # Speed perturbation changes how many frames are real; frames stay FRAME_SECONDS apart from each start.
+    times = batch.audio.times[:, :1] + torch.arange(mel.shape[1]) * FRAME_SECONDS
+    faces = augment_faces(batch.video.values, batch.video.mask, config=config, generator=generator)
+    return FusionBatch(
+        PaddedStreams(mel, times, mel_mask),
+        batch.text,
+        PaddedStreams(faces, batch.video.times, batch.video.mask),
+        batch.segments,
+    )
 
 
 def drop_modalities(batch: FusionBatch, probability: float, *, generator: torch.Generator) -> FusionBatch:
@@ -124,3 +223,61 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def train_checkpoint(
+    data: Sequence[str],
+    *,
+    cache_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    validation_fraction: float = 0.15,
+    model_config: FusionConfig | None = None,
+    train_config: TrainConfig | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Path, TrainResult]:
+    """Train on corpora given as KIND=PATH specs and write a checkpoint folder with a training.json beside it.
+
+    Features come from (and go to) the cache. Each corpus is split by speaker into training and validation, so
+    no speaker is in both; the validation UA over the union picks the epoch that is kept.
+    """
+    examples = []
+    for spec in data:
+        manifest = from_spec(spec)
+        examples += manifest.examples
+        for skipped in manifest.skipped:
+            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    cache = FeatureCache(cache_dir)
+    features, report = cache.build(examples)
+    print(report, file=sys.stderr)
+    usable = [i for i, f in enumerate(features) if f is not None]
+    train_rows, validation_rows = [], []
+    for dataset in sorted({examples[i].dataset for i in usable}):
+        rows = [i for i in usable if examples[i].dataset == dataset]
+        fit_part, check_part = speaker_split([examples[i] for i in rows], validation_fraction=validation_fraction)
+        train_rows += [rows[j] for j in fit_part]
+        validation_rows += [rows[j] for j in check_part]
+
+    result = fit(
+        [features[i] for i in train_rows],
+        [examples[i].label for i in train_rows],
+        validation=([features[i] for i in validation_rows], [examples[i].label for i in validation_rows]),
+        groups=[examples[i].dataset for i in train_rows],
+        model_config=model_config,
+        train_config=train_config,
+        device=device,
+        progress=True,
+    )
+    names = EncoderNames(
+        whisper=portable_name(cache.whisper_model, default=DEFAULT_WHISPER_MODEL),
+        text=portable_name(cache.text_model, default=DEFAULT_TEXT_MODEL),
+    )
+    folder = save(Checkpoint(result.model, names, fps=cache.fps), out)
+    summary = {
+        "data": list(data),
+        "examples": {"train": len(train_rows), "validation": len(validation_rows), "skipped": len(report.skipped)},
+        "train_config": asdict(train_config or TrainConfig()),
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+    }
+    (folder / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return folder, result

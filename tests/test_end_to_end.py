@@ -40,8 +40,9 @@ def features(extractor, clips):
 @pytest.fixture(scope="module")
 def trained_checkpoint(features, clips, extractor, tmp_path_factory):
     labels = [ravdess_label(path.name) for path in clips]
-    model, losses = fit(features, labels, model_config=FusionConfig(), train_config=TrainConfig(epochs=4, batch_size=4))
-    assert all(np.isfinite(losses))
+    result = fit(features, labels, model_config=FusionConfig(), train_config=TrainConfig(epochs=4, batch_size=4))
+    assert all(np.isfinite(epoch["train_loss"]) for epoch in result.history)
+    model = result.model
     names = checkpoints.EncoderNames(whisper=extractor.transcriber.name, text=extractor.word_encoder.name)
     return checkpoints.save(checkpoints.Checkpoint(model, names, fps=extractor.fps), tmp_path_factory.mktemp("ckpt"))
 

@@ -1,0 +1,189 @@
+"""Feature cache: every example's encoder inputs are computed once and stored on disk.
+
+An entry is keyed by the example's content (the file's bytes, or a transcript) and by the settings that produce
+its features (model names, frame rate, feature parameters, CACHE_VERSION), so training runs and ablations never
+decode or transcribe the same file twice, and a change of settings never reads stale features. Entries are
+.npz files of plain arrays (no pickle), written atomically: an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, FACE_ENV, TEXT_ENV, WHISPER_ENV, choose_model
+from encoders.text import Utterance, Word
+from fusion.checkpoint import feature_parameters
+from fusion.datasets import IMAGE_SUFFIXES, Example
+from fusion.errors import FusionError
+from fusion.features import FeatureExtractor, RecordingFeatures, image_features
+from fusion.media import DEFAULT_FPS
+
+CACHE_VERSION = 1  # bump when the code computes different features from the same settings
+WORD_SECONDS = 0.3  # seconds per word given to a transcript without media: conversational English, ~200 words/min
+
+
+@dataclass
+class CacheReport:
+    """What a build did: entries read from disk, entries computed, and examples skipped with the reason."""
+
+    loaded: int = 0
+    computed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.loaded} cached, {self.computed} computed, {len(self.skipped)} skipped"]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+class FeatureCache:
+    """Features of labelled examples, computed on first use and read from `directory` afterwards.
+
+    The frozen models are loaded only when an entry is missing. Model choices follow the usual order: argument,
+    then FUSION_WHISPER_MODEL / FUSION_TEXT_MODEL / FUSION_FACE_MODEL, then the default names.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        whisper_model: str | os.PathLike | None = None,
+        text_model: str | os.PathLike | None = None,
+        face_model: str | os.PathLike | None = None,
+        fps: float = DEFAULT_FPS,
+    ):
+        self.directory = Path(directory)
+        self.whisper_model = choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL)
+        self.text_model = choose_model(text_model, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL)
+        self.face_model = choose_model(face_model, env_var=FACE_ENV, default=None)
+        self.fps = fps
+        self._extractor: FeatureExtractor | None = None
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(
+                whisper_model=self.whisper_model, text_model=self.text_model, face_model=self.face_model, fps=self.fps
+            )
+        return self._extractor
+
+    def build(
+        self, examples: Sequence[Example], *, progress: bool = True
+    ) -> tuple[list[RecordingFeatures | None], CacheReport]:
+        """Features for every example (None where it was skipped), and a report of what happened."""
+        report = CacheReport()
+        features: list[RecordingFeatures | None] = []
+        bar = tqdm(examples, desc="features", unit="file", disable=not progress)
+        for example in bar:
+            entry = self._entry(example)
+            if entry.is_file():
+                features.append(_read(entry, example.path))
+                report.loaded += 1
+            else:
+                try:
+                    computed = self._compute(example)
+                except (FusionError, OSError) as error:
+                    report.skipped.append((example.path, str(error)))
+                    features.append(None)
+                    continue
+                _write(entry, computed)
+                features.append(computed)
+                report.computed += 1
+            bar.set_postfix(cached=report.loaded, computed=report.computed, skipped=len(report.skipped))
+        return features, report
+
+    def _compute(self, example: Example) -> RecordingFeatures:
+        if _is_transcript_only(example):
+            return self.extractor.text_only(example.text, _transcript_duration(example), path=example.path)
+        if Path(example.path).suffix.lower() in IMAGE_SUFFIXES:
+            return image_features(example.path)
+        return self.extractor(example.path)
+
+    def _entry(self, example: Example) -> Path:
+        if _is_transcript_only(example):
+            kind, content = "text", f"{example.text}\n{_transcript_duration(example)}".encode()
+            settings = {"text_model": self.text_model}
+        elif Path(example.path).suffix.lower() in IMAGE_SUFFIXES:
+            kind, content = "image", Path(example.path).read_bytes()
+            settings = {"face": feature_parameters()["face"]}
+        else:
+            kind, content = "media", Path(example.path).read_bytes()
+            settings = {
+                "whisper_model": self.whisper_model,
+                "text_model": self.text_model,
+                "face_model": self.face_model or "haar",
+                "fps": self.fps,
+                "features": feature_parameters(),
+            }
+        digest = hashlib.sha256(content)
+        digest.update(json.dumps({"kind": kind, "version": CACHE_VERSION, **settings}, sort_keys=True).encode())
+        key = digest.hexdigest()
+        return self.directory / key[:2] / f"{key}.npz"
+
+
+def _is_transcript_only(example: Example) -> bool:
+    return example.modalities == ("text",) and example.text is not None
+
+
+def _transcript_duration(example: Example) -> float:
+    """Seconds a transcript's words are spread over: a speaking rate of WORD_SECONDS per word."""
+    return WORD_SECONDS * max(1, len(example.text.split()))
+
+
+def _write(entry: Path, features: RecordingFeatures) -> None:
+    """Store features as plain arrays; write to a temporary name and rename, so a crash leaves no partial entry."""
+    words = [w for u in features.utterances for w in u.words]
+    arrays = {
+        "duration": np.float64(features.duration),
+        "word_embeddings": features.word_embeddings,
+        "word_text": np.array([w.text for w in words], dtype=str),
+        "word_times": np.array([(w.start, w.end) for w in words], dtype=np.float64).reshape(-1, 2),
+        "word_utterance": np.array([i for i, u in enumerate(features.utterances) for _ in u.words], dtype=np.int64),
+        "utterance_text": np.array([u.text for u in features.utterances], dtype=str),
+        "utterance_times": np.array([(u.start, u.end) for u in features.utterances], dtype=np.float64).reshape(-1, 2),
+    }
+    optional = {
+        "mel": features.mel,
+        "face_crops": features.face_crops,
+        "face_times": features.face_times,
+        "face_present": features.face_present,
+    }
+    arrays |= {name: value for name, value in optional.items() if value is not None}
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    partial = entry.with_suffix(f".{os.getpid()}.partial")
+    with open(partial, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(partial, entry)
+
+
+def _read(entry: Path, path: str) -> RecordingFeatures:
+    with np.load(entry, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    words = [Word(str(t), float(a), float(b)) for t, (a, b) in zip(arrays["word_text"], arrays["word_times"])]
+    utterances = [
+        Utterance(
+            str(text),
+            float(start),
+            float(end),
+            tuple(w for w, u in zip(words, arrays["word_utterance"]) if u == i),
+        )
+        for i, (text, (start, end)) in enumerate(zip(arrays["utterance_text"], arrays["utterance_times"]))
+    ]
+    return RecordingFeatures(
+        path=path,
+        duration=float(arrays["duration"]),
+        mel=arrays.get("mel"),
+        utterances=utterances,
+        word_embeddings=arrays["word_embeddings"],
+        face_crops=arrays.get("face_crops"),
+        face_times=arrays.get("face_times"),
+        face_present=arrays.get("face_present"),
+    )
