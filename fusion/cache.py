@@ -97,7 +97,7 @@ class FeatureCache:
                 _write(entry, computed)
                 features.append(computed)
                 report.computed += 1
-            bar.set_postfix(cached=report.loaded, computed=report.computed, skipped=len(report.skipped))
+            bar.set_postfix(cached=report.loaded, computed=report.computed, skipped=len(report.skipped), refresh=False)
         return features, report
 
     def _compute(self, example: Example) -> RecordingFeatures:

@@ -58,8 +58,11 @@ class Checkpoint:
     id: str = ""  # sha256 of the weights file, first 16 hex digits
 
 
-def save(checkpoint: Checkpoint, directory: str | os.PathLike) -> Path:
-    """Write model.safetensors and config.json into directory (created if needed); returns the directory."""
+def save(checkpoint: Checkpoint, directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> Path:
+    """Write model.safetensors and config.json into directory (created if needed); returns the directory.
+
+    dtype float16 halves the file (for shipping a model as package data); loading casts back to float32.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -69,7 +72,10 @@ def save(checkpoint: Checkpoint, directory: str | os.PathLike) -> Path:
         "encoders": dataclasses.asdict(checkpoint.encoders),
         "features": feature_parameters() | {"fps": checkpoint.fps},
     }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in checkpoint.model.state_dict().items()
+    }
     save_file(state, directory / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return directory

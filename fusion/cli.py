@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
 from fusion.augment import AugmentConfig
 from fusion.cache import FeatureCache
-from fusion.datasets import DATA_KINDS, from_spec
+from fusion.datasets import DATA_KINDS, from_specs
 from fusion.errors import FusionError, ModelNotFoundError
 from fusion.predictor import Predictor
 from fusion.train import TrainConfig, train_checkpoint
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--validation-fraction", type=float, default=0.15, help="share of each corpus's speakers")
     train.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--half", action="store_true", help="store the weights in float16 (half the file size)")
     train.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
     args = parser.parse_args(argv)
@@ -93,15 +96,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    examples = []
-    for spec in args.data:
-        manifest = from_spec(spec)
-        examples += manifest.examples
-        for skipped in manifest.skipped:
-            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
-    _, report = FeatureCache(args.cache).build(examples)
+    manifest = from_specs(args.data)
+    _, report = FeatureCache(args.cache).build(manifest.examples)
     print(report)
-    return 0 if not report.skipped else 1
+    return 0 if not (report.skipped or manifest.skipped) else 1
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -120,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
         train_config=config,
         device=args.device,
+        weights_dtype=torch.float16 if args.half else torch.float32,
     )
     best = result.history[result.best_epoch - 1]
     print(f"wrote {folder} (best epoch {result.best_epoch}: validation UA {best.get('ua', float('nan')):.3f})")

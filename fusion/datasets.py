@@ -419,3 +419,9 @@ def from_spec(spec: str) -> Manifest:
     if kind == "csv":
         return generic_csv(path)
     return Manifest(load_manifest(path))
+
+
+def from_specs(specs: Sequence[str]) -> Manifest:
+    """Several KIND=PATH corpora as one manifest (see :func:`from_spec`)."""
+    manifests = [from_spec(spec) for spec in specs]
+    return Manifest([e for m in manifests for e in m.examples], [s for m in manifests for s in m.skipped])

@@ -32,7 +32,7 @@ from encoders.runtime import autocast, pick_device
 from fusion.augment import AugmentConfig, augment_faces, augment_mel
 from fusion.cache import FeatureCache
 from fusion.checkpoint import Checkpoint, EncoderNames, save
-from fusion.datasets import from_spec, speaker_split
+from fusion.datasets import from_specs, speaker_split
 from fusion.features import RecordingFeatures
 from fusion.metrics import Scores, score
 from fusion.model import MODALITIES, FusionBatch, FusionConfig, FusionModel
@@ -234,18 +234,14 @@ def train_checkpoint(
     model_config: FusionConfig | None = None,
     train_config: TrainConfig | None = None,
     device: str | torch.device | None = None,
+    weights_dtype: torch.dtype = torch.float32,
 ) -> tuple[Path, TrainResult]:
     """Train on corpora given as KIND=PATH specs and write a checkpoint folder with a training.json beside it.
 
     Features come from (and go to) the cache. Each corpus is split by speaker into training and validation, so
     no speaker is in both; the validation UA over the union picks the epoch that is kept.
     """
-    examples = []
-    for spec in data:
-        manifest = from_spec(spec)
-        examples += manifest.examples
-        for skipped in manifest.skipped:
-            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    examples = from_specs(data).examples  # the adapters warn about every file they skip
     cache = FeatureCache(cache_dir)
     features, report = cache.build(examples)
     print(report, file=sys.stderr)
@@ -271,7 +267,7 @@ def train_checkpoint(
         whisper=portable_name(cache.whisper_model, default=DEFAULT_WHISPER_MODEL),
         text=portable_name(cache.text_model, default=DEFAULT_TEXT_MODEL),
     )
-    folder = save(Checkpoint(result.model, names, fps=cache.fps), out)
+    folder = save(Checkpoint(result.model, names, fps=cache.fps), out, dtype=weights_dtype)
     summary = {
         "data": list(data),
         "examples": {"train": len(train_rows), "validation": len(validation_rows), "skipped": len(report.skipped)},
