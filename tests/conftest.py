@@ -27,7 +27,7 @@ if HAVE_SHARED:
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not HAVE_SHARED:
-        pytest.skip(SKIP_REASON)
+        pytest.skip(SKIP_REASON)  # ../shared is absent: a fresh clone without the shared models and data
     return SHARED
 
 
