@@ -37,10 +37,11 @@ def make_segments(
     utterances: Sequence[Timed],
     duration: float,
     *,
+    start: float = 0.0,
     mode: str = "utterance",
     window_s: float = DEFAULT_WINDOW_S,
 ) -> list[Segment]:
-    """Partition [0, duration] into output segments.
+    """Partition [start, start + duration] into output segments (start: where a piece of a long recording begins).
 
     mode "utterance": Whisper's utterances become segments; pauses of at least MIN_GAP_S (and the whole
     recording when nothing is said) are cut into windows of about window_s; shorter pauses are split at their
@@ -52,6 +53,10 @@ def make_segments(
         raise ValueError(f"window_s must be positive, got {window_s}")
     if duration <= 0:
         return []
+    if start:
+        relative = [Segment(u.start - start, u.end - start, u.text) for u in utterances]
+        pieces = make_segments(relative, duration, mode=mode, window_s=window_s)
+        return [Segment(s.start + start, s.end + start, s.text) for s in pieces]
     if mode == "window":
         return _windows(0.0, duration, window_s)
 

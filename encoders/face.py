@@ -133,36 +133,53 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
 
 
-def select_main_face(detections: list[np.ndarray]) -> np.ndarray:
-    """Per-frame detections -> (n_frames, 4) float32 boxes of the main face, NaN rows where it is absent.
+def main_face_indices(detections: list[np.ndarray]) -> np.ndarray:
+    """Per-frame detections -> (n_frames,) int64: the row of each frame's detections that is the main face, -1
+    where it is absent.
 
     Each element of ``detections`` is an (n, 4 or 5) array of x, y, w, h (and score) rows. The main face is the
     largest and most persistent: detections are linked across frames into tracks by IoU with each track's latest
     box (a track survives frames where it was missed), each track is scored by the sum of its box areas, and the
     best track is kept.
     """
-    tracks: list[dict[int, np.ndarray]] = []  # frame index -> box
+    tracks: list[dict[int, int]] = []  # frame index -> row of that frame's detections
+    latest_box: list[np.ndarray] = []  # per track, its latest box
     for t, dets in enumerate(detections):
         boxes = np.asarray(dets, np.float32)[:, :4]
         extended: set[int] = set()
         # larger boxes pick their track first, so a small face next to the main one cannot steal its track
-        for box in boxes[np.argsort(-boxes[:, 2] * boxes[:, 3])]:
+        for row in np.argsort(-boxes[:, 2] * boxes[:, 3]):
+            box = boxes[row]
             free = [k for k in range(len(tracks)) if k not in extended]
             if free:
-                latest = np.stack([next(reversed(tracks[k].values())) for k in free])
-                overlaps = _iou(box, latest)
+                overlaps = _iou(box, np.stack([latest_box[k] for k in free]))
                 best = int(np.argmax(overlaps))
                 if overlaps[best] >= TRACK_IOU:
-                    tracks[free[best]][t] = box
+                    tracks[free[best]][t] = int(row)
+                    latest_box[free[best]] = box
                     extended.add(free[best])
                     continue
-            tracks.append({t: box})
+            tracks.append({t: int(row)})
+            latest_box.append(box)
             extended.add(len(tracks) - 1)
-    main = np.full((len(detections), 4), np.nan, np.float32)
+    main = np.full(len(detections), -1, np.int64)
     if tracks:
-        best_track = max(tracks, key=lambda track: sum(float(b[2] * b[3]) for b in track.values()))
-        for t, box in best_track.items():
-            main[t] = box
+
+        def area(track: dict[int, int]) -> float:
+            return sum(float(detections[t][row][2] * detections[t][row][3]) for t, row in track.items())
+
+        for t, row in max(tracks, key=area).items():
+            main[t] = row
+    return main
+
+
+def select_main_face(detections: list[np.ndarray]) -> np.ndarray:
+    """Per-frame detections -> (n_frames, 4) float32 boxes of the main face (see main_face_indices), NaN rows where
+    it is absent."""
+    main = np.full((len(detections), 4), np.nan, np.float32)
+    for t, row in enumerate(main_face_indices(detections)):
+        if row >= 0:
+            main[t] = np.asarray(detections[t], np.float32)[row, :4]
     return main
 
 
@@ -183,20 +200,44 @@ def crop_face(frame: np.ndarray, box: np.ndarray, *, margin: float = FACE_MARGIN
 
 
 @dataclass(frozen=True)
+class FrameFaces:
+    """The faces found in one sampled frame, already cropped, so that the frame itself need not be kept."""
+
+    boxes: np.ndarray  # (n, 5) float32 x, y, w, h, score in frame pixels
+    crops: np.ndarray  # (n, FACE_SIZE, FACE_SIZE) uint8 grey, one per box
+
+
+def find_faces(frame: np.ndarray, detector: FaceDetector) -> FrameFaces:
+    """(H, W, 3) uint8 BGR -> every face the detector finds, with its crop."""
+    boxes = detector.detect(frame)
+    crops = np.stack([crop_face(frame, box[:4]) for box in boxes]) if len(boxes) else _NO_CROPS
+    return FrameFaces(boxes=boxes, crops=crops)
+
+
+_NO_CROPS = np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+
+
+@dataclass(frozen=True)
 class FaceCrops:
     crops: np.ndarray  # (n_frames, FACE_SIZE, FACE_SIZE) uint8 grey; all zeros where no face
     present: np.ndarray  # (n_frames,) bool
     boxes: np.ndarray  # (n_frames, 4) float32 x, y, w, h in frame pixels; NaN where no face
 
 
+def main_face_crops(frames: list[FrameFaces]) -> FaceCrops:
+    """The faces found in consecutive frames -> the main face's crop in every frame. Works for no frames."""
+    rows = main_face_indices([f.boxes for f in frames])
+    crops = np.zeros((len(frames), FACE_SIZE, FACE_SIZE), np.uint8)
+    boxes = np.full((len(frames), 4), np.nan, np.float32)
+    for t in np.flatnonzero(rows >= 0):
+        crops[t] = frames[t].crops[rows[t]]
+        boxes[t] = frames[t].boxes[rows[t], :4]
+    return FaceCrops(crops=crops, present=rows >= 0, boxes=boxes)
+
+
 def extract_faces(frames: np.ndarray, detector: FaceDetector) -> FaceCrops:
     """(n_frames, H, W, 3) uint8 BGR -> the main face's crop in every frame. Works for n_frames == 0."""
-    boxes = select_main_face([detector.detect(frame) for frame in frames])
-    present = ~np.isnan(boxes).any(axis=1)
-    crops = np.zeros((len(frames), FACE_SIZE, FACE_SIZE), np.uint8)
-    for t in np.flatnonzero(present):
-        crops[t] = crop_face(frames[t], boxes[t])
-    return FaceCrops(crops=crops, present=present, boxes=boxes)
+    return main_face_crops([find_faces(frame, detector) for frame in frames])
 
 
 def face_pixels(crops: np.ndarray) -> torch.Tensor:

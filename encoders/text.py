@@ -64,6 +64,11 @@ class Utterance:
     end: float  # seconds: the latest word end
     words: tuple[Word, ...]
 
+    def shifted(self, seconds: float) -> Utterance:
+        """The same utterance with every time moved later by seconds."""
+        words = tuple(Word(w.text, w.start + seconds, w.end + seconds) for w in self.words)
+        return Utterance(self.text, self.start + seconds, self.end + seconds, words)
+
 
 class Transcriber:
     """Whisper speech recognition with word timestamps. Loads the model once; call transcribe() many times.

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
+from fusion.ablation import METRICS, AblationConfig, ablate
 from fusion.augment import AugmentConfig
 from fusion.cache import FeatureCache
 from fusion.datasets import DATA_KINDS, from_specs
 from fusion.errors import FusionError, ModelNotFoundError
 from fusion.predictor import Predictor
+from fusion.score import ENGINES, ScoreOptions, score
 from fusion.train import TrainConfig, train_checkpoint
 
 FORMATS = ("table", "json", "csv")
@@ -24,25 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
     predict = commands.add_parser("predict", help="emotion timeline of one recording")
     predict.add_argument("file", help="video or audio file (anything FFmpeg reads)")
-    predict.add_argument("--checkpoint", help="checkpoint folder (default: $FUSION_CHECKPOINT or the shipped model)")
     predict.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     predict.add_argument("--output", "-o", help="write to this file instead of standard output")
-    predict.add_argument(
-        "--segments",
-        choices=SEGMENT_MODES,
-        default="utterance",
-        help="utterance: Whisper's utterances (default); window: fixed windows",
-    )
-    predict.add_argument(
-        "--window",
-        type=float,
-        default=DEFAULT_WINDOW_S,
-        help=f"window length in seconds for silence and --segments window (default {DEFAULT_WINDOW_S})",
-    )
-    predict.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    predict.add_argument("--whisper-model", help="Whisper name or checkpoint path (default: $FUSION_WHISPER_MODEL)")
-    predict.add_argument("--text-model", help="text model name or folder (default: $FUSION_TEXT_MODEL)")
-    predict.add_argument("--face-model", help="YuNet .onnx path (default: $FUSION_FACE_MODEL, else Haar cascade)")
+    _add_prediction_options(predict)
 
     data_help = "a corpus as KIND=PATH: " + ", ".join(DATA_KINDS) + " (repeat for several)"
     features = commands.add_parser("features", help="compute and cache the features of corpora (resumable)")
@@ -63,13 +50,60 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--half", action="store_true", help="store the weights in float16 (half the file size)")
     train.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
+    ablate = commands.add_parser("ablate", help="modality ablation: retrain and drop each subset of modalities")
+    ablate.add_argument("data", nargs="+", help="corpora as KIND=PATH: " + ", ".join(DATA_KINDS))
+    ablate.add_argument("--modalities", help="comma-separated, e.g. audio,text (default: all the data has)")
+    ablate.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default 3)")
+    ablate.add_argument("--folds", type=int, default=3, help="speaker-independent folds (default 3)")
+    ablate.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ablate.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ablate.add_argument("--validation-fraction", type=float, default=0.15, help="0: no early stopping")
+    ablate.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    ablate.add_argument("--metric", choices=METRICS, default="ua", help="metric of the differences (default ua)")
+    ablate.add_argument("--workers", type=int, default=1, help="parallel training processes, 1 thread each")
+    ablate.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    ablate.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
+    ablate.add_argument("--out", required=True, help="folder for ablation.md, ablation.json, ablation.png")
+
+    score = commands.add_parser(
+        "score", help="score many recordings into one table (resumable; bad files go to an errors table)"
+    )
+    score.add_argument("inputs", nargs="+", help="media files, folders (searched recursively) or manifests")
+    score.add_argument("--out", required=True, help="segments table: .parquet, .csv or .jsonl")
+    score.add_argument("--workers", type=int, default=1, help="worker processes (or Ray tasks at a time)")
+    score.add_argument("--engine", choices=ENGINES, default="local", help="local processes, or Ray ($RAY_ADDRESS)")
+    score.add_argument("--plots", help="folder for one PNG per file: probabilities over time and the transcript")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_prediction_options(score)
+
     args = parser.parse_args(argv)
-    commands_by_name = {"predict": _predict, "features": _features, "train": _train}
+    commands_by_name = {"predict": _predict, "features": _features, "train": _train, "ablate": _ablate, "score": _score}
     try:
         return commands_by_name[args.command](args)
     except (FusionError, ModelNotFoundError) as error:
         print(f"fusion: error: {error}", file=sys.stderr)
         return 1
+
+
+def _add_prediction_options(command: argparse.ArgumentParser) -> None:
+    """The options of every command that predicts: which models, on which device, with which segments."""
+    command.add_argument("--checkpoint", help="checkpoint folder (default: $FUSION_CHECKPOINT or the shipped model)")
+    command.add_argument(
+        "--segments",
+        choices=SEGMENT_MODES,
+        default="utterance",
+        help="utterance: Whisper's utterances (default); window: fixed windows",
+    )
+    command.add_argument(
+        "--window",
+        type=float,
+        default=DEFAULT_WINDOW_S,
+        help=f"window length in seconds for silence and --segments window (default {DEFAULT_WINDOW_S})",
+    )
+    command.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    command.add_argument("--whisper-model", help="Whisper name or checkpoint path (default: $FUSION_WHISPER_MODEL)")
+    command.add_argument("--text-model", help="text model name or folder (default: $FUSION_TEXT_MODEL)")
+    command.add_argument("--face-model", help="YuNet .onnx path (default: $FUSION_FACE_MODEL, else Haar cascade)")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -123,6 +157,41 @@ def _train(args: argparse.Namespace) -> int:
     best = result.history[result.best_epoch - 1]
     print(f"wrote {folder} (best epoch {result.best_epoch}: validation UA {best.get('ua', float('nan')):.3f})")
     return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    config = AblationConfig(
+        modalities=tuple(args.modalities.split(",")) if args.modalities else None,
+        seeds=tuple(range(args.seeds)),
+        folds=args.folds,
+        validation_fraction=args.validation_fraction,
+        metric=args.metric,
+        workers=args.workers,
+        train=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(enabled=not args.no_augment)
+        ),
+    )
+    ablate(args.data, cache_dir=args.cache, out=args.out, config=config, device=args.device)
+    print((Path(args.out) / "ablation.md").read_text())
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    options = ScoreOptions(
+        checkpoint=args.checkpoint,
+        whisper_model=args.whisper_model,
+        text_model=args.text_model,
+        face_model=args.face_model,
+        device=args.device,
+        segments=args.segments,
+        window_s=args.window,
+        plots=args.plots,
+    )
+    report = score(
+        args.inputs, args.out, options=options, workers=args.workers, engine=args.engine, progress=not args.quiet
+    )
+    print(report)
+    return 0 if report.ok else 1
 
 
 def _table(result) -> str:

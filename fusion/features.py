@@ -19,10 +19,11 @@ import torch
 
 from alignment import Stream
 from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
-from encoders.face import FACE_SIZE, FaceDetector, extract_faces, face_pixels
+from encoders.face import FACE_SIZE, FaceDetector, face_pixels, find_faces, main_face_crops
 from encoders.text import Transcriber, Utterance, Word, WordEncoder
 from fusion.errors import MediaError
 from fusion.media import DEFAULT_FPS, Media, decode
+from fusion.streaming import CHUNK_S, MediaChunk, in_background, read_chunks
 
 IMAGE_DURATION_S = 1 / DEFAULT_FPS  # seconds: a still image counts as one sampled video frame
 
@@ -37,6 +38,8 @@ class RecordingFeatures:
     face_crops: (n_frames, 48, 48) uint8 grey crops of the main face (zeros where absent); None: no video track
     face_times: (n_frames,) float64 seconds; face_present: (n_frames,) bool
     timings: seconds spent per stage
+    start: seconds into the recording where these features begin (a chunk of a long recording; else 0). Every
+        time above is from the start of the recording, and duration is this piece's.
     """
 
     path: str
@@ -48,6 +51,7 @@ class RecordingFeatures:
     face_times: np.ndarray | None
     face_present: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
+    start: float = 0.0
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -73,7 +77,8 @@ class RecordingFeatures:
             audio = Stream.empty(N_MELS)
         else:
             mel = torch.from_numpy(self.mel)
-            audio = Stream(mel, torch.arange(len(mel)) * FRAME_SECONDS, torch.ones(len(mel), dtype=torch.bool))
+            times = self.start + torch.arange(len(mel), dtype=torch.float64) * FRAME_SECONDS
+            audio = Stream(mel, times.float(), torch.ones(len(mel), dtype=torch.bool))
         words = torch.from_numpy(self.word_embeddings)
         text = Stream(
             words, torch.from_numpy(self.word_times.mean(1)).float(), torch.ones(len(words), dtype=torch.bool)
@@ -135,31 +140,62 @@ class FeatureExtractor:
         )
 
     def extract(self, media: Media, *, timings: dict[str, float] | None = None) -> RecordingFeatures:
+        """Features of a whole decoded recording (a short file; long ones go through :meth:`stream`)."""
+        timings = {} if timings is None else timings
+        faces = []
+        if media.frames is not None:
+            with _timed(timings, "face_detection"):
+                faces = [find_faces(frame, self.face_detector) for frame in media.frames]
+        chunk = MediaChunk(media.path, 0.0, media.duration, media.audio, media.frame_times, faces)
+        return self.extract_chunk(chunk, timings=timings)
+
+    def stream(
+        self,
+        path: str | os.PathLike,
+        *,
+        chunk_s: float = CHUNK_S,
+        background: bool = True,
+        timings: dict[str, float] | None = None,
+    ) -> Iterator[RecordingFeatures]:
+        """Features of a recording, one chunk of about chunk_s seconds at a time, in memory that does not grow with
+        the recording's length.
+
+        background: decode and detect faces in a background thread, a chunk ahead of the models (else in turn
+        with them; benchmarks/speed.py compares the two).
+        timings (if given) accumulates the seconds per stage over all chunks; in the background, "decode" and
+        "face_detection" overlap the other stages in wall-clock time.
+        """
+        timings = {} if timings is None else timings
+        chunks = read_chunks(path, fps=self.fps, detector=self.face_detector, chunk_s=chunk_s, timings=timings)
+        for chunk in in_background(chunks) if background else chunks:
+            yield self.extract_chunk(chunk, timings=timings)
+
+    def extract_chunk(self, chunk: MediaChunk, *, timings: dict[str, float] | None = None) -> RecordingFeatures:
         timings = {} if timings is None else timings
         mel, utterances = None, []
-        if media.audio is not None:
+        if chunk.audio is not None and len(chunk.audio):
             with _timed(timings, "log_mel"):
-                mel = log_mel(media.audio)
+                mel = log_mel(chunk.audio)
             with _timed(timings, "whisper"):
-                utterances = self.transcriber.transcribe(media.audio)
+                utterances = [u.shifted(chunk.start) for u in self.transcriber.transcribe(chunk.audio)]
         with _timed(timings, "bert"):
             word_embeddings = self.word_encoder.encode(utterances).numpy()
 
-        crops = times = present = None
-        if media.frames is not None:
-            with _timed(timings, "face_detection"):
-                faces = extract_faces(media.frames, self.face_detector)
-            crops, times, present = faces.crops, media.frame_times, faces.present
+        crops = present = None
+        if chunk.frame_times is not None:
+            faces = main_face_crops(chunk.faces)
+            crops, present = faces.crops, faces.present
         return RecordingFeatures(
-            path=media.path,
-            duration=media.duration,
+            path=chunk.path,
+            duration=chunk.duration,
             mel=mel,
             utterances=utterances,
             word_embeddings=word_embeddings,
             face_crops=crops,
-            face_times=times,
+            face_times=chunk.frame_times,
             face_present=present,
             timings=timings,
+            start=chunk.start,
         )
 
 

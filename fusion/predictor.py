@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
 from fusion.features import FeatureExtractor, RecordingFeatures
 from fusion.model import MODALITIES, FusionBatch, FusionModel, modalities_present
+from fusion.streaming import CHUNK_S
 
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
@@ -87,6 +89,12 @@ class Prediction:
         """The timeline as CSV: written to path, or returned as a string when path is None."""
         return self.timeline.to_csv(path, index=False, float_format="%.6g")
 
+    def plot(self, *, path: str | os.PathLike | None = None, title: str | None = None):
+        """A matplotlib Figure of the timeline (see :func:`fusion.plot.plot_timeline`); saved to path when given."""
+        from fusion.plot import plot_timeline  # matplotlib loads only when a plot is asked for
+
+        return plot_timeline(self, path=path, title=title)
+
 
 class Predictor:
     """Loads a checkpoint and the frozen encoders once; :meth:`predict` then scores any number of files.
@@ -103,8 +111,10 @@ class Predictor:
         text_model: str | os.PathLike | None = None,
         face_model: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
+        chunk_s: float = CHUNK_S,
     ):
         self.device = pick_device(device)
+        self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
         self.checkpoint = checkpoints.load(resolve_checkpoint(checkpoint), device=self.device)
         self.model: FusionModel = self.checkpoint.model
         self.extractor = FeatureExtractor(
@@ -127,35 +137,65 @@ class Predictor:
     def predict(
         self, path: str | os.PathLike, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
     ) -> Prediction:
-        """Decode, encode, align and fuse one recording.
+        """Decode, encode, align and fuse one recording, streaming it chunk by chunk in bounded memory.
 
         segments: "utterance" (Whisper's utterances, pauses and silence in windows of about window_s seconds)
         or "window" (fixed windows of about window_s seconds).
         Raises MediaError for an unreadable file and NoModalityError when it has neither audio nor a face.
         """
-        return self.predict_features(self.extractor(path), segments=segments, window_s=window_s)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        pieces = self.extractor.stream(path, chunk_s=self.chunk_s, timings=timings)
+        result = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings)
+        timings["total"] = time.perf_counter() - start
+        return result
 
     def predict_features(
         self, features: RecordingFeatures, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
     ) -> Prediction:
         """The timeline of a recording whose features are already extracted."""
-        if not features.modalities:
-            raise NoModalityError(features.path, "no audio track and no face in any sampled frame")
-        timeline = make_segments(features.utterances, features.duration, mode=segments, window_s=window_s)
-        timings = dict(features.timings)
-        with torch.inference_mode(), autocast(self.device):
-            tokens = self._encode(features, timings)
-            start = time.perf_counter()
-            probabilities, present = self._fuse(tokens, timeline)
-            timings["fusion"] = time.perf_counter() - start
-        return self._result(features, timeline, probabilities, present, timings)
+        return self._predict_pieces([features], segments=segments, window_s=window_s, timings=dict(features.timings))
+
+    def _predict_pieces(
+        self, pieces: Iterable[RecordingFeatures], *, segments: str, window_s: float, timings: dict[str, float]
+    ) -> Prediction:
+        """Fuse a recording given as consecutive pieces (chunks), keeping only the tokens that segments still need.
+
+        A segment is fused once every token its cross-attention can reach (context_s either side) has been
+        encoded, so the result does not depend on where the chunks were cut.
+        """
+        context = self.model.config.context_s
+        path, end, modalities = None, 0.0, set()
+        buffered: dict[str, Stream] | None = None
+        pending: list[Segment] = []
+        parts: list[pd.DataFrame] = []
+        for piece in pieces:
+            path, end = piece.path, piece.start + piece.duration
+            modalities.update(piece.modalities)
+            with torch.inference_mode(), autocast(self.device):
+                tokens = self._encode(piece, timings)
+            buffered = tokens if buffered is None else {m: _concat(buffered[m], tokens[m]) for m in MODALITIES}
+            pending += make_segments(
+                piece.utterances, piece.duration, start=piece.start, mode=segments, window_s=window_s
+            )
+            ready = [s for s in pending if s.end + context <= end]
+            pending = pending[len(ready) :]
+            parts.append(self._fuse(buffered, ready, timings))
+            keep_from = (pending[0].start if pending else end) - context
+            buffered = {m: stream[stream.times >= keep_from] for m, stream in buffered.items()}
+        if buffered is not None:
+            parts.append(self._fuse(buffered, pending, timings))
+        if not modalities:
+            raise NoModalityError(path, "no audio track and no face in any sampled frame")
+        timeline = pd.concat(parts, ignore_index=True)
+        return Prediction(path, end, self.labels, timeline, self._summary(timeline, modalities), timings)
 
     def _encode(self, features: RecordingFeatures, timings: dict[str, float]) -> dict[str, Stream]:
-        """Run the trainable encoders over the whole recording once: audio tokens and face embeddings."""
+        """Run the trainable encoders over a recording (or chunk) once: audio tokens and face embeddings."""
         inputs = features.streams()
         start = time.perf_counter()
         audio = self._encode_audio(inputs["audio"])
-        timings["audio_cnn"] = time.perf_counter() - start
+        _add(timings, "audio_cnn", start)
 
         start = time.perf_counter()
         video = inputs["video"]
@@ -164,7 +204,7 @@ class Predictor:
         for first in range(0, len(real), FACE_BATCH):
             rows = real[first : first + FACE_BATCH]
             embeddings[rows] = self.model.face_encoder(video.values[rows].to(self.device)).float().cpu()
-        timings["face_cnn"] = time.perf_counter() - start
+        _add(timings, "face_cnn", start)
         return {"audio": audio, "text": inputs["text"], "video": Stream(embeddings, video.times, video.mask)}
 
     def _encode_audio(self, mel: Stream) -> Stream:
@@ -180,22 +220,27 @@ class Predictor:
         values, times = torch.cat(values), torch.cat(times)
         return Stream(values, times, torch.ones(len(times), dtype=torch.bool))
 
-    def _fuse(self, tokens: dict[str, Stream], timeline: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
-        """Per segment (with the context its attention can reach): (S, n_labels) probabilities, (S, 3) presence."""
+    def _fuse(self, tokens: dict[str, Stream], timeline: list[Segment], timings: dict[str, float]) -> pd.DataFrame:
+        """The timeline rows of segments whose context (context_s either side) is inside tokens."""
+        start = time.perf_counter()
         context = self.model.config.context_s
-        probabilities, present = [], []
-        for first in range(0, len(timeline), SEGMENT_BATCH):
-            batch_segments = timeline[first : first + SEGMENT_BATCH]
-            examples = [
-                {m: tokens[m].between(s.start - context, s.end + context) for m in MODALITIES} for s in batch_segments
-            ]
-            batch = FusionBatch.collate(examples, [(s.start, s.end) for s in batch_segments]).to(self.device)
-            logits = self.model.fuse(batch.streams, batch.segments)
-            probabilities.append(torch.softmax(logits.float(), -1).cpu())
-            present.append(modalities_present(batch.streams, batch.segments).cpu())
-        return torch.cat(probabilities).numpy(), torch.cat(present).numpy()
+        probabilities, present = [torch.zeros(0, len(self.labels))], [torch.zeros(0, len(MODALITIES), dtype=bool)]
+        with torch.inference_mode(), autocast(self.device):
+            for first in range(0, len(timeline), SEGMENT_BATCH):
+                batch_segments = timeline[first : first + SEGMENT_BATCH]
+                examples = [
+                    {m: tokens[m].between(s.start - context, s.end + context) for m in MODALITIES}
+                    for s in batch_segments
+                ]
+                batch = FusionBatch.collate(examples, [(s.start, s.end) for s in batch_segments]).to(self.device)
+                logits = self.model.fuse(batch.streams, batch.segments)
+                probabilities.append(torch.softmax(logits.float(), -1).cpu())
+                present.append(modalities_present(batch.streams, batch.segments).cpu())
+        rows = self._rows(timeline, torch.cat(probabilities).numpy(), torch.cat(present).numpy(), tokens["video"])
+        _add(timings, "fusion", start)
+        return rows
 
-    def _result(self, features, timeline, probabilities, present, timings) -> Prediction:
+    def _rows(self, timeline: list[Segment], probabilities, present, faces: Stream) -> pd.DataFrame:
         probabilities = np.where(present.any(1, keepdims=True), probabilities, np.nan)
         rows = []
         for segment, p, has in zip(timeline, probabilities, present):
@@ -204,29 +249,45 @@ class Predictor:
                     "start": round(segment.start, 3),
                     "end": round(segment.end, 3),
                     "text": segment.text,
-                    "face_present": _face_share(features, segment),
+                    "face_present": _face_share(faces, segment),
                     **dict(zip(self.labels, p.tolist())),
                     "label": self.labels[int(np.argmax(p))] if has.any() else "",
                     "modalities": ",".join(m for m, h in zip(MODALITIES, has) if h),
                 }
             )
-        frame = pd.DataFrame(rows)
-        weights = np.array([s.end - s.start for s in timeline]) * present.any(1)
+        columns = ["start", "end", "text", "face_present", *self.labels, "label", "modalities"]
+        numeric = {c: float for c in ("start", "end", "face_present", *self.labels)}
+        return pd.DataFrame(rows, columns=columns).astype(numeric)  # typed even with no rows, for pd.concat
+
+    def _summary(self, timeline: pd.DataFrame, modalities: set[str]) -> dict:
+        """Duration-weighted mean of the predicted segments' probabilities."""
+        probabilities = timeline[list(self.labels)].to_numpy(dtype=np.float64)
+        predicted = ~np.isnan(probabilities).any(1)
+        weights = (timeline["end"] - timeline["start"]).to_numpy() * predicted
         clip = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
-        summary = {
+        return {
             "probabilities": dict(zip(self.labels, clip.tolist())),
             "label": self.labels[int(np.argmax(clip))],
-            "modalities": list(features.modalities),
+            "modalities": [m for m in MODALITIES if m in modalities],
         }
-        return Prediction(features.path, features.duration, self.labels, frame, summary, timings)
 
 
-def _face_share(features: RecordingFeatures, segment: Segment) -> float:
-    """Share of the sampled frames inside the segment that show a face; NaN without video or frames."""
-    if features.face_times is None:
-        return float("nan")
-    inside = (features.face_times >= segment.start) & (features.face_times < segment.end)
-    return float(features.face_present[inside].mean()) if inside.any() else float("nan")
+def _concat(first: Stream, second: Stream) -> Stream:
+    return Stream(
+        torch.cat([first.values, second.values]),
+        torch.cat([first.times, second.times]),
+        torch.cat([first.mask, second.mask]),
+    )
+
+
+def _add(timings: dict[str, float], stage: str, since: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - since
+
+
+def _face_share(faces: Stream, segment: Segment) -> float:
+    """Share of the sampled frames inside the segment that show a face; NaN without sampled frames there."""
+    inside = (faces.times >= segment.start) & (faces.times < segment.end)
+    return float(faces.mask[inside].float().mean()) if inside.any() else float("nan")
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:

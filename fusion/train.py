@@ -70,12 +70,14 @@ def fit(
     model_config: FusionConfig | None = None,
     train_config: TrainConfig | None = None,
     device: str | torch.device | None = None,
+    modalities: Sequence[str] = MODALITIES,
     progress: bool = False,
 ) -> TrainResult:
     """Train a fusion model on whole-recording examples, each with one label.
 
     groups: one name per example (e.g. its corpus); sampling then gives every group the same share of each epoch
     and balances classes within a group, so a large corpus does not drown a small one.
+    modalities: the modalities the model may see, in training and validation; the others are removed (keep_modalities).
     """
     model_config = model_config or FusionConfig()
     config = train_config or TrainConfig()
@@ -107,6 +109,7 @@ def fit(
         for first in tqdm(range(0, per_epoch, config.batch_size), desc=f"epoch {epoch + 1}", disable=not progress):
             rows = order[first : first + config.batch_size]
             batch = FusionBatch.collate([streams[i] for i in rows], [segments[i] for i in rows])
+            batch = keep_modalities(batch, modalities)
             batch = drop_modalities(batch, config.modality_dropout, generator=generator)
             batch = augment(batch, config.augment, generator=generator).to(device)
             with autocast(device):
@@ -120,7 +123,7 @@ def fit(
             losses.append(loss.item())
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if validation is not None:
-            scores = evaluate(model, *validation, device=device)
+            scores = evaluate(model, *validation, device=device, modalities=modalities)
             record |= {k: getattr(scores, k) for k in ("ua", "wa", "macro_f1", "weighted_f1")}
             if scores.ua > best_ua:
                 best_ua, best_epoch, best_state = scores.ua, epoch + 1, copy.deepcopy(model.state_dict())
@@ -139,8 +142,9 @@ def predict_proba(
     *,
     device: str | torch.device | None = None,
     batch_size: int = 64,
+    modalities: Sequence[str] = MODALITIES,
 ) -> np.ndarray:
-    """(N, n_labels) probabilities of whole-recording examples."""
+    """(N, n_labels) probabilities of whole-recording examples that show the model only `modalities`."""
     device = pick_device(device)
     model.eval()
     out = []
@@ -148,6 +152,7 @@ def predict_proba(
         for first in range(0, len(examples), batch_size):
             chunk = examples[first : first + batch_size]
             batch = FusionBatch.collate([e.streams() for e in chunk], [WHOLE_EXAMPLE] * len(chunk))
+            batch = keep_modalities(batch, modalities)
             out.append(torch.softmax(model(batch.to(device)).float(), -1).cpu())
     return torch.cat(out).numpy()
 
@@ -158,8 +163,9 @@ def evaluate(
     labels: Sequence[str],
     *,
     device: str | torch.device | None = None,
+    modalities: Sequence[str] = MODALITIES,
 ) -> Scores:
-    predicted = predict_proba(model, examples, device=device).argmax(1)
+    predicted = predict_proba(model, examples, device=device, modalities=modalities).argmax(1)
     return score(list(labels), [model.config.labels[i] for i in predicted], model.config.labels)
 
 
@@ -205,6 +211,26 @@ def drop_modalities(batch: FusionBatch, probability: float, *, generator: torch.
         stream = batch.streams[m]
         masked[m] = PaddedStreams(stream.values, stream.times, stream.mask & keep[:, column : column + 1])
     return FusionBatch(masked["audio"], masked["text"], masked["video"], batch.segments)
+
+
+def keep_modalities(batch: FusionBatch, modalities: Sequence[str]) -> FusionBatch:
+    """The batch with every modality not in `modalities` removed for all examples.
+
+    A removed modality becomes a zero-length stream: what masking all its tokens and cutting the columns that are
+    then all padding gives, and what pad_streams makes of examples that lack it. So the model predicts exactly,
+    to the bit, as if the examples had never had it (masking alone agrees to about 1e-7: attention over more,
+    masked, keys rounds differently). This is how an ablation drops a modality at inference, and trains without one.
+    """
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"unknown modalities {unknown}: expected a subset of {MODALITIES}")
+    kept = {}
+    for m in MODALITIES:
+        stream = batch.streams[m]
+        kept[m] = (
+            stream if m in modalities else PaddedStreams(stream.values[:, :0], stream.times[:, :0], stream.mask[:, :0])
+        )
+    return FusionBatch(kept["audio"], kept["text"], kept["video"], batch.segments)
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, config: TrainConfig):

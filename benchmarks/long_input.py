@@ -1,0 +1,67 @@
+"""Build a long recording from short real clips, without re-encoding: the clips' packets are copied one after
+another, with their timestamps shifted, into one mp4.
+
+    python benchmarks/long_input.py ../shared/data/av-clips/ravdess --minutes 10 --out /tmp/interview-10min.mp4
+
+The clips must share their codecs and parameters (the RAVDESS clips do: H.264 video, AAC audio). The result is
+a stand-in for a long interview: real speech and a real face throughout, for speed and memory measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import av
+
+
+def concatenate(clips: Sequence[str | os.PathLike], out: str | os.PathLike, *, seconds: float) -> float:
+    """Repeat clips in order until at least seconds of recording are written to out; returns its duration (s)."""
+    if not clips:
+        raise ValueError("no clips to concatenate")
+    with av.open(os.fspath(clips[0])) as first, av.open(os.fspath(out), "w") as output:
+        templates = [s for s in first.streams if s.type in ("audio", "video")]
+        streams = {s.type: output.add_stream_from_template(s) for s in templates}
+        offset = 0.0  # seconds of recording written so far
+        for clip in itertools.cycle(clips):
+            if offset >= seconds:
+                break
+            with av.open(os.fspath(clip)) as source:
+                offset += _copy(source, output, streams, offset)
+    return offset
+
+
+def _copy(source: av.container.InputContainer, output, streams: dict, offset: float) -> float:
+    """Copy one clip's audio and video packets, shifted by offset seconds; returns the clip's duration (s)."""
+    inputs = [s for s in source.streams if s.type in streams]
+    end = 0.0
+    for packet in source.demux(*inputs):
+        if packet.dts is None:  # the demuxer's end-of-stream flush packet
+            continue
+        stream = packet.stream
+        shift = round(offset / stream.time_base)
+        start = stream.start_time or 0
+        packet.pts = packet.pts - start + shift if packet.pts is not None else None
+        packet.dts = packet.dts - start + shift
+        end = max(end, float((packet.pts or packet.dts) + (packet.duration or 0) - shift) * stream.time_base)
+        packet.stream = streams[stream.type]
+        output.mux(packet)
+    return end
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("clips", help="folder of clips (*.mp4), concatenated in name order")
+    parser.add_argument("--minutes", type=float, required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    clips = sorted(Path(args.clips).glob("*.mp4"))
+    duration = concatenate(clips, args.out, seconds=args.minutes * 60)
+    print(f"wrote {args.out}: {duration:.1f} s from {len(clips)} clips")
+
+
+if __name__ == "__main__":
+    main()

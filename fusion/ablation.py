@@ -1,0 +1,610 @@
+"""Modality ablations: what each modality adds, measured by retraining without it and by dropping it at inference.
+
+For every non-empty subset of the modalities the data has (audio alone is the baseline):
+
+- retrain: a model is trained from the cached features seeing only that subset;
+- drop: the model trained on all of the data's modalities is evaluated with the others removed
+  (:func:`fusion.train.keep_modalities`: exactly the outputs of feeding the examples without them).
+
+Every subset uses the same speaker-independent folds and the same training seeds, so runs are paired: the same
+test examples, the same validation speakers, the same initialisation seed. Per subset and mode, :func:`summarize`
+gives UA (macro recall), WA (accuracy), macro-F1 and weighted F1 as mean ± standard deviation over seeds and
+folds; per-class recall; and the paired difference to audio alone with a percentile bootstrap confidence interval
+over test examples. The same seeds give the same numbers on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import statistics
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from encoders.runtime import pick_device
+from fusion.cache import FeatureCache
+from fusion.datasets import Example, from_specs, speaker_folds, speaker_split
+from fusion.features import RecordingFeatures
+from fusion.labels import EMOTIONS, MODALITIES
+from fusion.metrics import score
+from fusion.model import FusionConfig
+from fusion.train import TrainConfig, fit, predict_proba
+
+METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
+METRIC_NAMES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted F1"}
+MODES = ("retrain", "drop")
+BASELINE = ("audio",)
+
+
+@dataclass
+class AblationConfig:
+    modalities: tuple[str, ...] | None = None  # which of the data's modalities to ablate; None: all it has
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds; each also picks that run's validation speakers
+    folds: int = 3  # speaker-independent folds; the number of speakers gives leave-one-speaker-out
+    fold_seed: int = 0  # shuffles speakers into folds; the same folds for every seed and subset
+    validation_fraction: float = 0.15  # of the training speakers, for early stopping; 0: none, keep the last epoch
+    metric: str = "ua"  # the metric of the differences and the figure (weighted_f1 for MELD-style data)
+    bootstrap: int = 2000  # resamples of the test examples
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
+    workers: int = 1  # trainings run in parallel processes, each with one torch thread, when above 1
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training: a subset of modalities, a seed and a fold, and the subsets its model is evaluated with."""
+
+    subset: tuple[str, ...]
+    seed: int
+    fold: int
+    train_rows: tuple[int, ...]
+    test_rows: tuple[int, ...]
+    evaluate: tuple[tuple[str, ...], ...]
+
+
+@dataclass
+class JobResult:
+    job: Job
+    best_epoch: int
+    seconds: float  # wall time of the training and its predictions
+    cpu_seconds: float  # CPU time of the process meanwhile: below `seconds` x threads when others share the CPU
+    predicted: dict[tuple[str, ...], np.ndarray]  # evaluated subset -> (n_test,) predicted label indices
+
+
+@dataclass
+class Ablation:
+    """Out-of-fold predictions of every subset, mode and seed: each example is tested once per seed."""
+
+    labels: tuple[str, ...]
+    modalities: tuple[str, ...]  # the ablated modalities, in MODALITIES order
+    subsets: list[tuple[str, ...]]
+    true: np.ndarray  # (N,) label indices
+    folds: list[list[int]]  # test rows of each fold
+    seeds: tuple[int, ...]
+    predicted: dict[tuple[str, tuple[str, ...]], np.ndarray]  # (mode, subset) -> (n_seeds, N) label indices
+    runs: list[dict]  # one per (mode, subset, seed, fold): scores on that fold's test examples
+    seconds: float
+
+
+def subsets_of(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset, smallest first, each in MODALITIES order: (audio,), (text,), (audio, text), ..."""
+    ordered = [m for m in MODALITIES if m in modalities]
+    return [subset for size in range(1, len(ordered) + 1) for subset in combinations(ordered, size)]
+
+
+def subset_name(subset: Sequence[str]) -> str:
+    """("audio", "text") -> "audio+text"."""
+    return "+".join(subset)
+
+
+def data_modalities(features: Sequence[RecordingFeatures]) -> tuple[str, ...]:
+    """The modalities that at least one example really has, in MODALITIES order."""
+    present = {m for f in features for m in f.modalities}
+    return tuple(m for m in MODALITIES if m in present)
+
+
+def run_ablation(
+    examples: Sequence[Example],
+    features: Sequence[RecordingFeatures],
+    *,
+    config: AblationConfig,
+    device: str | torch.device | None = None,
+) -> Ablation:
+    """Train and evaluate every subset on every fold and seed. examples[i] (with its label) has features[i]."""
+    if config.metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {config.metric!r}")
+    has = data_modalities(features)
+    requested = has if config.modalities is None else tuple(config.modalities)
+    missing = sorted(set(requested) - set(has))
+    if missing or not requested:
+        raise ValueError(f"cannot ablate modalities {missing or '(none)'}: the data has {list(has)}")
+    modalities = tuple(m for m in MODALITIES if m in requested)
+    labels = tuple(e for e in EMOTIONS if e in {x.label for x in examples})
+    subsets = subsets_of(modalities)
+    folds = speaker_folds(examples, config.folds, seed=config.fold_seed)
+    jobs = [
+        # The model that sees every ablated modality is also the one evaluated with the others dropped.
+        Job(subset, seed, k, tuple(train), tuple(test), tuple(subsets) if subset == modalities else (subset,))
+        for subset in reversed(subsets)  # largest first: the slowest trainings start early
+        for seed in config.seeds
+        for k, (train, test) in enumerate(folds)
+    ]
+    started = time.perf_counter()
+    results = _run_jobs(jobs, examples, features, labels=labels, config=config, device=device)
+    seconds = time.perf_counter() - started
+
+    true = np.array([labels.index(e.label) for e in examples])
+    predicted: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+    runs = []
+    for result in results:
+        job = result.job
+        for subset, predictions in result.predicted.items():
+            mode = "retrain" if subset == job.subset else "drop"
+            rows = predicted.setdefault((mode, subset), np.full((len(config.seeds), len(examples)), -1))
+            rows[config.seeds.index(job.seed), list(job.test_rows)] = predictions
+            scores = score([labels[i] for i in true[list(job.test_rows)]], [labels[i] for i in predictions], labels)
+            runs.append(
+                {
+                    "mode": mode,
+                    "subset": subset_name(subset),
+                    "seed": job.seed,
+                    "fold": job.fold,
+                    "trained_on": subset_name(job.subset),
+                    "best_epoch": result.best_epoch,
+                    "train_seconds": result.seconds,
+                    "train_cpu_seconds": result.cpu_seconds,
+                    "scores": scores.as_dict(),
+                }
+            )
+    order = [(mode, subset_name(subset)) for mode in MODES for subset in subsets]
+    runs.sort(key=lambda run: (order.index((run["mode"], run["subset"])), run["seed"], run["fold"]))
+    test_rows = [test for _, test in folds]
+    return Ablation(labels, modalities, subsets, true, test_rows, config.seeds, predicted, runs, seconds)
+
+
+def _run_jobs(
+    jobs: list[Job],
+    examples: Sequence[Example],
+    features: Sequence[RecordingFeatures],
+    *,
+    labels: tuple[str, ...],
+    config: AblationConfig,
+    device: str | torch.device | None,
+) -> list[JobResult]:
+    """Run the trainings here, or in config.workers processes (spawned, so no torch state is forked)."""
+    data = (examples, features, labels, config, device)
+    if config.workers <= 1:
+        return _collect((_run_job(job, *data) for job in jobs), total=len(jobs))
+    # The pool's exit terminates the workers, also when an error or Ctrl-C ends the run early.
+    with multiprocessing.get_context("spawn").Pool(config.workers, initializer=_init_worker, initargs=data) as pool:
+        return _collect(pool.imap_unordered(_run_job_in_worker, jobs), total=len(jobs))
+
+
+def _collect(outcomes: Iterable[JobResult], *, total: int) -> list[JobResult]:
+    """The results as they come, each reported on stderr with the time so far."""
+    started = time.perf_counter()
+    results = []
+    for result in outcomes:
+        results.append(result)
+        job = result.job
+        print(
+            f"[{len(results)}/{total}, {time.perf_counter() - started:.0f} s] trained on"
+            f" {subset_name(job.subset)}, seed {job.seed}, fold {job.fold}: best epoch {result.best_epoch},"
+            f" {result.seconds:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return results
+
+
+_worker_data: tuple | None = None  # (examples, features, labels, config, device) in a worker process
+
+
+def _init_worker(*data) -> None:
+    global _worker_data
+    torch.set_num_threads(1)  # one thread per process: small models gain more from processes than threads
+    _worker_data = data
+
+
+def _run_job_in_worker(job: Job) -> JobResult:
+    return _run_job(job, *_worker_data)
+
+
+def _run_job(
+    job: Job,
+    examples: Sequence[Example],
+    features: Sequence[RecordingFeatures],
+    labels: tuple[str, ...],
+    config: AblationConfig,
+    device: str | torch.device | None,
+) -> JobResult:
+    """Train on the job's training rows seeing only its subset; predict its test rows with each evaluated subset."""
+    started, started_cpu = time.perf_counter(), time.process_time()
+    fit_rows, check_rows = list(job.train_rows), []
+    if config.validation_fraction > 0:  # split before filtering, so every subset validates on the same speakers
+        fit_part, check_part = speaker_split(
+            [examples[i] for i in fit_rows], validation_fraction=config.validation_fraction, seed=job.seed
+        )
+        fit_rows, check_rows = [fit_rows[j] for j in fit_part], [fit_rows[j] for j in check_part]
+    # Examples with none of the subset's modalities carry no signal for it; they still count as test examples.
+    fit_rows = [i for i in fit_rows if set(features[i].modalities) & set(job.subset)]
+    validation = ([features[i] for i in check_rows], [examples[i].label for i in check_rows]) if check_rows else None
+    result = fit(
+        [features[i] for i in fit_rows],
+        [examples[i].label for i in fit_rows],
+        validation=validation,
+        groups=[examples[i].dataset for i in fit_rows],
+        model_config=FusionConfig(labels=labels),
+        train_config=dataclasses.replace(config.train, seed=job.seed),
+        device=device,
+        modalities=job.subset,
+    )
+    test = [features[i] for i in job.test_rows]
+    predicted = {
+        subset: predict_proba(result.model, test, device=device, modalities=subset).argmax(1) for subset in job.evaluate
+    }
+    return JobResult(
+        job, result.best_epoch, time.perf_counter() - started, time.process_time() - started_cpu, predicted
+    )
+
+
+def confusion_counts(true: np.ndarray, predicted: np.ndarray, weights: np.ndarray, n_labels: int) -> np.ndarray:
+    """Confusion matrices of resampled test sets.
+
+    true, predicted: (N,) label indices; weights: (B, N) how often each example is drawn in each of B resamples
+    returns (B, n_labels, n_labels) counts, rows true label, columns predicted
+    """
+    cells = np.zeros((len(true), n_labels * n_labels), dtype=np.float64)
+    cells[np.arange(len(true)), true * n_labels + predicted] = 1.0
+    return (weights @ cells).reshape(-1, n_labels, n_labels)
+
+
+def metrics_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """UA, WA, macro-F1 and weighted F1 of (..., K, K) confusion counts, as fusion.metrics.score computes them.
+
+    Classes absent from the true labels do not count in the macro averages; a class never predicted has
+    precision 0. Returns arrays of shape (...).
+    """
+    support = confusion.sum(-1)  # (..., K) true examples per class
+    predicted = confusion.sum(-2)
+    hits = np.diagonal(confusion, axis1=-2, axis2=-1)
+    present = support > 0
+    total = support.sum(-1)
+    recall = np.divide(hits, support, out=np.zeros_like(hits, dtype=np.float64), where=present)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits, dtype=np.float64), where=predicted > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
+    n_present = present.sum(-1)
+    return {
+        "ua": (recall * present).sum(-1) / n_present,
+        "wa": hits.sum(-1) / total,
+        "macro_f1": (f1 * present).sum(-1) / n_present,
+        "weighted_f1": (f1 * support).sum(-1) / total,
+    }
+
+
+def bootstrap(
+    true: np.ndarray,
+    predicted: np.ndarray,
+    reference: np.ndarray | None = None,
+    *,
+    n_labels: int,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Each metric of `predicted` (minus that of `reference`, if given) with a percentile bootstrap interval.
+
+    true: (N,) label indices; predicted, reference: (S, N) label indices, one row per training seed. A metric is
+    computed over all N examples (pooled) and averaged over the S seeds. A resample draws N examples with
+    replacement and uses the same draw for every seed and for both systems, so with a reference the interval is
+    that of the paired difference. Returns {metric: {"value", "low", "high"}}.
+    """
+    draws = np.random.default_rng(seed).multinomial(len(true), np.full(len(true), 1 / len(true)), size=resamples)
+    weights = np.concatenate([np.ones((1, len(true))), draws])  # row 0: the test set as it is
+    values = _seed_mean_metrics(true, predicted, weights, n_labels)
+    if reference is not None:
+        reference_values = _seed_mean_metrics(true, reference, weights, n_labels)
+        values = {m: values[m] - reference_values[m] for m in METRICS}
+    tail = 100 * (1 - confidence) / 2
+    out = {}
+    for m in METRICS:
+        low, high = np.percentile(values[m][1:], [tail, 100 - tail])
+        out[m] = {"value": float(values[m][0]), "low": float(low), "high": float(high)}
+    return out
+
+
+def _seed_mean_metrics(
+    true: np.ndarray, predicted: np.ndarray, weights: np.ndarray, n_labels: int
+) -> dict[str, np.ndarray]:
+    """predicted (S, N), weights (B, N) -> {metric: (B,)} each resample's metric, averaged over the S seeds."""
+    per_seed = [metrics_from_confusion(confusion_counts(true, row, weights, n_labels)) for row in predicted]
+    return {m: np.mean([values[m] for values in per_seed], axis=0) for m in METRICS}
+
+
+def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
+    """One row per mode and subset: metrics over runs, pooled metrics and the difference to the baseline, with CIs.
+
+    mean / std: over the (seed, fold) runs, each scored on its fold's test examples. pooled: each seed's
+    out-of-fold predictions scored over all examples, averaged over seeds, with a bootstrap interval; difference:
+    pooled metric minus the baseline's (audio alone, same mode), with the paired bootstrap interval.
+    """
+    n_labels = len(ablation.labels)
+    rows = []
+    for mode in MODES:
+        baseline = ablation.predicted.get((mode, BASELINE))
+        for subset in ablation.subsets:
+            if (mode, subset) not in ablation.predicted:
+                continue
+            predicted = ablation.predicted[mode, subset]
+            runs = [r["scores"] for r in ablation.runs if r["mode"] == mode and r["subset"] == subset_name(subset)]
+            settings = {"resamples": config.bootstrap, "confidence": config.confidence, "seed": config.bootstrap_seed}
+            pooled = bootstrap(ablation.true, predicted, n_labels=n_labels, **settings)
+            difference = None
+            if baseline is not None and subset != BASELINE:
+                difference = bootstrap(ablation.true, predicted, baseline, n_labels=n_labels, **settings)
+            rows.append(
+                {
+                    "mode": mode,
+                    "subset": subset_name(subset),
+                    "mean": {m: statistics.mean(s[m] for s in runs) for m in METRICS},
+                    "std": {m: _std([s[m] for s in runs]) for m in METRICS},
+                    "pooled": pooled,
+                    "difference_to_audio": difference,
+                    "recall": {
+                        label: statistics.mean(s["recall"][label] for s in runs if label in s["recall"])
+                        for label in ablation.labels
+                        if any(label in s["recall"] for s in runs)
+                    },
+                    "runs": len(runs),
+                }
+            )
+    return rows
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def ablate(
+    data: Sequence[str],
+    *,
+    cache_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    config: AblationConfig,
+    device: str | torch.device | None = None,
+    command: str | None = None,
+) -> list[dict]:
+    """Run the ablation on corpora given as KIND=PATH specs and write ablation.md, .json and .png to `out`.
+
+    Features come from (and go to) the cache; examples whose features cannot be computed are reported and left
+    out. Returns the summary rows (see :func:`summarize`).
+    """
+    started = time.perf_counter()
+    manifest = from_specs(data)  # the adapters warn about every file they skip
+    features, report = FeatureCache(cache_dir).build(manifest.examples)
+    print(report, file=sys.stderr)
+    usable = [i for i, f in enumerate(features) if f is not None]
+    examples = [manifest.examples[i] for i in usable]
+    ablation = run_ablation(examples, [features[i] for i in usable], config=config, device=device)
+    rows = summarize(ablation, config)
+    record = {
+        "command": command or command_line(),
+        "machine": machine(config, device),
+        "wall_seconds": time.perf_counter() - started,
+        "data": {
+            "specs": list(data),
+            "examples": len(examples),
+            "skipped": [list(s) for s in manifest.skipped] + [list(s) for s in report.skipped],
+            "speakers": len({e.speaker for e in examples}),
+            "labels": list(ablation.labels),
+            "class_counts": dict(Counter(e.label for e in examples)),
+            "modalities": list(ablation.modalities),
+            "folds": [
+                {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
+                for k, test in enumerate(ablation.folds)
+            ],
+        },
+        "config": dataclasses.asdict(config),
+        "baseline": subset_name(BASELINE),
+        "metric": config.metric,
+        "training_seconds": ablation.seconds,
+        "rows": rows,
+        "runs": ablation.runs,
+        "predictions": {
+            "paths": [e.path for e in examples],
+            "true": [ablation.labels[i] for i in ablation.true],
+            **{
+                f"{mode}:{subset_name(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
+                for (mode, subset), predicted in ablation.predicted.items()
+            },
+        },
+    }
+    write(record, out)
+    return rows
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it from the current folder."""
+    if sys.orig_argv[1:2] == ["-m"]:  # python -m fusion.cli ablate ...
+        return shlex.join(["python", *sys.orig_argv[1:]])
+    program = Path(sys.argv[0])
+    if program.suffix != ".py":  # the installed `fusion` command
+        return shlex.join([program.name, *sys.argv[1:]])
+    if program.resolve().is_relative_to(Path.cwd()):
+        program = program.resolve().relative_to(Path.cwd())
+    return shlex.join(["python", str(program), *sys.argv[1:]])
+
+
+def machine(config: AblationConfig, device: str | torch.device | None) -> str:
+    """The hardware and threads a run used, in words."""
+    resolved = pick_device(device)
+    where = f"GPU {torch.cuda.get_device_name(resolved)}" if resolved.type == "cuda" else "CPU"
+    threads = "1 torch thread each" if config.workers > 1 else f"{torch.get_num_threads()} torch threads"
+    return (
+        f"{platform.machine()} {where}, {os.cpu_count()} cores, {config.workers} training process(es) with"
+        f" {threads}, torch {torch.__version__}"
+    )
+
+
+def write(record: dict, out: str | os.PathLike) -> None:
+    """ablation.json (everything), ablation.md (the tables, command, machine, wall time), ablation.png (bars)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "ablation.md").write_text(markdown(record))
+    plot(record, out / "ablation.png")
+
+
+def markdown(record: dict) -> str:
+    metric = METRIC_NAMES[record["metric"]]
+    data, config = record["data"], record["config"]
+    confidence = f"{config['confidence'] * 100:.0f}%"
+    trainings = {(r["trained_on"], r["seed"], r["fold"]): r for r in record["runs"]}.values()
+    cpu_minutes = sum(r["train_cpu_seconds"] for r in trainings) / 60
+    lines = [
+        f"# Modality ablation: {', '.join(data['specs'])}",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Machine: {record['machine']}. Wall time {record['wall_seconds'] / 60:.1f} min: features from the cache"
+        f" and {len(trainings)} trainings, which used {cpu_minutes:.1f} CPU-minutes in all.",
+        "",
+        f"Data: {data['examples']} examples from {data['speakers']} speakers; classes "
+        + ", ".join(f"{label} {data['class_counts'][label]}" for label in data["labels"])
+        + f"; modalities ablated: {', '.join(data['modalities'])}. {len(data['folds'])} speaker-independent folds"
+        " (no speaker in both training and test), the same for every subset; seeds "
+        + ", ".join(map(str, config["seeds"]))
+        + f"; {config['train']['epochs']} epochs"
+        + (
+            f", keeping the epoch with the best UA on {config['validation_fraction']:.0%} of the training speakers."
+            if config["validation_fraction"] > 0
+            else ", no validation split (the last epoch is kept)."
+        ),
+        "",
+        "Test speakers per fold (examples): " + "; ".join(_fold_summary(fold) for fold in data["folds"]),
+        "",
+        *_legend(record),
+        "",
+        f"| mode | modalities | UA | WA | macro-F1 | weighted F1 | pooled {metric} [{confidence} CI] |"
+        f" Δ {metric} vs audio [{confidence} CI] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        cells = " | ".join(f"{row['mean'][m] * 100:.1f} ± {row['std'][m] * 100:.1f}" for m in METRICS)
+        pooled = _interval(row["pooled"][record["metric"]], signed=False)
+        lines.append(f"| {row['mode']} | {row['subset']} | {cells} | {pooled} | {_difference(row, record['metric'])} |")
+    labels = data["labels"]
+    lines += [
+        "",
+        "Recall per class, % (mean over runs; a class counts in a run when its fold tests it):",
+        "",
+        "| mode | modalities | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for row in record["rows"]:
+        cells = " | ".join(f"{row['recall'][label] * 100:.1f}" if label in row["recall"] else "-" for label in labels)
+        lines.append(f"| {row['mode']} | {row['subset']} | {cells} |")
+    lines += ["", "Every fold and seed, the pooled metrics and all predictions: `ablation.json`; bars: `ablation.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def _legend(record: dict) -> list[str]:
+    """What the modes and columns of the table mean, as markdown bullets."""
+    metric = METRIC_NAMES[record["metric"]]
+    config = record["config"]
+    confidence = f"{config['confidence'] * 100:.0f}%"
+    legend = ["- **retrain**: a model trained and tested with only these modalities."]
+    if any(row["mode"] == "drop" for row in record["rows"]):
+        legend.append(
+            f"- **drop**: the model trained on {'+'.join(record['data']['modalities'])}, tested with only these"
+            " modalities."
+        )
+    legend += [
+        "- UA = macro recall, WA = accuracy, macro-F1, weighted F1 (F1 per class weighted by support); in %, mean ±"
+        " standard deviation over the seed x fold runs, each scored on its fold's test examples.",
+        f"- pooled {metric}: each seed's out-of-fold predictions (every example tested once) scored over all"
+        f" examples, averaged over seeds, [with a {confidence} percentile bootstrap interval over test examples,"
+        f" {config['bootstrap']} resamples].",
+    ]
+    if "audio" in record["data"]["modalities"]:
+        legend.append(
+            f"- Δ {metric}: pooled {metric} minus audio alone's in the same mode, [{confidence} paired bootstrap"
+            " interval: the same resampled examples for both]. Pooled over folds, it can differ slightly from the"
+            " difference of the means."
+        )
+    else:
+        legend.append(f"- Δ {metric}: none, since the data has no audio to compare with.")
+    return legend
+
+
+def _short_spec(spec: str) -> str:
+    """ "meld=../data/train_sent_emo.csv:../clips" -> "meld=train_sent_emo.csv"."""
+    kind, _, path = spec.partition("=")
+    return f"{kind}={Path(path.partition(':')[0]).name}"
+
+
+def _fold_summary(fold: dict, *, most: int = 12) -> str:
+    """ "0: ravdess:03, ravdess:07 (120)", or the number of speakers when there are more than `most`."""
+    speakers = fold["test_speakers"]
+    named = ", ".join(speakers) if len(speakers) <= most else f"{len(speakers)} speakers"
+    return f"{fold['fold']}: {named} ({fold['examples']})"
+
+
+def _difference(row: dict, metric: str) -> str:
+    difference = row["difference_to_audio"]
+    if difference is None:
+        return "baseline" if row["subset"] == subset_name(BASELINE) else "-"
+    return _interval(difference[metric], signed=True)
+
+
+def _interval(estimate: dict[str, float], *, signed: bool) -> str:
+    """{"value", "low", "high"} fractions -> "+4.2 [-1.0, +9.8]" in points."""
+    style = "+.1f" if signed else ".1f"
+    value, low, high = (format(estimate[k] * 100, style) for k in ("value", "low", "high"))
+    return f"{value} [{low}, {high}]"
+
+
+def plot(record: dict, path: str | os.PathLike) -> None:
+    """Bars of each row's pooled metric and, where there is an audio-alone baseline, of the difference to it,
+    both with their bootstrap intervals."""
+    metric = record["metric"]
+    rows = record["rows"]
+    names = [f"{row['mode']}: {row['subset']}" for row in rows]
+    colours = ["tab:blue" if row["mode"] == "retrain" else "tab:orange" for row in rows]
+    panels = [("pooled", f"{METRIC_NAMES[metric]} (%), pooled out-of-fold")]
+    if any(row["difference_to_audio"] is not None for row in rows):
+        panels.append(("difference_to_audio", f"Δ {METRIC_NAMES[metric]} vs audio alone (points)"))
+    figure = Figure(figsize=(5.5 * len(panels), 0.45 * len(rows) + 1.8), layout="constrained")
+    axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for axes, (key, title) in zip(axes_list, panels):
+        present = [(i, row[key][metric]) for i, row in enumerate(rows) if row[key] is not None]
+        positions = [i for i, _ in present]
+        values = np.array([v["value"] for _, v in present]) * 100
+        errors = np.array([[v["value"] - v["low"], v["high"] - v["value"]] for _, v in present]).T * 100
+        axes.barh(positions, values, xerr=errors.reshape(2, -1), color=[colours[i] for i in positions], capsize=3)
+        axes.set_title(title, fontsize=10)
+        axes.axvline(0, color="black", linewidth=0.8)
+        axes.grid(axis="x", alpha=0.3)
+    axes_list[0].set_yticks(range(len(rows)), names)
+    axes_list[0].invert_yaxis()
+    confidence = record["config"]["confidence"] * 100
+    corpora = ", ".join(_short_spec(spec) for spec in record["data"]["specs"])
+    title = f"{corpora}: bars with {confidence:.0f}% bootstrap intervals over test examples"
+    figure.suptitle("\n".join(textwrap.wrap(title, width=60 * len(panels))), fontsize=9)
+    figure.savefig(path, dpi=120)

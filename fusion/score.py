@@ -1,0 +1,325 @@
+"""Batch scoring: many recordings in, one table of segments out; resumable, and one bad file never costs the others.
+
+    fusion score interviews/ --out scores.parquet --workers 2 --plots plots/
+
+Each file's result is written as soon as it is scored, atomically, to a JSON file in ``scores.parquet.parts/``,
+keyed by the file's path, size and modification time and the checkpoint's id; re-running the same command skips
+what is already there, so a crash or a kill loses at most the files in flight. When every file has been tried, the
+parts are gathered into three tables written beside each other (each atomically):
+
+- ``scores.parquet``: one row per segment: file, start, end, text, face_present, one probability per emotion,
+  label, modalities;
+- ``scores.files.parquet``: one row per scored file: duration, clip-level probabilities and label, modalities,
+  number of segments, and seconds per stage;
+- ``scores.errors.parquet``: one row per file that could not be scored: file, stage, error.
+
+The same per-file function, :func:`score_file`, runs in this process, in worker processes (``workers > 1``), or as
+Ray tasks (``engine="ray"``); every process loads each model once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from alignment import DEFAULT_WINDOW_S
+from fusion import checkpoint as checkpoints
+from fusion.errors import MediaError, NoModalityError
+from fusion.predictor import Predictor, resolve_checkpoint
+
+MEDIA_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .wmv .ts .wav .flac .mp3 .m4a .aac .ogg .opus".split()
+)
+MANIFEST_SUFFIXES = (".csv", ".txt")  # a csv with a "path" column (as fusion's manifests have), or one path a line
+OUTPUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
+ENGINES = ("local", "ray")
+# The per-file summary's seconds per stage, from the predictor's timings. Decoding and face detection run in a
+# background thread, so they overlap the other stages; "total" is the file's wall-clock time.
+STAGE_COLUMNS = {
+    "seconds_decode": ("decode",),
+    "seconds_asr": ("whisper",),
+    "seconds_text": ("bert",),
+    "seconds_face": ("face_detection", "face_cnn"),
+    "seconds_audio": ("log_mel", "audio_cnn"),
+    "seconds_fusion": ("fusion",),
+    "seconds_total": ("total",),
+}
+# Environment variables a Ray worker needs to find the same models as this process.
+FORWARDED_ENV = (
+    "FUSION_WHISPER_MODEL",
+    "FUSION_TEXT_MODEL",
+    "FUSION_FACE_MODEL",
+    "FUSION_CHECKPOINT",
+    "HF_HUB_OFFLINE",
+)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Everything a worker needs to build its predictor and score a file (plain values, so it pickles)."""
+
+    checkpoint: str | None = None
+    whisper_model: str | None = None
+    text_model: str | None = None
+    face_model: str | None = None
+    device: str | None = None
+    segments: str = "utterance"
+    window_s: float = DEFAULT_WINDOW_S
+    plots: str | None = None  # folder for one PNG per file
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    files: int  # inputs found
+    scored: int  # scored in this run
+    resumed: int  # already scored by an earlier run with the same checkpoint
+    failed: int  # in the errors table
+    outputs: tuple[Path, Path, Path]  # segments, per-file summary, errors
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.files} files: {self.scored} scored, {self.resumed} already scored, {self.failed} failed; "
+            f"wrote {', '.join(str(p) for p in self.outputs)}"
+        )
+
+
+def find_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Files to score from files, folders (searched recursively for MEDIA_SUFFIXES) and manifests, in order, once
+    each. A path that does not exist is kept, so that it gets its row in the errors table."""
+    found: list[str] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
+        elif item.suffix.lower() in MANIFEST_SUFFIXES and item.is_file():
+            found += _read_manifest(item)
+        else:
+            found.append(str(item))
+    return list(dict.fromkeys(found))
+
+
+def _read_manifest(path: Path) -> list[str]:
+    """Paths listed in a manifest; relative ones are relative to the manifest's folder."""
+    if path.suffix.lower() == ".csv":
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "path" not in table.columns:
+            raise ValueError(f"{path}: a manifest csv needs a 'path' column, found {list(table.columns)}")
+        listed = [p for p in table["path"] if p]
+    else:
+        listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [str(path.parent / p) if not os.path.isabs(p) else p for p in listed]
+
+
+def file_key(path: str, checkpoint_id: str) -> str:
+    """What makes a result reusable: the file's absolute path, size and modification time, and the checkpoint."""
+    try:
+        stat = os.stat(path)
+        identity = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{checkpoint_id}"
+    except OSError:  # a missing file: it will fail, and is retried on every run
+        identity = f"{os.path.abspath(path)}|missing|{checkpoint_id}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def plot_name(path: str) -> str:
+    """The PNG of a file: its name, and a hash of its absolute path, so same-named files in two folders differ."""
+    return f"{Path(path).stem}-{hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:8]}.png"
+
+
+@functools.lru_cache(maxsize=1)
+def _predictor(options: ScoreOptions) -> Predictor:
+    """This process's predictor: loaded on its first file, reused for every later one."""
+    return Predictor(
+        options.checkpoint,
+        whisper_model=options.whisper_model,
+        text_model=options.text_model,
+        face_model=options.face_model,
+        device=options.device,
+    )
+
+
+def score_file(path: str, options: ScoreOptions) -> dict:
+    """Score one file with this process's predictor.
+
+    Returns {"file", "status": "ok", "summary": {...}, "segments": [...]} or {"file", "status": "error", "stage",
+    "error"}: a file that fails is reported, never raised, so that it cannot stop the batch. The stage is "decode"
+    (unreadable, truncated), "features" (no audio and no face), "plot" or "predict" (anything else, with its
+    traceback).
+    """
+    predictor = _predictor(options)
+    try:
+        prediction = predictor.predict(path, segments=options.segments, window_s=options.window_s)
+    except MediaError as error:
+        return _error(path, "decode", str(error))
+    except NoModalityError as error:
+        return _error(path, "features", str(error))
+    except Exception:  # an unexpected failure of one file: reported with its traceback in the errors table
+        return _error(path, "predict", traceback.format_exc())
+    if options.plots:
+        try:
+            Path(options.plots).mkdir(parents=True, exist_ok=True)
+            prediction.plot(path=Path(options.plots) / plot_name(path))
+        except Exception:  # a plot that fails does not lose the scores, but the file is reported
+            return _error(path, "plot", traceback.format_exc())
+    timeline = prediction.timeline.assign(modalities=prediction.timeline["modalities"].fillna(""))
+    summary = {
+        "duration": prediction.duration,
+        "label": prediction.summary["label"],
+        **prediction.summary["probabilities"],
+        "modalities": ",".join(prediction.summary["modalities"]),
+        "segments": len(timeline),
+        **{c: sum(prediction.timings.get(s, 0.0) for s in stages) for c, stages in STAGE_COLUMNS.items()},
+        "checkpoint": predictor.checkpoint.id,
+    }
+    return {
+        "file": path,
+        "status": "ok",
+        "summary": summary,
+        "segments": json.loads(timeline.to_json(orient="records")),  # NaN -> null: valid JSON
+    }
+
+
+def _error(path: str, stage: str, message: str) -> dict:
+    return {"file": path, "status": "error", "stage": stage, "error": message.strip()}
+
+
+def score(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    options: ScoreOptions | None = None,
+    workers: int = 1,
+    engine: str = "local",
+    progress: bool = True,
+) -> ScoreReport:
+    """Score every input file into the tables beside out (see the module's docstring); resumes an earlier run."""
+    options = options or ScoreOptions()
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, got {out.name}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    # Loaded here first: a missing or broken checkpoint stops the run before any work, with its own error.
+    checkpoint_id = checkpoints.load(resolve_checkpoint(options.checkpoint)).id
+    files = find_inputs(inputs)
+    keys = {path: file_key(path, checkpoint_id) for path in files}
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    todo = [path for path in files if not (parts / f"{keys[path]}.json").is_file()]
+
+    if engine == "local" and workers == 1 and todo:
+        _predictor(options)  # a model that cannot load stops the run here, before the progress bar
+    errors = []
+    run = {"local": _run_local, "ray": _run_ray}[engine]
+    bar = tqdm(total=len(todo), unit="file", desc="scoring", disable=not progress)
+    for record in run(todo, options, workers):
+        if record["status"] == "ok":
+            _write_atomic(parts / f"{keys[record['file']]}.json", json.dumps(record))
+        else:
+            errors.append({k: record[k] for k in ("file", "stage", "error")})
+        bar.update()
+    bar.close()
+
+    records = [json.loads(p.read_text()) for path in files if (p := parts / f"{keys[path]}.json").is_file()]
+    outputs = _write_tables(out, records, errors)
+    scored = len(todo) - len(errors)
+    return ScoreReport(len(files), scored, len(records) - scored, len(errors), outputs)
+
+
+def _run_local(files: list[str], options: ScoreOptions, workers: int) -> Iterator[dict]:
+    if workers == 1:
+        for path in files:
+            yield score_file(path, options)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)  # cores shared out, so workers do not oversubscribe them
+    context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(score_file, path, options): path for path in files}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool as error:  # a worker was killed (e.g. out of memory): every file in flight
+                yield _error(futures[future], "predict", f"worker process died ({error}); run again to retry")
+
+
+def _run_ray(files: list[str], options: ScoreOptions, workers: int) -> Iterator[dict]:
+    """Ray tasks, one per file, on the cluster at $RAY_ADDRESS (or a local one started here); each Ray worker
+    process keeps its predictor between tasks. workers: CPUs asked for per task are this machine's / workers."""
+    import ray  # optional: only this engine needs it
+
+    if not ray.is_initialized():
+        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, log_to_driver=False)
+    on_gpu = (options.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    task: Callable = ray.remote(score_file).options(
+        num_cpus=max(1, (os.cpu_count() or 1) // workers), num_gpus=1 if on_gpu else 0
+    )
+    pending = {task.remote(path, options): path for path in files}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        path = pending.pop(done[0])
+        try:
+            yield ray.get(done[0])
+        except ray.exceptions.RayError as error:  # the task's worker or node died; score_file reports the rest
+            yield _error(path, "predict", f"Ray task failed ({error}); run again to retry")
+
+
+def _write_tables(out: Path, records: list[dict], errors: list[dict]) -> tuple[Path, Path, Path]:
+    segments = pd.DataFrame([{"file": r["file"], **row} for r in records for row in r["segments"]])
+    files = pd.DataFrame([{"file": r["file"], **r["summary"]} for r in records])
+    failures = pd.DataFrame(errors, columns=["file", "stage", "error"])
+    base = out.name[: -len(out.suffix)]
+    paths = (out, out.with_name(f"{base}.files{out.suffix}"), out.with_name(f"{base}.errors{out.suffix}"))
+    for table, path in zip((segments, files, failures), paths):
+        _write_table(table, path)
+    return paths
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    """Write to a temporary file beside path, then rename: a reader never sees half a table."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        temporary = Path(tmp.name)
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            table.to_parquet(temporary, index=False)
+        elif suffix == ".csv":
+            table.to_csv(temporary, index=False)
+        elif len(table):
+            table.to_json(temporary, orient="records", lines=True)
+        else:
+            temporary.write_text("")  # pandas would write one blank line, which is not a JSON record
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+
+
+__all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score", "score_file"]
