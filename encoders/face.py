@@ -207,14 +207,14 @@ class FrameFaces:
     crops: np.ndarray  # (n, FACE_SIZE, FACE_SIZE) uint8 grey, one per box
 
 
+_NO_CROPS = np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+
+
 def find_faces(frame: np.ndarray, detector: FaceDetector) -> FrameFaces:
     """(H, W, 3) uint8 BGR -> every face the detector finds, with its crop."""
     boxes = detector.detect(frame)
     crops = np.stack([crop_face(frame, box[:4]) for box in boxes]) if len(boxes) else _NO_CROPS
     return FrameFaces(boxes=boxes, crops=crops)
-
-
-_NO_CROPS = np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
 
 
 @dataclass(frozen=True)

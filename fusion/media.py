@@ -22,7 +22,7 @@ DEFAULT_FPS = 5.0  # video frames sampled per second of recording
 MIN_COVERAGE = 0.9  # fraction of a declared duration that must decode, below which the file is truncated
 # Frames that no other frame references (most B-frames) are not decoded when the video has at least this many
 # frames per sampled one: they are never needed to decode the rest, and the frames left (at least the I- and
-# P-frames, a third or more of a 30 fps stream) are still denser than the samples. Halves decoding of RAVDESS mp4s.
+# P-frames, a third or more of a 30 fps stream) are still denser than the samples.
 SKIP_NONREF_MIN_RATIO = 4.0
 
 

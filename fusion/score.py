@@ -217,22 +217,25 @@ def score(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    # Loaded here first: a missing or broken checkpoint stops the run before any work, with its own error.
-    checkpoint_id = checkpoints.load(resolve_checkpoint(options.checkpoint)).id
+    # Loaded first, so that a missing or broken model stops the run before any work, with its own error. In this
+    # process, the predictor that will score the files; for other processes, only the checkpoint is checked.
+    if engine == "local" and workers == 1:
+        checkpoint_id = _predictor(options).checkpoint.id
+    else:
+        checkpoint_id = checkpoints.load(resolve_checkpoint(options.checkpoint)).id
     files = find_inputs(inputs)
     keys = {path: file_key(path, checkpoint_id) for path in files}
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     todo = [path for path in files if not (parts / f"{keys[path]}.json").is_file()]
 
-    if engine == "local" and workers == 1 and todo:
-        _predictor(options)  # a model that cannot load stops the run here, before the progress bar
     errors = []
     run = {"local": _run_local, "ray": _run_ray}[engine]
     bar = tqdm(total=len(todo), unit="file", desc="scoring", disable=not progress)
     for record in run(todo, options, workers):
         if record["status"] == "ok":
-            _write_atomic(parts / f"{keys[record['file']]}.json", json.dumps(record))
+            part = parts / f"{keys[record['file']]}.json"
+            _replace_atomically(part, functools.partial(Path.write_text, data=json.dumps(record)))
         else:
             errors.append({k: record[k] for k in ("file", "stage", "error")})
         bar.update()
@@ -296,30 +299,29 @@ def _write_tables(out: Path, records: list[dict], errors: list[dict]) -> tuple[P
 
 
 def _write_table(table: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file beside path, then rename: a reader never sees half a table."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        _replace_atomically(path, lambda temporary: table.to_parquet(temporary, index=False))
+    elif suffix == ".csv":
+        _replace_atomically(path, lambda temporary: table.to_csv(temporary, index=False))
+    elif len(table):
+        _replace_atomically(path, lambda temporary: table.to_json(temporary, orient="records", lines=True))
+    else:  # pandas would write one blank line, which is not a JSON record
+        _replace_atomically(path, lambda temporary: temporary.write_text(""))
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """write(temporary) to a file beside path, flushed to disk, then renamed to path: whoever reads path, even
+    after a crash, sees the old file or the whole new one, never part of it."""
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         temporary = Path(tmp.name)
     try:
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            table.to_parquet(temporary, index=False)
-        elif suffix == ".csv":
-            table.to_csv(temporary, index=False)
-        elif len(table):
-            table.to_json(temporary, orient="records", lines=True)
-        else:
-            temporary.write_text("")  # pandas would write one blank line, which is not a JSON record
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
 
 
 __all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score", "score_file"]
