@@ -34,6 +34,13 @@ DETECT_MAX_SIDE = 320
 # so select_main_face does not pick it.
 MIN_SCORE = 0.7
 TRACK_IOU = 0.3  # IoU with a track's latest box needed to extend it; a talking head at 5 fps moves far less
+# The detector runs on every DETECT_EVERY-th sampled frame (at 5 fps: every 0.4 s); a frame in between takes boxes
+# interpolated from the detections either side when those agree, else it is detected too. Detection is the face
+# path's largest cost, and a speaker's face moves little in 0.4 s.
+DETECT_EVERY = 2
+# IoU each face's boxes either side of a frame must have for the frame's boxes to be interpolated: a stricter
+# match than TRACK_IOU, since a box drawn rather than detected must not be far off
+INTERPOLATE_IOU = 0.5
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 HAAR_MIN_NEIGHBORS = 5  # overlapping Haar hits needed to accept a face: OpenCV's recommended value
 PIXEL_MEAN = 0.51  # FER2013 grey level mean in [0, 1] (measured on 3,000 training images)
@@ -45,9 +52,11 @@ class FaceDetector:
     bundled Haar cascade."""
 
     backend: str  # "yunet" or "haar"
+    model: str | None  # the YuNet file as given (None: Haar), so another process can load the same detector
 
     def __init__(self, model: str | os.PathLike | None = None):
         path = choose_model(model, env_var=FACE_ENV, default=None)
+        self.model = path
         if path is None:
             self.backend = "haar"
             self._haar = _load_haar()
@@ -212,9 +221,92 @@ _NO_CROPS = np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
 
 def find_faces(frame: np.ndarray, detector: FaceDetector) -> FrameFaces:
     """(H, W, 3) uint8 BGR -> every face the detector finds, with its crop."""
-    boxes = detector.detect(frame)
+    return _faces(frame, detector.detect(frame))
+
+
+def _faces(frame: np.ndarray, boxes: np.ndarray) -> FrameFaces:
     crops = np.stack([crop_face(frame, box[:4]) for box in boxes]) if len(boxes) else _NO_CROPS
     return FrameFaces(boxes=boxes, crops=crops)
+
+
+def _interpolate(before: np.ndarray, after: np.ndarray, weight: float) -> np.ndarray | None:
+    """Detections (n, 5) either side of a frame -> its boxes, a weight (0 = before, 1 = after) of the way between;
+    None when the two do not show the same faces (a different count, or a pair below INTERPOLATE_IOU)."""
+    if len(before) != len(after):
+        return None
+    rows = []
+    unmatched = list(range(len(after)))
+    for box in before[np.argsort(-before[:, 2] * before[:, 3])]:
+        overlaps = _iou(box[:4], after[unmatched, :4])
+        best = int(np.argmax(overlaps))
+        if overlaps[best] < INTERPOLATE_IOU:
+            return None
+        match = after[unmatched.pop(best)]
+        row = (1 - weight) * box + weight * match
+        row[4] = min(box[4], match[4])
+        rows.append(row)
+    return np.asarray(rows, np.float32).reshape(-1, 5)
+
+
+class FaceFinder:
+    """Finds the faces in a sequence of frames, running the detector on every ``every``-th frame only.
+
+        finder = FaceFinder(detector)
+        for time, frame in frames:
+            for time, faces in finder.push(time, frame):  # the frames resolved so far, in order
+                ...
+        for time, faces in finder.finish():  # the rest
+            ...
+
+    A frame between two detected ones gets boxes interpolated (by time) from theirs when they show the same faces
+    (see INTERPOLATE_IOU), else the detector runs on it as well; so frames come out up to every - 1 frames late,
+    and at most every - 1 frames are held.
+    """
+
+    def __init__(self, detector: FaceDetector, *, every: int = DETECT_EVERY):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.detector = detector
+        self.every = every
+        self._last: tuple[float, np.ndarray] | None = None  # time and detections of the latest detected frame
+        self._held: list[tuple[float, np.ndarray]] = []  # frames since then, not yet resolved
+
+    def push(self, time: float, frame: np.ndarray) -> list[tuple[float, FrameFaces]]:
+        """Add the next frame, (H, W, 3) uint8 BGR at time (seconds, increasing); returns the frames now resolved."""
+        if self._last is not None and len(self._held) < self.every - 1:
+            self._held.append((time, frame))
+            return []
+        boxes = self.detector.detect(frame)
+        resolved = self._resolve_held(time, boxes) + [(time, _faces(frame, boxes))]
+        self._last = time, boxes
+        return resolved
+
+    def finish(self) -> list[tuple[float, FrameFaces]]:
+        """The frames still held, detected one by one (nothing follows them to interpolate towards)."""
+        held, self._held = self._held, []
+        return [(time, find_faces(frame, self.detector)) for time, frame in held]
+
+    def _resolve_held(self, time: float, boxes: np.ndarray) -> list[tuple[float, FrameFaces]]:
+        resolved = []
+        for held_time, frame in self._held:
+            last_time, last_boxes = self._last
+            span = time - last_time
+            weight = (held_time - last_time) / span if span > 0 else 0.5
+            between = _interpolate(last_boxes, boxes, weight)
+            resolved.append((held_time, _faces(frame, self.detector.detect(frame) if between is None else between)))
+        self._held = []
+        return resolved
+
+
+def find_all_faces(
+    frames: np.ndarray, detector: FaceDetector, *, times: np.ndarray | None = None, every: int = DETECT_EVERY
+) -> list[FrameFaces]:
+    """(n_frames, H, W, 3) uint8 BGR at times (n_frames,) seconds (default: evenly spaced) -> the faces in each
+    frame (see FaceFinder)."""
+    times = np.arange(len(frames), dtype=np.float64) if times is None else times
+    finder = FaceFinder(detector, every=every)
+    found = [faces for time, frame in zip(times, frames) for _, faces in finder.push(float(time), frame)]
+    return found + [faces for _, faces in finder.finish()]
 
 
 @dataclass(frozen=True)
@@ -235,9 +327,10 @@ def main_face_crops(frames: list[FrameFaces]) -> FaceCrops:
     return FaceCrops(crops=crops, present=rows >= 0, boxes=boxes)
 
 
-def extract_faces(frames: np.ndarray, detector: FaceDetector) -> FaceCrops:
-    """(n_frames, H, W, 3) uint8 BGR -> the main face's crop in every frame. Works for n_frames == 0."""
-    return main_face_crops([find_faces(frame, detector) for frame in frames])
+def extract_faces(frames: np.ndarray, detector: FaceDetector, *, every: int = DETECT_EVERY) -> FaceCrops:
+    """(n_frames, H, W, 3) uint8 BGR, evenly spaced in time -> the main face's crop in every frame, the detector run
+    on every ``every``-th frame (see FaceFinder). Works for n_frames == 0."""
+    return main_face_crops(find_all_faces(frames, detector, every=every))
 
 
 def face_pixels(crops: np.ndarray) -> torch.Tensor:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from encoders.runtime import pick_device
 from fusion.cache import FeatureCache
@@ -590,6 +589,8 @@ def plot(record: dict, path: str | os.PathLike) -> None:
     panels = [("pooled", f"{METRIC_NAMES[metric]} (%), pooled out-of-fold")]
     if any(row["difference_to_audio"] is not None for row in rows):
         panels.append(("difference_to_audio", f"Δ {METRIC_NAMES[metric]} vs audio alone (points)"))
+    from matplotlib.figure import Figure  # imported here, so that commands without plots do not load matplotlib
+
     figure = Figure(figsize=(5.5 * len(panels), 0.45 * len(rows) + 1.8), layout="constrained")
     axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for axes, (key, title) in zip(axes_list, panels):

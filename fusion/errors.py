@@ -19,6 +19,9 @@ class MediaError(FusionError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # pickled with its own arguments, to cross from the decoding process (fusion.streaming)
+        return type(self), (self.path, self.reason), self.__dict__
+
 
 class NoModalityError(FusionError):
     """A recording has nothing to predict from: no audio track and no face in any sampled frame."""
@@ -27,6 +30,9 @@ class NoModalityError(FusionError):
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # pickled with its own arguments, to cross from the decoding process (fusion.streaming)
+        return type(self), (self.path, self.reason), self.__dict__
 
 
 class CheckpointError(FusionError):

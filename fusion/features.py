@@ -19,11 +19,11 @@ import torch
 
 from alignment import Stream
 from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
-from encoders.face import FACE_SIZE, FaceDetector, face_pixels, find_faces, main_face_crops
+from encoders.face import FACE_SIZE, FaceDetector, face_pixels, find_all_faces, main_face_crops
 from encoders.text import Transcriber, Utterance, Word, WordEncoder
 from fusion.errors import MediaError
 from fusion.media import DEFAULT_FPS, Media, decode
-from fusion.streaming import CHUNK_S, MediaChunk, in_background, read_chunks
+from fusion.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunks
 
 IMAGE_DURATION_S = 1 / DEFAULT_FPS  # seconds: a still image counts as one sampled video frame
 
@@ -114,6 +114,13 @@ class FeatureExtractor:
         self.word_encoder = WordEncoder(text_model, device=device)
         self.face_detector = FaceDetector(face_model)
         self.fps = fps
+        self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
+
+    def close(self) -> None:
+        """Stop the decoding process, if one was started (it also stops when this process exits)."""
+        if self._decode_worker is not None:
+            self._decode_worker.close()
+            self._decode_worker = None
 
     def __call__(self, path: str | os.PathLike) -> RecordingFeatures:
         """Decode a file once and extract every modality's features."""
@@ -145,7 +152,7 @@ class FeatureExtractor:
         faces = []
         if media.frames is not None:
             with _timed(timings, "face_detection"):
-                faces = [find_faces(frame, self.face_detector) for frame in media.frames]
+                faces = find_all_faces(media.frames, self.face_detector, times=media.frame_times)
         chunk = MediaChunk(media.path, 0.0, media.duration, media.audio, media.frame_times, faces)
         return self.extract_chunk(chunk, timings=timings)
 
@@ -157,17 +164,23 @@ class FeatureExtractor:
         background: bool = True,
         timings: dict[str, float] | None = None,
     ) -> Iterator[RecordingFeatures]:
-        """Features of a recording, one chunk of about chunk_s seconds at a time, in memory that does not grow with
+        """Features of a recording, one chunk of up to chunk_s seconds at a time, in memory that does not grow with
         the recording's length.
 
-        background: decode and detect faces in a background thread, a chunk ahead of the models (else in turn
-        with them; benchmarks/speed.py compares the two).
+        background: decode and detect faces in a worker process (started on first use and kept for the next
+        files), a chunk ahead of the models; else in turn with them, in this process. benchmarks/speed.py
+        compares the two.
         timings (if given) accumulates the seconds per stage over all chunks; in the background, "decode" and
         "face_detection" overlap the other stages in wall-clock time.
         """
         timings = {} if timings is None else timings
-        chunks = read_chunks(path, fps=self.fps, detector=self.face_detector, chunk_s=chunk_s, timings=timings)
-        for chunk in in_background(chunks) if background else chunks:
+        if background:
+            if self._decode_worker is None:
+                self._decode_worker = DecodeWorker(fps=self.fps, face_model=self.face_detector.model)
+            chunks = self._decode_worker.chunks(path, chunk_s=chunk_s, timings=timings)
+        else:
+            chunks = read_chunks(path, fps=self.fps, detector=self.face_detector, chunk_s=chunk_s, timings=timings)
+        for chunk in chunks:
             yield self.extract_chunk(chunk, timings=timings)
 
     def extract_chunk(self, chunk: MediaChunk, *, timings: dict[str, float] | None = None) -> RecordingFeatures:

@@ -109,7 +109,8 @@ class MediaReader:
     while iterating, if it fails to decode; at the end of iteration, if it is truncated. ValueError if fps <= 0.
     """
 
-    def __init__(self, path: str | os.PathLike, *, fps: float = DEFAULT_FPS):
+    def __init__(self, path: str | os.PathLike, *, fps: float = DEFAULT_FPS, threads: int | None = None):
+        """threads: video decoding threads; None lets FFmpeg choose (about one per core)."""
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.path = os.fspath(path)
@@ -138,6 +139,7 @@ class MediaReader:
         # seconds, as the container declares it; None when it does not
         self.declared_duration = float(container.duration / av.time_base) if container.duration else None
         self.fps = fps
+        self.threads = threads
         self.duration: float | None = None  # set once iteration finishes and the file proved complete
 
     def __enter__(self) -> MediaReader:
@@ -155,6 +157,8 @@ class MediaReader:
         sampler = None
         if self._video_stream is not None:
             self._video_stream.thread_type = "AUTO"
+            if self.threads is not None:
+                self._video_stream.codec_context.thread_count = self.threads
             rate = self._video_stream.average_rate
             if rate is not None and rate >= SKIP_NONREF_MIN_RATIO * self.fps:
                 self._video_stream.codec_context.skip_frame = "NONREF"

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,9 @@ class Scores:
 
 def score(true: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> Scores:
     """Scores of predicted against true labels; classes absent from `true` do not count in the macro averages."""
+    # imported here: scikit-learn takes about half a second to import, which every `fusion` command would pay
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
     present = [label for label in labels if label in set(true)]
     recalls = recall_score(true, predicted, labels=present, average=None, zero_division=0)
     return Scores(

@@ -2,33 +2,40 @@
 
 A chunk holds its audio samples and, for each sampled video frame, the faces found in it with their crops; the
 frames themselves are dropped as soon as their faces are cut out. Chunks end at the quietest moment near their
-nominal length, so Whisper never sees a word cut in two. Decoding and face detection run in a background thread,
-one chunk ahead of the models that consume the chunks.
+nominal length, so Whisper never sees a word cut in two. Decoding and face detection can run in a worker process
+(:class:`DecodeWorker`), one chunk ahead of the models that consume the chunks.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import threading
+import pickle
+import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
-from queue import Empty, Full, Queue
-from typing import TypeVar
+from typing import BinaryIO
 
+import cv2
 import numpy as np
 
-from encoders.face import FaceDetector, FrameFaces, find_faces
+from encoders.face import FaceDetector, FaceFinder, FrameFaces
 from fusion.media import AUDIO_SAMPLE_RATE, AudioBlock, MediaReader
 
-CHUNK_S = 300.0  # seconds of recording per chunk: about ten Whisper windows, some tens of MB of audio and faces
+CHUNK_S = 300.0  # seconds of recording per chunk at most: about ten Whisper windows, some tens of MB of audio and faces
+# seconds: the first chunk is this short, and each next one twice as long up to CHUNK_S, so the models start after
+# seconds rather than minutes of decoding, while later chunks are long enough that their cuts cost Whisper little
+# (each cut leaves it one partly filled 30 s window)
+FIRST_CHUNK_S = 30.0
 CUT_SEARCH_S = 5.0  # seconds before the nominal chunk end searched for the quietest moment to cut at
 QUIET_FRAME_S = 0.1  # seconds: the frames whose RMS is compared when choosing the cut
 # seconds of audio a chunk may wait for the video track to reach its cut. Containers interleave tracks within
 # about a second; a video track that ended early must not hold back the audio (and grow the buffer) forever.
 MAX_INTERLEAVE_S = 10.0
-POLL_S = 0.1  # seconds between checks of whether the consumer of a background iterator has gone
 
 
 @dataclass
@@ -49,31 +56,37 @@ def read_chunks(
     fps: float,
     detector: FaceDetector,
     chunk_s: float = CHUNK_S,
+    threads: int | None = None,
     timings: dict[str, float] | None = None,
 ) -> Iterator[MediaChunk]:
-    """Decode a recording chunk by chunk; the chunks partition [0, duration].
+    """Decode a recording chunk by chunk; the chunks partition [0, duration]. The first is FIRST_CHUNK_S long (or
+    chunk_s, if shorter), and each next one twice the one before, up to chunk_s.
 
-    timings (if given) accumulates seconds spent in "decode" and "face_detection". Raises MediaError as
+    threads: video decoding threads (see MediaReader). timings (if given) accumulates seconds spent in "decode"
+    and "face_detection". Raises MediaError as
     MediaReader does; a truncated file raises only after its decodable chunks were yielded.
     """
     if chunk_s <= CUT_SEARCH_S:
         raise ValueError(f"chunk_s must be longer than {CUT_SEARCH_S} s, got {chunk_s}")
     timings = {} if timings is None else timings
-    with MediaReader(path, fps=fps) as reader:
+    with MediaReader(path, fps=fps, threads=threads) as reader:
         buffer = _ChunkBuffer(reader, chunk_s)
+        finder = FaceFinder(detector)
         items = iter(reader)
         while True:
             started = time.perf_counter()
             item = next(items, None)
             timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - started
-            if item is None:
-                break
             if isinstance(item, AudioBlock):
                 buffer.add_audio(item.samples)
             else:
                 started = time.perf_counter()
-                buffer.add_frame(item.time, find_faces(item.image, detector))
+                # the end of the file (None) resolves the frames the finder still holds
+                for frame_time, faces in finder.finish() if item is None else finder.push(item.time, item.image):
+                    buffer.add_frame(frame_time, faces)
                 timings["face_detection"] = timings.get("face_detection", 0.0) + time.perf_counter() - started
+                if item is None:
+                    break
             while (chunk := buffer.next_chunk(ended=False)) is not None:
                 yield chunk
         while (chunk := buffer.next_chunk(ended=True)) is not None:
@@ -88,7 +101,8 @@ class _ChunkBuffer:
         self.path = reader.path
         self.has_audio = reader.has_audio_track
         self.has_video = reader.has_video_track
-        self.chunk_s = chunk_s
+        self.max_chunk_s = chunk_s
+        self.chunk_s = min(FIRST_CHUNK_S, chunk_s)  # nominal length of the next chunk
         self.audio: list[np.ndarray] = []
         self.samples = 0  # in self.audio
         self.start_sample = 0  # of the buffered audio, from the start of the recording
@@ -163,57 +177,127 @@ class _ChunkBuffer:
         )
         del self.frame_times[:inside], self.faces[:inside]
         self.start, self.cut = cut, None
+        self.chunk_s = min(2 * self.chunk_s, self.max_chunk_s)
         return chunk
 
 
-T = TypeVar("T")
+class DecodeWorker:
+    """A process that decodes recordings and finds their faces (:func:`read_chunks`), a chunk ahead of the models
+    in this one.
 
+        worker = DecodeWorker(fps=5.0, face_model=detector.model)
+        for chunk in worker.chunks("interview.mp4", chunk_s=CHUNK_S):
+            ...
+        worker.close()
 
-def in_background(items: Iterator[T], *, ahead: int = 1) -> Iterator[T]:
-    """Produce items in a background thread, at most ahead items before the consumer.
-
-    An exception in the producer is raised in the consumer, at the point where the item would have come; when the
-    consumer stops early, the producer stops after the item it is working on.
+    A process rather than a thread, because the two then share no interpreter lock: Whisper's decoding loop and the
+    frame loop are both Python, and as threads of one process they slowed each other down (benchmarks/speed.py,
+    --compare-background). It runs ``python -m fusion.decode_worker`` and speaks pickle over its standard input
+    and output, rather than using multiprocessing, whose spawned children re-run the caller's main script: a user's
+    script calling fusion.predict() needs no ``if __name__ == "__main__"`` guard. Started on first use, it serves
+    file after file, and is replaced if a consumer stops reading a file part-way.
     """
-    queue: Queue = Queue(maxsize=ahead)
-    stop = threading.Event()
 
-    def put(entry: tuple[bool, object]) -> bool:
-        while not stop.is_set():
-            try:
-                queue.put(entry, timeout=POLL_S)
-                return True
-            except Full:
-                continue
-        return False
+    def __init__(self, *, fps: float, face_model: str | None):
+        self.fps = fps
+        self.face_model = face_model
+        self._process: subprocess.Popen | None = None
 
-    def produce() -> None:
+    def chunks(
+        self, path: str | os.PathLike, *, chunk_s: float = CHUNK_S, timings: dict[str, float] | None = None
+    ) -> Iterator[MediaChunk]:
+        """The chunks of one recording, as read_chunks gives them; its exceptions are raised here.
+
+        timings (if given) gets the worker's seconds in "decode" and "face_detection" once the file is done.
+        """
+        if chunk_s <= CUT_SEARCH_S:  # checked here too, so the error is raised in this process
+            raise ValueError(f"chunk_s must be longer than {CUT_SEARCH_S} s, got {chunk_s}")
+        process = self._start()
+        finished = False
         try:
-            for item in items:
-                if not put((True, item)):
-                    return
-            put((False, None))
-        except BaseException as error:  # handed to the consumer, which raises it
-            put((False, error))
-        finally:
-            if hasattr(items, "close"):
-                items.close()
-
-    thread = threading.Thread(target=produce, name="fusion-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            try:
-                is_item, value = queue.get(timeout=POLL_S)
-            except Empty:
-                if not thread.is_alive():
-                    raise RuntimeError("the background producer stopped without a result") from None
-                continue
-            if not is_item:
-                if value is not None:
+            pickle.dump((os.fspath(path), chunk_s), process.stdin)
+            process.stdin.flush()
+            while True:
+                kind, value = self._receive(process)
+                if kind == "chunk":
+                    yield value
+                    continue
+                finished = True
+                if kind == "error":
                     raise value
+                if timings is not None:
+                    for stage, seconds in value.items():
+                        timings[stage] = timings.get(stage, 0.0) + seconds
                 return
-            yield value
-    finally:
-        stop.set()
-        thread.join()
+        finally:
+            if not finished:  # the worker would go on decoding the rest of the file: replace it instead
+                self.close()
+
+    def _start(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "fusion.decode_worker", json.dumps([self.fps, self.face_model])],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        return self._process
+
+    def _receive(self, process: subprocess.Popen) -> tuple[str, object]:
+        try:
+            return pickle.load(process.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError):
+            process.kill()
+            raise RuntimeError(
+                f"the decoding process (python -m fusion.decode_worker) stopped unexpectedly "
+                f"(exit code {process.wait()}); its error, if any, is on standard error above"
+            ) from None
+
+    def close(self) -> None:
+        """Stop the process."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            for pipe in (self._process.stdin, self._process.stdout):
+                pipe.close()
+            self._process = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def serve(requests: BinaryIO, replies: BinaryIO, *, fps: float, face_model: str | None) -> None:
+    """The worker's side: read pickled (path, chunk_s) requests until the end of requests, and reply to each with
+    pickled ("chunk", MediaChunk) messages, then ("done", timings) or ("error", exception).
+
+    It decodes and detects on one thread, leaving the other cores to the models: measured on 2 cores, threads of
+    its own (FFmpeg's, OpenCV's) slowed Whisper more than they sped the worker up.
+    """
+    cv2.setNumThreads(1)
+    detector = FaceDetector(face_model)
+    while True:
+        try:
+            path, chunk_s = pickle.load(requests)
+        except EOFError:
+            return
+        timings: dict[str, float] = {}
+        try:
+            for chunk in read_chunks(path, fps=fps, detector=detector, chunk_s=chunk_s, threads=1, timings=timings):
+                pickle.dump(("chunk", chunk), replies, protocol=pickle.HIGHEST_PROTOCOL)
+                replies.flush()
+            reply = ("done", timings)
+        except Exception as error:  # handed to the consumer, which raises it
+            reply = ("error", _portable(error))
+        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.flush()
+
+
+def _portable(error: Exception) -> Exception:
+    """error, or a RuntimeError saying what it was if it cannot be pickled; with the worker's traceback as a note."""
+    error.add_note("in the decoding process:\n" + "".join(traceback.format_exception(error)))
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        portable = RuntimeError(f"{type(error).__name__}: {error}")
+        portable.add_note(error.__notes__[-1])
+        return portable

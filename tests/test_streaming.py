@@ -1,4 +1,4 @@
-"""Long recordings in bounded memory: chunked reading, the background decoder, and chunked prediction."""
+"""Long recordings in bounded memory: chunked reading, the decoding process, and chunked prediction."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 from benchmarks.long_input import concatenate
 from encoders.face import FaceDetector
 from fusion.media import AUDIO_SAMPLE_RATE, decode
-from fusion.streaming import CUT_SEARCH_S, in_background, read_chunks
+from fusion.errors import MediaError
+from fusion import streaming
+from fusion.streaming import CUT_SEARCH_S, DecodeWorker, read_chunks
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +40,57 @@ def test_chunks_partition_the_recording_and_keep_every_sample_and_frame(one_minu
         assert ((chunk.frame_times >= chunk.start) & (chunk.frame_times < chunk.start + chunk.duration)).all()
 
 
-def test_background_iterator_hands_over_items_and_errors():
-    assert list(in_background(iter(range(5)))) == [0, 1, 2, 3, 4]
-
-    def failing():
-        yield 1
-        raise OSError("disk gone")
-
-    items = in_background(failing())
-    assert next(items) == 1
-    with pytest.raises(OSError, match="disk gone"):
-        next(items)
+def test_chunks_double_from_the_first_chunk_up_to_chunk_s(one_minute, monkeypatch):
+    monkeypatch.setattr(streaming, "FIRST_CHUNK_S", 10.0)
+    durations = [c.duration for c in read_chunks(one_minute, fps=5.0, detector=FaceDetector(), chunk_s=16.0)]
+    # nominal lengths 10, 16 (twice 10, capped at chunk_s), 16, ...; each cut up to CUT_SEARCH_S early
+    assert 10.0 - CUT_SEARCH_S <= durations[0] <= 10.0
+    assert all(16.0 - CUT_SEARCH_S <= d <= 16.0 for d in durations[1:-1]) and len(durations) >= 4
 
 
-def test_background_iterator_stops_its_producer_when_the_consumer_stops():
-    produced = []
+def test_decode_worker_gives_the_chunks_read_chunks_gives(one_minute):
+    detector = FaceDetector()
+    inline = list(read_chunks(one_minute, fps=5.0, detector=detector, chunk_s=20.0))
+    worker = DecodeWorker(fps=5.0, face_model=detector.model)
+    try:
+        timings = {}
+        remote = list(worker.chunks(one_minute, chunk_s=20.0, timings=timings))
+    finally:
+        worker.close()
+    assert len(remote) == len(inline)
+    for ours, theirs in zip(remote, inline):
+        assert (ours.start, ours.duration) == (theirs.start, theirs.duration)
+        np.testing.assert_array_equal(ours.audio, theirs.audio)
+        np.testing.assert_array_equal(ours.frame_times, theirs.frame_times)
+        for a, b in zip(ours.faces, theirs.faces):
+            np.testing.assert_array_equal(a.crops, b.crops)
+    assert timings["decode"] > 0 and timings["face_detection"] > 0
 
-    def endless():
-        for i in range(10_000):
-            produced.append(i)
-            yield i
 
-    items = in_background(endless(), ahead=1)
-    assert next(items) == 0
-    items.close()  # the consumer stops: the producer must not run on to the end
-    assert len(produced) <= 3
+def test_decode_worker_raises_a_files_error_and_serves_the_next_file(one_minute, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    worker = DecodeWorker(fps=5.0, face_model=FaceDetector().model)
+    try:
+        with pytest.raises(MediaError, match="empty file") as raised:
+            list(worker.chunks(empty))
+        assert raised.value.path == str(empty)
+        assert any("in the decoding process" in note for note in raised.value.__notes__)
+        assert sum(c.duration for c in worker.chunks(one_minute, chunk_s=20.0)) == pytest.approx(60, abs=2)
+    finally:
+        worker.close()
+
+
+def test_decode_worker_is_replaced_when_a_consumer_stops_part_way(one_minute):
+    worker = DecodeWorker(fps=5.0, face_model=FaceDetector().model)
+    try:
+        chunks = worker.chunks(one_minute, chunk_s=20.0)
+        next(chunks)
+        chunks.close()  # stops part-way: the worker, which would decode on to the end, is stopped
+        assert worker._process is None
+        assert len(list(worker.chunks(one_minute, chunk_s=20.0))) >= 3
+    finally:
+        worker.close()
 
 
 def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute):
