@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from encoders import audio as audio_features
-from encoders import face as face_features
+from encoders import face_detection
 from fusion.errors import CheckpointError
 from fusion.model import FusionConfig, FusionModel
 
@@ -37,7 +37,7 @@ def feature_parameters() -> dict:
             "hop_length": audio_features.HOP_LENGTH,
             "n_mels": audio_features.N_MELS,
         },
-        "face": {"size": face_features.FACE_SIZE, "margin": face_features.FACE_MARGIN},
+        "face": {"size": face_detection.FACE_SIZE, "margin": face_detection.FACE_MARGIN},
     }
 
 

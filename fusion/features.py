@@ -19,7 +19,8 @@ import torch
 
 from alignment import Stream
 from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
-from encoders.face import FACE_SIZE, FaceDetector, face_pixels, find_all_faces, main_face_crops
+from encoders.face import face_pixels
+from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
 from encoders.text import Transcriber, Utterance, Word, WordEncoder
 from fusion.errors import MediaError
 from fusion.media import DEFAULT_FPS, Media, decode

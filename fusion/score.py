@@ -47,8 +47,8 @@ MEDIA_SUFFIXES = frozenset(
 MANIFEST_SUFFIXES = (".csv", ".txt")  # a csv with a "path" column (as fusion's manifests have), or one path a line
 OUTPUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
 ENGINES = ("local", "ray")
-# The per-file summary's seconds per stage, from the predictor's timings. Decoding and face detection run in a
-# background thread, so they overlap the other stages; "total" is the file's wall-clock time.
+# The per-file summary's seconds per stage, from the predictor's timings. Decoding and face detection run in the
+# decoding process, so they overlap the other stages; "total" is the file's wall-clock time.
 STAGE_COLUMNS = {
     "seconds_decode": ("decode",),
     "seconds_asr": ("whisper",),

@@ -23,7 +23,7 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from encoders.face import FaceDetector, FaceFinder, FrameFaces
+from encoders.face_detection import FaceDetector, FaceFinder, FrameFaces
 from fusion.media import AUDIO_SAMPLE_RATE, AudioBlock, MediaReader
 
 CHUNK_S = 300.0  # seconds of recording per chunk at most: about ten Whisper windows, some tens of MB of audio and faces
@@ -215,8 +215,7 @@ class DecodeWorker:
         process = self._start()
         finished = False
         try:
-            pickle.dump((os.fspath(path), chunk_s), process.stdin)
-            process.stdin.flush()
+            self._send(process, (os.fspath(path), chunk_s))
             while True:
                 kind, value = self._receive(process)
                 if kind == "chunk":
@@ -242,15 +241,26 @@ class DecodeWorker:
             )
         return self._process
 
+    def _send(self, process: subprocess.Popen, request: tuple[str, float]) -> None:
+        try:
+            pickle.dump(request, process.stdin)
+            process.stdin.flush()
+        except OSError:
+            raise self._stopped(process) from None
+
     def _receive(self, process: subprocess.Popen) -> tuple[str, object]:
         try:
             return pickle.load(process.stdout)
         except (EOFError, pickle.UnpicklingError, OSError):
-            process.kill()
-            raise RuntimeError(
-                f"the decoding process (python -m fusion.decode_worker) stopped unexpectedly "
-                f"(exit code {process.wait()}); its error, if any, is on standard error above"
-            ) from None
+            raise self._stopped(process) from None
+
+    @staticmethod
+    def _stopped(process: subprocess.Popen) -> RuntimeError:
+        process.kill()
+        return RuntimeError(
+            f"the decoding process (python -m fusion.decode_worker) stopped unexpectedly (exit code "
+            f"{process.wait()}); its error, if any, is on standard error above"
+        )
 
     def close(self) -> None:
         """Stop the process."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from encoders.audio import N_MELS, log_mel
-from encoders.face import FACE_SIZE
+from encoders.face_detection import FACE_SIZE
 from fusion.augment import AugmentConfig, augment_faces, augment_mel
 from fusion.media import decode
 

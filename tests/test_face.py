@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.face import (
-    FACE_SIZE,
-    FaceCNN,
-    FaceDetector,
-    crop_face,
-    extract_faces,
-    face_pixels,
-    select_main_face,
-)
+from encoders.face import FaceCNN, face_pixels
+from encoders.face_detection import FACE_SIZE, FaceDetector, crop_face, extract_faces, select_main_face
 from encoders.loading import FACE_ENV, ModelNotFoundError
 
 FRAME_STEP = 6  # every 6th frame of the 30 fps clips: about 5 fps, the rate the pipeline samples at

@@ -9,7 +9,7 @@ import torch
 
 from alignment import Stream
 from encoders.audio import FRAME_SECONDS, N_MELS
-from encoders.face import FACE_SIZE
+from encoders.face_detection import FACE_SIZE
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError
 from fusion.model import FusionBatch, FusionConfig, FusionModel

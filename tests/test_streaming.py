@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from benchmarks.long_input import concatenate
-from encoders.face import FaceDetector
-from fusion.media import AUDIO_SAMPLE_RATE, decode
-from fusion.errors import MediaError
+from encoders.face_detection import FaceDetector
 from fusion import streaming
+from fusion.errors import MediaError
+from fusion.media import AUDIO_SAMPLE_RATE, decode
 from fusion.streaming import CUT_SEARCH_S, DecodeWorker, read_chunks
 
 
@@ -108,3 +108,16 @@ def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute)
     # The same words come out whether Whisper saw the minute whole or in chunks cut at quiet moments.
     words = [" ".join(t.text for t in r.timeline.itertuples() if t.text).split() for r in (whole, chunked)]
     assert abs(len(words[0]) - len(words[1])) <= 0.1 * len(words[0])
+
+
+def test_decode_worker_that_dies_gives_a_clear_error_and_is_restarted(one_minute):
+    worker = DecodeWorker(fps=5.0, face_model=FaceDetector().model)
+    try:
+        chunks = worker.chunks(one_minute, chunk_s=20.0)
+        next(chunks)
+        worker._process.kill()  # as the kernel's out-of-memory killer would
+        with pytest.raises(RuntimeError, match="decoding process .* stopped unexpectedly"):
+            list(chunks)
+        assert len(list(worker.chunks(one_minute, chunk_s=20.0))) >= 3
+    finally:
+        worker.close()
