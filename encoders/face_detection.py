@@ -282,9 +282,11 @@ class FaceFinder:
         return [(time, find_faces(frame, self.detector)) for time, frame in held]
 
     def _resolve_held(self, time: float, boxes: np.ndarray) -> list[tuple[float, FrameFaces]]:
+        if not self._held:
+            return []
         resolved = []
+        last_time, last_boxes = self._last
         for held_time, frame in self._held:
-            last_time, last_boxes = self._last
             span = time - last_time
             weight = (held_time - last_time) / span if span > 0 else 0.5
             between = _interpolate(last_boxes, boxes, weight)

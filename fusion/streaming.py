@@ -63,11 +63,10 @@ def read_chunks(
     chunk_s, if shorter), and each next one twice the one before, up to chunk_s.
 
     threads: video decoding threads (see MediaReader). timings (if given) accumulates seconds spent in "decode"
-    and "face_detection". Raises MediaError as
-    MediaReader does; a truncated file raises only after its decodable chunks were yielded.
+    and "face_detection". Raises MediaError as MediaReader does; a truncated file raises only after its decodable
+    chunks were yielded.
     """
-    if chunk_s <= CUT_SEARCH_S:
-        raise ValueError(f"chunk_s must be longer than {CUT_SEARCH_S} s, got {chunk_s}")
+    _check_chunk_s(chunk_s)
     timings = {} if timings is None else timings
     with MediaReader(path, fps=fps, threads=threads) as reader:
         buffer = _ChunkBuffer(reader, chunk_s)
@@ -92,6 +91,11 @@ def read_chunks(
         while (chunk := buffer.next_chunk(ended=True)) is not None:
             yield chunk
         yield buffer.last_chunk(end=reader.duration)
+
+
+def _check_chunk_s(chunk_s: float) -> None:
+    if chunk_s <= CUT_SEARCH_S:
+        raise ValueError(f"chunk_s must be longer than {CUT_SEARCH_S} s, got {chunk_s}")
 
 
 class _ChunkBuffer:
@@ -210,8 +214,7 @@ class DecodeWorker:
 
         timings (if given) gets the worker's seconds in "decode" and "face_detection" once the file is done.
         """
-        if chunk_s <= CUT_SEARCH_S:  # checked here too, so the error is raised in this process
-            raise ValueError(f"chunk_s must be longer than {CUT_SEARCH_S} s, got {chunk_s}")
+        _check_chunk_s(chunk_s)  # here too, so that the error is raised in this process
         process = self._start()
         finished = False
         try:
