@@ -29,6 +29,7 @@ from encoders.runtime import autocast, pick_device
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
 from fusion.features import FeatureExtractor, RecordingFeatures
+from fusion.memory import release_free_memory
 from fusion.model import MODALITIES, FusionBatch, FusionModel, modalities_present
 from fusion.streaming import CHUNK_S
 
@@ -36,8 +37,11 @@ CHECKPOINT_ENV = "FUSION_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
 SEGMENT_BATCH = 32  # segments fused per forward pass
 AUDIO_CHUNK_FRAMES = 3000  # spectrogram frames (30 s) per audio CNN input, so memory does not grow with duration
-AUDIO_CHUNK_BATCH = 8  # audio chunks per audio CNN pass
-FACE_BATCH = 256  # face crops per face CNN pass
+# Items per encoder pass, by device type. On the CPU small batches run no slower than large ones and keep the
+# activations small (audio CNN: 0.02 GB at 1 chunk against 0.32 GB at 8; face CNN: 0.04 GB at 32 crops against
+# 0.26 GB at 256; benchmarks/results/memory.md); a GPU wants large ones.
+AUDIO_CHUNK_BATCH = {"cpu": 1, "cuda": 8}  # 30 s audio chunks per audio CNN pass
+FACE_BATCH = {"cpu": 32, "cuda": 256}  # face crops per face CNN pass
 
 
 @dataclass
@@ -170,6 +174,7 @@ class Predictor:
         pending: list[Segment] = []
         parts: list[pd.DataFrame] = []
         for piece in pieces:
+            release_free_memory()  # what Whisper and BERT freed, before the CNNs allocate
             path, end = piece.path, piece.start + piece.duration
             modalities.update(piece.modalities)
             with torch.inference_mode(), autocast(self.device):
@@ -183,6 +188,7 @@ class Predictor:
             parts.append(self._fuse(buffered, ready, timings))
             keep_from = (pending[0].start if pending else end) - context
             buffered = {m: stream[stream.times >= keep_from] for m, stream in buffered.items()}
+            release_free_memory()  # what the CNNs and fusion freed, before the next chunk's Whisper
         if buffered is not None:
             parts.append(self._fuse(buffered, pending, timings))
         if not modalities:
@@ -201,19 +207,21 @@ class Predictor:
         video = inputs["video"]
         embeddings = torch.zeros(len(video), self.model.config.face_dim)
         real = torch.nonzero(video.mask).flatten()
-        for first in range(0, len(real), FACE_BATCH):
-            rows = real[first : first + FACE_BATCH]
+        batch = _batch_size(FACE_BATCH, self.device)
+        for first in range(0, len(real), batch):
+            rows = real[first : first + batch]
             embeddings[rows] = self.model.face_encoder(video.values[rows].to(self.device)).float().cpu()
         _add(timings, "face_cnn", start)
         return {"audio": audio, "text": inputs["text"], "video": Stream(embeddings, video.times, video.mask)}
 
     def _encode_audio(self, mel: Stream) -> Stream:
         """Log-mel frames -> audio tokens, in 30 s chunks batched AUDIO_CHUNK_BATCH at a time."""
+        batch = _batch_size(AUDIO_CHUNK_BATCH, self.device)
         chunk = AUDIO_CHUNK_FRAMES - AUDIO_CHUNK_FRAMES % TOKEN_STRIDE
         pieces = [mel[i : i + chunk] for i in range(0, len(mel), chunk)]
         values, times = [torch.zeros(0, self.model.config.audio_dim)], [torch.zeros(0)]
-        for first in range(0, len(pieces), AUDIO_CHUNK_BATCH):
-            encoded = self.model.encode_audio(pad_streams(pieces[first : first + AUDIO_CHUNK_BATCH]).to(self.device))
+        for first in range(0, len(pieces), batch):
+            encoded = self.model.encode_audio(pad_streams(pieces[first : first + batch]).to(self.device))
             keep = encoded.mask.cpu()
             values.append(encoded.values.float().cpu()[keep])
             times.append(encoded.times.cpu()[keep])
@@ -278,6 +286,11 @@ def _concat(first: Stream, second: Stream) -> Stream:
         torch.cat([first.times, second.times]),
         torch.cat([first.mask, second.mask]),
     )
+
+
+def _batch_size(sizes: dict[str, int], device: torch.device) -> int:
+    """The batch size for device from {device type: size}; any accelerator other than CUDA counts as CUDA."""
+    return sizes[device.type] if device.type in sizes else sizes["cuda"]
 
 
 def _add(timings: dict[str, float], stage: str, since: float) -> None:

@@ -110,6 +110,23 @@ def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute)
     assert abs(len(words[0]) - len(words[1])) <= 0.1 * len(words[0])
 
 
+def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatch):
+    """The CPU's small batches (memory) and the GPU's large ones (padding across chunks) give the same timeline."""
+    from fusion import predictor as predictor_module
+
+    predictor = predictor_module.Predictor()
+    features = predictor.extractor(one_minute)  # 60 s: two 30 s audio CNN chunks, about 300 face crops
+    results = []
+    for audio_batch, face_batch in ((1, 7), (8, 256)):
+        monkeypatch.setattr(predictor_module, "AUDIO_CHUNK_BATCH", {"cpu": audio_batch, "cuda": audio_batch})
+        monkeypatch.setattr(predictor_module, "FACE_BATCH", {"cpu": face_batch, "cuda": face_batch})
+        results.append(predictor.predict_features(features).timeline)
+    assert len(results[0]) > 1
+    probabilities = [r[list(predictor.labels)].to_numpy() for r in results]
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-5)
+    assert results[0].label.tolist() == results[1].label.tolist()
+
+
 def test_decode_worker_that_dies_gives_a_clear_error_and_is_restarted(one_minute):
     worker = DecodeWorker(fps=5.0, face_model=FaceDetector().model)
     try:
