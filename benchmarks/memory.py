@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.child import describe_machine, run_python  # noqa: E402
 from benchmarks.long_input import concatenate  # noqa: E402
 
 AUDIO_CHUNKS = 40  # 30 s log-mel chunks per audio CNN measurement: 20 minutes of audio
@@ -122,13 +119,6 @@ CONDITIONS = {  # name: (release freed memory, batch sizes patched in)
 }
 
 
-def _child(code: str) -> dict:
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(run.stderr)
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 def encoder_inputs(clips: list[Path], out: Path) -> None:
     """The clips' log-mel frames and main-face crops, repeated to AUDIO_CHUNKS x 30 s and FACE_CROPS, saved to out."""
     from encoders.audio import log_mel
@@ -197,23 +187,20 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="markdown file; a .json with the raw numbers goes beside it")
     args = parser.parse_args()
     clips = sorted(Path(args.clips).glob("*.mp4"))
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
-        f" ({torch.get_num_threads()} threads)"
-    )
+    machine = describe_machine()
     batches, chunked = {}, {}
     with tempfile.TemporaryDirectory() as work:
         inputs = Path(work) / "inputs.npz"
         encoder_inputs(clips, inputs)
         for encoder, sizes in (("audio", AUDIO_BATCHES), ("face", FACE_BATCHES)):
             for batch in sizes:
-                batches[encoder, batch] = _child(_BATCH.format(inputs=str(inputs), encoder=encoder, batch=batch))
+                batches[encoder, batch] = run_python(_BATCH.format(inputs=str(inputs), encoder=encoder, batch=batch))
                 print(encoder, batch, batches[encoder, batch], flush=True)
         path = Path(work) / f"interview-{args.minutes:g}min.mp4"
         duration = concatenate(clips, path, seconds=args.minutes * 60)
         for name, (release, patched) in CONDITIONS.items():
             code = _CHUNKS.format(release=release, batches=patched, path=str(path), sample_s=RSS_SAMPLE_S)
-            chunked[name] = _child(code)
+            chunked[name] = run_python(code)
             print(name, json.dumps(chunked[name]), flush=True)
     command = " ".join(["python", *sys.argv])
     out = Path(args.out)

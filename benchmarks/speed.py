@@ -21,18 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.child import describe_machine, run_python  # noqa: E402
 from benchmarks.long_input import concatenate  # noqa: E402
 from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV  # noqa: E402
 
@@ -108,10 +106,8 @@ EXTRA = {{}}
 
 
 def _probe(code: str) -> dict:
-    run = subprocess.run([sys.executable, "-c", _PROBE.format(code=code)], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(run.stderr)
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    """Seconds and peak RSS of code, run in a child Python under _PROBE."""
+    return run_python(_PROBE.format(code=code))
 
 
 def _ffmpeg() -> str:
@@ -231,10 +227,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     clips = sorted(Path(args.clips).glob("*.mp4"))
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
-        f" ({torch.get_num_threads()} threads)"
-    )
+    machine = describe_machine()
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for minutes in args.minutes:

@@ -1,0 +1,29 @@
+"""What the speed and memory benchmarks share: running code in a fresh Python, and naming the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+
+def run_python(code: str) -> dict:
+    """Run code in a child Python, in its own process so that its memory is its own; returns the JSON object it
+    prints as its last line. Raises RuntimeError with the child's stderr if it fails."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def describe_machine() -> str:
+    """This machine in words, for the results files: processor, cores, GPU, torch version and threads."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+        f" ({torch.get_num_threads()} threads)"
+    )
