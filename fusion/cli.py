@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fusion.ablation import METRICS, AblationConfig, ablate
 from fusion.augment import AugmentConfig
 from fusion.cache import FeatureCache
 from fusion.datasets import DATA_KINDS, from_specs
+from fusion.experts import EXPERTS
 from fusion.errors import FusionError, ModelNotFoundError
 from fusion.predictor import Predictor
 from fusion.score import ENGINES, ScoreOptions, score
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     ablate.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
     ablate.add_argument("--out", required=True, help="folder for ablation.md, ablation.json, ablation.png")
 
+    expert = commands.add_parser("train-expert", help="train one modality's expert alone (resumable)")
+    experts = expert.add_subparsers(dest="modality", required=True)
+    for modality in EXPERTS:
+        module = importlib.import_module(f"fusion.experts.{modality}")
+        module.add_arguments(experts.add_parser(modality, help=module.__doc__.splitlines()[0]))
+
     score = commands.add_parser(
         "score", help="score many recordings into one table (resumable; bad files go to an errors table)"
     )
@@ -77,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_prediction_options(score)
 
     args = parser.parse_args(argv)
-    commands_by_name = {"predict": _predict, "features": _features, "train": _train, "ablate": _ablate, "score": _score}
+    commands_by_name = {
+        "predict": _predict,
+        "features": _features,
+        "train": _train,
+        "ablate": _ablate,
+        "score": _score,
+        "train-expert": lambda args: importlib.import_module(f"fusion.experts.{args.modality}").run(args),
+    }
     try:
         return commands_by_name[args.command](args)
     except (FusionError, ModelNotFoundError) as error:
