@@ -1,130 +1,254 @@
-"""RAVDESS speech, speaker-independent: train on some actors, test on held-out actors, all 8 native classes.
+"""The voice expert, speaker-independent: train on some speakers, test on held-out speakers, beside the baselines.
 
-    python benchmarks/ravdess_folds.py --data ../shared/data/ravdess-speech-16k --cache ~/.cache/fusion/features \
-        --folds 6 --seeds 0 1 --epochs 25 --out benchmarks/results/ravdess_speech
+    python benchmarks/ravdess_folds.py --ravdess ../shared/data/ravdess-speech-16k --nemo ../shared/data/nemo-pl \
+        --cache ../cache/speech --test-on ravdess --folds 6 --seeds 0 1 2 --parts both \
+        --train-on ravdess+nemo --out benchmarks/results/voice_expert/ravdess
 
-Every fold tests actors that no model of that fold saw (validation for early stopping is drawn from the training
-actors too). The 7-class canonical figure is the same predictions with calm merged into neutral. Reports UA
-(macro recall), WA (accuracy), macro-F1 and weighted F1 as mean ± standard deviation over folds and seeds.
+Folds are over the test corpus's speakers (RAVDESS: 6 folds of 3 of actors 01-18, 8 native classes; nEMO: 3 folds
+of 3 of its 9 speakers, 6 classes). Every model of a fold is trained on all the other speakers with the fixed recipe
+(fusion.experts.audio.VoiceTrainConfig: its epochs and settings were chosen on validation speakers drawn from
+training speakers, benchmarks/voice_selection.py; no test fold chooses anything). With ``--train-on ravdess+nemo``
+the other corpus's speakers all join the training side. In the same run and on the same folds: MFCC
+statistics + SVM and a logistic-regression probe on pooled Whisper states (benchmarks/voice_baselines.py), trained
+on the test corpus's training speakers. UA = macro recall, WA = accuracy; mean ± std over folds and seeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import shlex
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from fusion.augment import AugmentConfig
-from fusion.cache import FeatureCache
-from fusion.datasets import ravdess, speaker_folds, speaker_split
-from fusion.labels import EMOTIONS, RAVDESS_NATIVE, canonical, ravdess_native
-from fusion.metrics import score
-from fusion.model import FusionConfig
-from fusion.train import TrainConfig, fit, predict_proba
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.child import describe_machine  # noqa: E402
+from benchmarks.voice_baselines import mfcc_svm, pooled_probe  # noqa: E402
+from fusion.datasets import nemo, ravdess, speaker_folds  # noqa: E402
+from fusion.experts.audio import (  # noqa: E402
+    VOICE_LABELS,
+    SpeechCache,
+    VoiceConfig,
+    VoiceTrainConfig,
+    fit,
+    predict_proba,
+    to_canonical,
+    voice_label,
+)
+from fusion.labels import EMOTIONS, RAVDESS_NATIVE, canonical  # noqa: E402
+from fusion.media import decode  # noqa: E402
+from fusion.metrics import score  # noqa: E402
 
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
+PROBE_BLOCK = 3  # the block whose pooled states the probe reads: its best in benchmarks/results/whisper_blocks.md
+# RAVDESS native name -> voice label (calm kept apart), and back
+RAVDESS_TO_VOICE = {native: voice_label("ravdess", canonical("ravdess", native), native) for native in RAVDESS_NATIVE}
+VOICE_TO_RAVDESS = {voice: native for native, voice in RAVDESS_TO_VOICE.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="RAVDESS speech folder (Actor_XX/*.flac or .wav)")
-    parser.add_argument("--cache", required=True)
+    parser.add_argument("--ravdess", required=True, help="RAVDESS speech folder")
+    parser.add_argument("--nemo", help="nEMO folder (with labels.tsv)")
+    parser.add_argument("--cache", required=True, help="speech feature cache folder")
+    parser.add_argument("--test-on", choices=("ravdess", "nemo"), default="ravdess")
     parser.add_argument("--folds", type=int, default=6)
-    parser.add_argument("--only-folds", type=int, nargs="*", help="run just these fold numbers (0-based)")
+    parser.add_argument(
+        "--only-folds", type=int, nargs="+", help="run just these folds (0-based), e.g. to try a setting"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--parts", nargs="+", choices=("both", "cnn", "whisper"), default=["both"])
+    parser.add_argument(
+        "--train-on", nargs="+", default=["ravdess"], help="ravdess, nemo or ravdess+nemo, each a variant"
+    )
+    parser.add_argument("--epochs", type=int, default=VoiceTrainConfig.epochs)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
+    parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
     args = parser.parse_args()
 
-    examples = ravdess(args.data).examples
-    features, report = FeatureCache(args.cache).build(examples)
-    if report.skipped:
-        raise SystemExit(f"features missing for {len(report.skipped)} files: {report.skipped[:3]}")
-    native = [ravdess_native(Path(e.path).name) for e in examples]
-    config = TrainConfig(epochs=args.epochs, augment=AugmentConfig(enabled=not args.no_augment))
-    model_config = FusionConfig(labels=RAVDESS_NATIVE)
+    corpora = {"ravdess": ravdess(args.ravdess).examples}
+    if args.nemo:
+        corpora["nemo"] = nemo(args.nemo).examples
+    needed = {c for variant in args.train_on for c in variant.split("+")} | {args.test_on}
+    missing = needed - set(corpora)
+    if missing:
+        raise SystemExit(f"--train-on/--test-on name corpora without a folder: {sorted(missing)}")
+    cache = SpeechCache(args.cache)
+    features = {}
+    for name in sorted(needed):
+        features[name], report = cache.build([e.path for e in corpora[name]], progress=False)
+        if report.skipped:
+            raise SystemExit(f"{name}: features missing for {len(report.skipped)} files: {report.skipped[:3]}")
+
+    test_examples = corpora[args.test_on]
+    classes = (
+        RAVDESS_NATIVE
+        if args.test_on == "ravdess"
+        else tuple(sorted({e.label for e in test_examples}, key=EMOTIONS.index))
+    )
+    true_native = np.array([e.native_label if args.test_on == "ravdess" else e.label for e in test_examples])
+    folds = speaker_folds(test_examples, args.folds)
+    started = time.perf_counter()
 
     runs = []
-    started = time.perf_counter()
-    for seed in args.seeds:
-        for fold, (train_rows, test_rows) in enumerate(speaker_folds(examples, args.folds)):
-            if args.only_folds is not None and fold not in args.only_folds:
-                continue
-            fit_part, check_part = speaker_split([examples[i] for i in train_rows], seed=seed)
-            fit_rows, check_rows = [train_rows[j] for j in fit_part], [train_rows[j] for j in check_part]
-            result = fit(
-                [features[i] for i in fit_rows],
-                [native[i] for i in fit_rows],
-                validation=([features[i] for i in check_rows], [native[i] for i in check_rows]),
-                model_config=model_config,
-                train_config=dataclasses.replace(config, seed=seed),
-            )
-            probabilities = predict_proba(result.model, [features[i] for i in test_rows])
-            predicted = [RAVDESS_NATIVE[k] for k in probabilities.argmax(1)]
-            true = [native[i] for i in test_rows]
-            eight = score(true, predicted, RAVDESS_NATIVE)
-            seven = score(
-                [canonical("ravdess", t) for t in true], [canonical("ravdess", p) for p in predicted], EMOTIONS
-            )
-            runs.append(
-                {
-                    "seed": seed,
-                    "fold": fold,
-                    "test_actors": sorted({examples[i].speaker for i in test_rows}),
-                    "best_epoch": result.best_epoch,
-                    "native_8": eight.as_dict(),
-                    "canonical_7": seven.as_dict(),
-                }
-            )
-            print(
-                f"seed {seed} fold {fold}: 8-class UA {eight.ua:.3f} WA {eight.wa:.3f}; 7-class UA {seven.ua:.3f}"
-                f" (best epoch {result.best_epoch}, {time.perf_counter() - started:.0f} s so far)",
-                flush=True,
-            )
-    elapsed = time.perf_counter() - started
-    _write(args, runs, elapsed)
+    if not args.no_baselines:
+        runs += _baselines(test_examples, features[args.test_on], true_native, folds, classes)
+    for variant in args.train_on:
+        for parts in args.parts:
+            for seed in args.seeds:
+                for fold, (train_rows, test_rows) in enumerate(folds):
+                    if args.only_folds is not None and fold not in args.only_folds:
+                        continue
+                    run = _expert_run(
+                        args, corpora, features, variant, parts, seed, fold, train_rows, test_rows, classes
+                    )
+                    runs.append(run)
+                    print(
+                        f"{run['system']} seed {seed} fold {fold}: UA {run['scores']['ua']:.3f}"
+                        f" ({run['train_seconds']:.0f} s training; {time.perf_counter() - started:.0f} s so far)",
+                        flush=True,
+                    )
+    _write(args, runs, time.perf_counter() - started, classes)
 
 
-def _write(args: argparse.Namespace, runs: list[dict], elapsed: float) -> None:
+def _baselines(examples, features, true_native, folds, classes) -> list[dict]:
+    audio = [decode(e.path).audio for e in examples]
+    pooled = np.stack(
+        [
+            np.concatenate(
+                [
+                    f.states[PROBE_BLOCK - 1].astype(np.float32).mean(0),
+                    f.states[PROBE_BLOCK - 1].astype(np.float32).std(0),
+                ]
+            )
+            for f in features
+        ]
+    )
+    runs = []
+    for fold, (train, test) in enumerate(folds):
+        svm = mfcc_svm(audio, true_native, train, test, classes=classes)
+        probe = pooled_probe(pooled[train], true_native[train], pooled[test], true_native[test], classes=classes)
+        runs.append({"system": "MFCC statistics + SVM", "seed": None, "fold": fold, "scores": svm.as_dict()})
+        runs.append(
+            {
+                "system": f"pooled Whisper block-{PROBE_BLOCK} states + logistic regression",
+                "seed": None,
+                "fold": fold,
+                "scores": probe.as_dict(),
+            }
+        )
+        print(f"fold {fold}: MFCC+SVM UA {svm.ua:.3f}, probe UA {probe.ua:.3f}", flush=True)
+    return runs
+
+
+def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows, test_rows, classes) -> dict:
+    """Train on the fold's training speakers of the test corpus (if the variant names it) and every speaker of the
+    variant's other corpora, for the fixed recipe's epochs; score the fold's test speakers."""
+    test_corpus, names = args.test_on, variant.split("+")
+    train_examples, train_features = [], []
+    if test_corpus in names:
+        train_examples += [corpora[test_corpus][i] for i in train_rows]
+        train_features += [features[test_corpus][i] for i in train_rows]
+    own = len(train_examples)
+    for other in names:
+        if other != test_corpus:
+            train_examples += corpora[other]
+            train_features += features[other]
+    # each corpus an equal share of every epoch; the test corpus keeps the draws per epoch it has alone
+    per_epoch = len(names) * own if own and len(names) > 1 else None
+    result = fit(
+        train_features,
+        [voice_label(e.dataset, e.label, e.native_label) for e in train_examples],
+        groups=[e.dataset for e in train_examples],
+        model_config=VoiceConfig(use_cnn=parts != "whisper", use_whisper=parts != "cnn"),
+        train_config=VoiceTrainConfig(
+            epochs=args.epochs, augment=not args.no_augment, bf16=args.bf16, seed=seed, examples_per_epoch=per_epoch
+        ),
+    )
+    test = [corpora[test_corpus][i] for i in test_rows]
+    probabilities = predict_proba(result.model, [features[test_corpus][i] for i in test_rows], bf16=args.bf16)
+    if test_corpus == "ravdess":
+        true = [e.native_label for e in test]
+        predicted = [VOICE_TO_RAVDESS[VOICE_LABELS[k]] for k in probabilities.argmax(1)]
+    else:  # only the corpus's own classes can be predicted: a 6-way decision for nEMO
+        true = [e.label for e in test]
+        canonical_p = to_canonical(probabilities)[:, [EMOTIONS.index(c) for c in classes]]
+        predicted = [classes[k] for k in canonical_p.argmax(1)]
+    return {
+        "system": f"voice expert ({parts}), trained on {variant}",
+        "seed": seed,
+        "fold": fold,
+        "test_speakers": sorted({e.speaker for e in test}),
+        "train_seconds": result.seconds,
+        "scores": score(true, predicted, classes).as_dict(),
+    }
+
+
+def _write(args, runs: list[dict], elapsed: float, classes) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python", *sys.argv])
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    command = shlex.join(["python", *sys.argv])
+    systems = list(dict.fromkeys(run["system"] for run in runs))
     summary = {
-        task: {m: _mean_std([run[task][m] for run in runs]) for m in METRICS} for task in ("native_8", "canonical_7")
+        system: {m: _mean_std([r["scores"][m] for r in runs if r["system"] == system]) for m in METRICS}
+        for system in systems
     }
+    for system in systems:
+        seconds = [r["train_seconds"] for r in runs if r["system"] == system and "train_seconds" in r]
+        if seconds:
+            summary[system]["train_seconds"] = _mean_std(seconds)
     (out / "results.json").write_text(
         json.dumps(
-            {"command": command, "machine": machine, "seconds": elapsed, "summary": summary, "runs": runs}, indent=2
+            {"command": command, "machine": describe_machine(), "seconds": elapsed, "summary": summary, "runs": runs},
+            indent=2,
         )
         + "\n"
     )
+    n_classes = len(classes)
     lines = [
-        "# RAVDESS speech, speaker-independent folds",
+        f"# Voice expert on {args.test_on}, speaker-independent folds, {n_classes} classes",
         "",
         f"Command: `{command}`",
-        f"Machine: {machine}; {elapsed / 60:.1f} min. {len(runs)} runs (folds x seeds); mean ± std over runs.",
+        f"Machine: {describe_machine()}; {elapsed / 60:.1f} min in all.",
+        f"{args.folds} folds over {args.test_on}'s speakers; seeds {args.seeds}; mean ± std over folds x seeds"
+        " (baselines are deterministic: over folds). UA = macro recall, WA = accuracy.",
         "",
-        "| classes | UA | WA | macro-F1 | weighted F1 |",
-        "|---|---|---|---|---|",
+        "| system | UA | WA | macro-F1 | weighted F1 | training s per model |",
+        "|---|---|---|---|---|---|",
     ]
-    for task, name in (("native_8", "8 native"), ("canonical_7", "7 canonical (calm -> neutral)")):
+    for system in systems:
         cells = " | ".join(
-            f"{summary[task][m]['mean'] * 100:.1f} ± {summary[task][m]['std'] * 100:.1f}" for m in METRICS
+            f"{summary[system][m]['mean'] * 100:.1f} ± {summary[system][m]['std'] * 100:.1f}" for m in METRICS
         )
-        lines.append(f"| {name} | {cells} |")
-    lines += ["", "Recall per class (8 native, mean over runs):", ""]
-    for label in RAVDESS_NATIVE:
-        recalls = [run["native_8"]["recall"].get(label) for run in runs if label in run["native_8"]["recall"]]
-        lines.append(f"- {label}: {statistics.mean(recalls) * 100:.1f}")
+        seconds = summary[system].get("train_seconds")
+        seconds_cell = "" if seconds is None else f"{seconds['mean']:.0f}"
+        lines.append(f"| {system} | {cells} | {seconds_cell} |")
+    lines += ["", "UA per fold (mean over seeds):", ""]
+    for system in systems:
+        per_fold = [
+            statistics.mean(r["scores"]["ua"] for r in runs if r["system"] == system and r["fold"] == f)
+            for f in range(args.folds)
+        ]
+        lines.append(f"- {system}: " + ", ".join(f"{v * 100:.1f}" for v in per_fold))
+    lines += [
+        "",
+        "Recall per class (mean over runs):",
+        "",
+        "| system | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * n_classes,
+    ]
+    for system in systems:
+        recalls = [
+            statistics.mean(r["scores"]["recall"].get(c, 0.0) for r in runs if r["system"] == system) * 100
+            for c in classes
+        ]
+        lines.append(f"| {system} | " + " | ".join(f"{v:.1f}" for v in recalls) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -49,15 +49,15 @@ class SpectrogramCNN(nn.Module):
     padding: a clip gives the same tokens alone and batched with longer clips.
     """
 
-    def __init__(self, *, dim: int = 128, channels: tuple[int, int, int] = (16, 32, 64)):
+    def __init__(self, *, dim: int = 128, channels: tuple[int, int, int] = (16, 32, 64), strided: bool = False):
         super().__init__()
         c1, c2, c3 = channels
         self.input_norm = nn.BatchNorm2d(1)
         self.blocks = nn.ModuleList(
             [
-                ConvBlock(1, c1, pool=(2, 2)),  # time /2, mel 64 -> 32
-                ConvBlock(c1, c2, pool=(2, 2)),  # time /4, mel 32 -> 16
-                ConvBlock(c2, c3, pool=(1, 2)),  # mel 16 -> 8
+                ConvBlock(1, c1, pool=(2, 2), strided=strided),  # time /2, mel 64 -> 32
+                ConvBlock(c1, c2, pool=(2, 2), strided=strided),  # time /4, mel 32 -> 16
+                ConvBlock(c2, c3, pool=(1, 2), strided=strided),  # mel 16 -> 8
             ]
         )
         self.project = nn.Linear(c3 * (N_MELS // 8), dim)
@@ -87,19 +87,76 @@ class ConvBlock(nn.Module):
     """A 3x3 convolution with batch norm and GELU, then max-pooling; padded time steps are kept at zero.
 
     One convolution per block keeps training affordable on a CPU (about 55 M multiply-adds per second of audio
-    for the three blocks); RAVDESS-sized corpora do not need more capacity.
+    for the three blocks); RAVDESS-sized corpora do not need more capacity. strided: the convolution itself steps
+    by `pool` instead of being max-pooled after, which computes a quarter of the first blocks' outputs (about
+    20 M multiply-adds per second of audio; measured in benchmarks/results/voice_expert).
     """
 
-    def __init__(self, c_in: int, c_out: int, *, pool: tuple[int, int]):
+    def __init__(self, c_in: int, c_out: int, *, pool: tuple[int, int], strided: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, stride=pool if strided else 1, bias=False)
         self.norm = nn.BatchNorm2d(c_out)
-        self.pool = nn.MaxPool2d(pool)
+        self.pool = nn.Identity() if strided else nn.MaxPool2d(pool)
         self.time_pool = pool[0]
+        self.strided = strided
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, T, F); mask: (B, T) -> (B, C', T / time_pool, F / mel_pool) and the pooled mask."""
-        x = nn.functional.gelu(self.norm(self.conv(x))) * rearrange(mask, "b t -> b 1 t 1")
+        if not self.strided:
+            x = nn.functional.gelu(self.norm(self.conv(x))) * rearrange(mask, "b t -> b 1 t 1")
         # A pooled step is real if any frame under it was.
         mask = rearrange(mask, "b (t p) -> b t p", p=self.time_pool).any(-1)
+        if self.strided:
+            return nn.functional.gelu(self.norm(self.conv(x))) * rearrange(mask, "b t -> b 1 t 1"), mask
         return self.pool(x) * rearrange(mask, "b t -> b 1 t 1"), mask
+
+
+class VoiceEncoder(nn.Module):
+    """The voice as one token stream, every 40 ms: Whisper encoder states beside spectrogram CNN tokens.
+
+    Either part can be switched off (use_cnn / use_whisper) to measure what it contributes. Whisper states come
+    every 20 ms (encoders.whisper_states); each pair is averaged onto the CNN's 40 ms token grid, where both have
+    their centres at (k + 0.5) * TOKEN_SECONDS, and a token is the two concatenated: dim = whisper_dim + cnn_dim.
+    The states are not projected: pooled over a segment, their statistics are what a linear probe reads best
+    (benchmarks/results/whisper_blocks.md), and the expert's head keeps that reading open.
+    """
+
+    def __init__(self, *, cnn_dim: int = 128, whisper_dim: int = 384, use_cnn: bool = True, use_whisper: bool = True):
+        super().__init__()
+        if not (use_cnn or use_whisper):
+            raise ValueError("the voice encoder needs the spectrogram CNN, the Whisper states, or both")
+        self.cnn = SpectrogramCNN(dim=cnn_dim, strided=True) if use_cnn else None
+        self.use_whisper = use_whisper
+        self.dim = (whisper_dim if use_whisper else 0) + (cnn_dim if use_cnn else 0)
+
+    def forward(
+        self, mel: torch.Tensor, mel_mask: torch.Tensor, states: torch.Tensor, states_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel: (B, T, N_MELS), mel_mask: (B, T); states: (B, S, whisper_dim), states_mask: (B, S), S ~ T / 2.
+
+        returns tokens (B, T', dim) and mask (B, T') with T' = ceil(T / TOKEN_STRIDE), zero under the mask
+        """
+        n_tokens = -(-mel.shape[1] // TOKEN_STRIDE)
+        mask = nn.functional.pad(mel_mask, (0, -mel.shape[1] % TOKEN_STRIDE))
+        mask = rearrange(mask, "b (t p) -> b t p", p=TOKEN_STRIDE).any(-1)
+        parts = []
+        if self.use_whisper:
+            pairs, pairs_mask = _pairs_on_grid(states, states_mask, n_tokens)
+            parts.append(pairs * pairs_mask[..., None])
+        if self.cnn is not None:
+            cnn_tokens, mask = self.cnn(mel, mel_mask)
+            parts.append(cnn_tokens.to(parts[0].dtype) if parts else cnn_tokens)
+        return torch.cat(parts, -1) * mask[..., None], mask
+
+
+def _pairs_on_grid(states: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, D) 20 ms states -> (B, n_tokens, D) means of the real states in each 40 ms pair, cut or zero-padded."""
+    states = nn.functional.pad(states * mask[..., None], (0, 0, 0, -states.shape[1] % 2))
+    mask = nn.functional.pad(mask, (0, -mask.shape[1] % 2))
+    sums = rearrange(states, "b (t p) d -> b t p d", p=2).sum(2)
+    counts = rearrange(mask, "b (t p) -> b t p", p=2).sum(2)
+    pairs, pairs_mask = sums / counts.clamp(min=1)[..., None], counts > 0
+    extra = n_tokens - pairs.shape[1]
+    if extra >= 0:
+        return nn.functional.pad(pairs, (0, 0, 0, extra)), nn.functional.pad(pairs_mask, (0, extra))
+    return pairs[:, :n_tokens], pairs_mask[:, :n_tokens]

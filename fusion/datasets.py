@@ -153,6 +153,47 @@ def _crema_d_example(path: Path) -> Example:
     )
 
 
+NEMO_COLUMNS = ("file", "emotion", "speaker", "text")
+
+
+def nemo(root: str | os.PathLike) -> Manifest:
+    """nEMO, Polish emotional speech: the files listed in ``root/labels.tsv`` (file, emotion, speaker, ..., text).
+
+    Speakers are nEMO's ids ("nemo:EB0"); every file carries a voice and a (Polish) sentence. A listed file that is
+    not in the folder, or a row with an unknown label, is skipped with the reason.
+    """
+    root = Path(root)
+    table = root / "labels.tsv"
+    if not table.is_file():
+        raise FileNotFoundError(f"nEMO labels not found: {table}")
+    rows = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
+    missing = [column for column in NEMO_COLUMNS if column not in rows.columns]
+    if missing:
+        raise ValueError(f"{table}: missing columns {missing}")
+    examples, skipped = [], []
+    for number, row in enumerate(rows.to_dict("records"), 1):
+        path = root / row["file"]
+        try:
+            if not path.is_file():
+                raise ValueError(f"row {number}: file not found")
+            label = canonical("nemo", row["emotion"])
+        except ValueError as error:
+            skipped.append(Skipped(str(path), str(error)))
+            continue
+        examples.append(
+            Example(
+                path=str(path),
+                label=label,
+                native_label=row["emotion"],
+                speaker=f"nemo:{row['speaker']}",
+                dataset="nemo",
+                modalities=("audio", "text"),
+                text=row["text"],
+            )
+        )
+    return _manifest(examples, skipped, f"nEMO files listed in {table}")
+
+
 def meld(csv_path: str | os.PathLike, *, media_dir: str | os.PathLike | None = None) -> Manifest:
     """One example per row of a MELD csv (``{train,dev,test}_sent_emo.csv``), with its transcript as text.
 
@@ -394,15 +435,15 @@ def _shuffled(items: list[str], seed: int) -> list[str]:
     return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
 
 
-DATA_KINDS = ("ravdess", "crema-d", "meld", "fer2013", "images", "csv", "manifest")
+DATA_KINDS = ("ravdess", "crema-d", "nemo", "meld", "fer2013", "images", "csv", "manifest")
 
 
 def from_spec(spec: str) -> Manifest:
     """A corpus named on the command line as KIND=PATH.
 
-    ravdess=DIR, crema-d=DIR, meld=CSV (meld=CSV:MEDIA_DIR with clips), fer2013=DIR (an image folder labelled
-    with FER2013's class names), images=DIR (an image folder with canonical class names), csv=FILE (the generic
-    csv), manifest=FILE (written by save_manifest).
+    ravdess=DIR, crema-d=DIR, nemo=DIR (with labels.tsv), meld=CSV (meld=CSV:MEDIA_DIR with clips), fer2013=DIR
+    (an image folder labelled with FER2013's class names), images=DIR (an image folder with canonical class names),
+    csv=FILE (the generic csv), manifest=FILE (written by save_manifest).
     """
     kind, _, path = spec.partition("=")
     if kind not in DATA_KINDS or not path:
@@ -411,6 +452,8 @@ def from_spec(spec: str) -> Manifest:
         return ravdess(path)
     if kind == "crema-d":
         return crema_d(path)
+    if kind == "nemo":
+        return nemo(path)
     if kind == "meld":
         csv_path, _, media_dir = path.partition(":")
         return meld(csv_path, media_dir=media_dir or None)

@@ -22,6 +22,7 @@ from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
 from encoders.face import face_pixels
 from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
 from encoders.text import Transcriber, Utterance, Word, WordEncoder
+from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
 from fusion.media import DEFAULT_FPS, Media, decode
 from fusion.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunks
@@ -38,6 +39,8 @@ class RecordingFeatures:
     word_embeddings: (n_words, text_dim) float32, one row per word of the utterances, in order
     face_crops: (n_frames, 48, 48) uint8 grey crops of the main face (zeros where absent); None: no video track
     face_times: (n_frames,) float64 seconds; face_present: (n_frames,) bool
+    whisper_states: (n_states, whisper_dim) float32 Whisper encoder states (encoders.whisper_states), one per 20 ms
+        of audio, their centre times in whisper_times (n_states,) float64; None unless the extractor was asked for them
     timings: seconds spent per stage
     start: seconds into the recording where these features begin (a chunk of a long recording; else 0). Every
         time above is from the start of the recording, and duration is this piece's.
@@ -53,6 +56,8 @@ class RecordingFeatures:
     face_present: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
     start: float = 0.0
+    whisper_states: np.ndarray | None = None
+    whisper_times: np.ndarray | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -110,8 +115,13 @@ class FeatureExtractor:
         face_model: str | os.PathLike | None = None,
         fps: float = DEFAULT_FPS,
         device: str | torch.device | None = None,
+        whisper_blocks: int | None = None,
     ):
+        """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed)."""
         self.transcriber = Transcriber(whisper_model, device=device)
+        self.whisper_states = (
+            None if whisper_blocks is None else WhisperStates(self.transcriber.model, blocks=whisper_blocks)
+        )
         self.word_encoder = WordEncoder(text_model, device=device)
         self.face_detector = FaceDetector(face_model)
         self.fps = fps
@@ -186,10 +196,14 @@ class FeatureExtractor:
 
     def extract_chunk(self, chunk: MediaChunk, *, timings: dict[str, float] | None = None) -> RecordingFeatures:
         timings = {} if timings is None else timings
-        mel, utterances = None, []
+        mel, utterances, states, state_times = None, [], None, None
         if chunk.audio is not None and len(chunk.audio):
             with _timed(timings, "log_mel"):
                 mel = log_mel(chunk.audio)
+            if self.whisper_states is not None:
+                with _timed(timings, "whisper_states"):
+                    states, state_times = self.whisper_states(chunk.audio)
+                    state_times = state_times + chunk.start
             with _timed(timings, "whisper"):
                 utterances = [u.shifted(chunk.start) for u in self.transcriber.transcribe(chunk.audio)]
         with _timed(timings, "bert"):
@@ -210,6 +224,8 @@ class FeatureExtractor:
             face_present=present,
             timings=timings,
             start=chunk.start,
+            whisper_states=states,
+            whisper_times=state_times,
         )
 
 

@@ -55,6 +55,15 @@ LABEL_MAPS: dict[str, dict[str, str]] = {
         "sad": "sadness",
         "surprise": "surprise",
     },
+    # nEMO (Polish emotional speech) names six of the basic emotions by noun, surprise by adjective; no disgust.
+    "nemo": {
+        "anger": "anger",
+        "fear": "fear",
+        "happiness": "happiness",
+        "neutral": "neutral",
+        "sadness": "sadness",
+        "surprised": "surprise",
+    },
     # A user's image folder whose class folders already carry the canonical names.
     "images": {emotion: emotion for emotion in EMOTIONS},
 }

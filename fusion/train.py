@@ -97,7 +97,9 @@ def fit(
     per_epoch = config.examples_per_epoch or len(examples)
     steps_per_epoch = -(-per_epoch // config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = _warmup_cosine(optimizer, total_steps=config.epochs * steps_per_epoch, config=config)
+    schedule = warmup_cosine(
+        optimizer, total_steps=config.epochs * steps_per_epoch, warmup_fraction=config.warmup_fraction
+    )
     generator = torch.Generator().manual_seed(config.seed)
 
     history: list[dict] = []
@@ -233,14 +235,15 @@ def keep_modalities(batch: FusionBatch, modalities: Sequence[str]) -> FusionBatc
     return FusionBatch(kept["audio"], kept["text"], kept["video"], batch.segments)
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, config: TrainConfig):
-    warmup = max(1, int(config.warmup_fraction * total_steps))
+def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_fraction: float):
+    """Linear warm-up over warmup_fraction of the steps, then cosine decay to zero."""
+    warmup = max(1, int(warmup_fraction * total_steps))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
