@@ -16,8 +16,8 @@ on the test corpus's training speakers. UA = macro recall, WA = accuracy; mean Â
 from __future__ import annotations
 
 import argparse
-import shlex
 import json
+import shlex
 import statistics
 import sys
 import time

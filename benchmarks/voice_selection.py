@@ -33,6 +33,9 @@ CANDIDATES = {
     "CNN only": (dict(use_whisper=False), dict(), None),
     "CNN + Whisper block 3": (dict(), dict(), None),
     "CNN + Whisper block 3, no augmentation": (dict(), dict(augment=False), None),
+    "CNN + Whisper block 3, 10 epochs": (dict(), dict(epochs=10), None),
+    "CNN + Whisper block 3, dropout 0.5": (dict(dropout=0.5), dict(), None),
+    "CNN + Whisper block 3, 3 members": (dict(members=3), dict(), None),
     "Whisper block 3, + nEMO": (dict(use_cnn=False), dict(), "nemo"),
     "CNN + Whisper block 3, + nEMO": (dict(), dict(), "nemo"),
 }
@@ -88,8 +91,10 @@ def main() -> None:
             f"{name}: last-epoch validation UA {statistics.mean(last):.3f}, best {statistics.mean(best):.3f}",
             flush=True,
         )
-    elapsed = time.perf_counter() - started
+        _write(args.out, rows, time.perf_counter() - started)  # after each candidate: a cut run keeps what it did
 
+
+def _write(out: str, rows: list, elapsed: float) -> None:
     lines = [
         "# Voice expert recipe, chosen on validation speakers (RAVDESS, 8 classes)",
         "",
@@ -107,8 +112,8 @@ def main() -> None:
             f"| {name} | {statistics.mean(last) * 100:.1f} ± {statistics.stdev(last) * 100:.1f} |"
             f" {statistics.mean(best) * 100:.1f} | {statistics.mean(seconds):.0f} |"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -14,7 +14,14 @@ import os
 # Whisper down markedly while it ran. It only takes effect if torch is not imported yet; a value already set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fusion.errors import CheckpointError, FusionError, MediaError, ModelNotFoundError, NoModalityError
+from fusion.errors import (
+    CheckpointError,
+    FusionError,
+    MediaError,
+    ModelNotFoundError,
+    NoModalityError,
+    OutputError,
+)
 from fusion.labels import EMOTIONS
 
 _PREDICTOR_NAMES = ("Prediction", "Predictor", "load", "predict")
@@ -39,6 +46,7 @@ __all__ = [
     "MediaError",
     "ModelNotFoundError",
     "NoModalityError",
+    "OutputError",
     "Prediction",
     "Predictor",
     "load",

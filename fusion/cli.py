@@ -14,8 +14,8 @@ from fusion.ablation import METRICS, AblationConfig, ablate
 from fusion.augment import AugmentConfig
 from fusion.cache import FeatureCache
 from fusion.datasets import DATA_KINDS, from_specs
+from fusion.errors import FusionError, ModelNotFoundError, check_writable
 from fusion.experts import EXPERTS
-from fusion.errors import FusionError, ModelNotFoundError
 from fusion.predictor import Predictor
 from fusion.score import ENGINES, ScoreOptions, score
 from fusion.train import TrainConfig, train_checkpoint
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data", action="append", required=True, help=data_help)
     train.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
     train.add_argument("--out", required=True, help="checkpoint folder to write")
-    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    train.add_argument("--examples-per-epoch", type=int, help="examples drawn per epoch (default: all)")
+    train.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
+    train.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
+    train.add_argument("--learning-rate", type=positive_float, default=TrainConfig.learning_rate)
+    train.add_argument("--examples-per-epoch", type=positive_int, help="examples drawn per epoch (default: all)")
     train.add_argument("--validation-fraction", type=float, default=0.15, help="share of each corpus's speakers")
     train.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     train.add_argument("--seed", type=int, default=TrainConfig.seed)
@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     ablate = commands.add_parser("ablate", help="modality ablation: retrain and drop each subset of modalities")
     ablate.add_argument("data", nargs="+", help="corpora as KIND=PATH: " + ", ".join(DATA_KINDS))
     ablate.add_argument("--modalities", help="comma-separated, e.g. audio,text (default: all the data has)")
-    ablate.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default 3)")
+    ablate.add_argument("--seeds", type=positive_int, default=3, help="training seeds 0..N-1 (default 3)")
     ablate.add_argument("--folds", type=int, default=3, help="speaker-independent folds (default 3)")
-    ablate.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    ablate.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ablate.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
+    ablate.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
     ablate.add_argument("--validation-fraction", type=float, default=0.15, help="0: no early stopping")
     ablate.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     ablate.add_argument("--metric", choices=METRICS, default="ua", help="metric of the differences (default ua)")
-    ablate.add_argument("--workers", type=int, default=1, help="parallel training processes, 1 thread each")
+    ablate.add_argument("--workers", type=positive_int, default=1, help="parallel training processes, 1 thread each")
     ablate.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ablate.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
     ablate.add_argument("--out", required=True, help="folder for ablation.md, ablation.json, ablation.png")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     score.add_argument("inputs", nargs="+", help="media files, folders (searched recursively) or manifests")
     score.add_argument("--out", required=True, help="segments table: .parquet, .csv or .jsonl")
-    score.add_argument("--workers", type=int, default=1, help="worker processes (or Ray tasks at a time)")
+    score.add_argument("--workers", type=positive_int, default=1, help="worker processes (or Ray tasks at a time)")
     score.add_argument("--engine", choices=ENGINES, default="local", help="local processes, or Ray ($RAY_ADDRESS)")
     score.add_argument("--plots", help="folder for one PNG per file: probabilities over time and the transcript")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -100,6 +100,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
 def _add_prediction_options(command: argparse.ArgumentParser) -> None:
     """The options of every command that predicts: which models, on which device, with which segments."""
     command.add_argument("--checkpoint", help="checkpoint folder (default: $FUSION_CHECKPOINT or the shipped model)")
@@ -111,7 +133,7 @@ def _add_prediction_options(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--window",
-        type=float,
+        type=positive_float,
         default=DEFAULT_WINDOW_S,
         help=f"window length in seconds for silence and --segments window (default {DEFAULT_WINDOW_S})",
     )
@@ -122,6 +144,8 @@ def _add_prediction_options(command: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.output:
+        check_writable(args.output)  # before any model loads
     predictor = Predictor(
         args.checkpoint,
         whisper_model=args.whisper_model,

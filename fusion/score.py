@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
 from fusion import checkpoint as checkpoints
-from fusion.errors import MediaError, NoModalityError
+from fusion.errors import MediaError, NoModalityError, check_writable
 from fusion.predictor import Predictor, resolve_checkpoint
 
 MEDIA_SUFFIXES = frozenset(
@@ -217,6 +217,7 @@ def score(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    check_writable(out)
     # Loaded first, so that a missing or broken model stops the run before any work, with its own error. In this
     # process, the predictor that will score the files; for other processes, only the checkpoint is checked.
     if engine == "local" and workers == 1:
@@ -317,11 +318,18 @@ def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
         temporary = Path(tmp.name)
     try:
         write(temporary)
+        temporary.chmod(0o666 & ~_umask())  # the temporary file's own mode is 0600; a table gets the usual mode
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 __all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score", "score_file"]

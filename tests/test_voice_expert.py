@@ -88,6 +88,13 @@ def test_speech_cache_stores_reloads_and_keys_by_whisper_model(shared, speech_fi
     assert cache._entry(paths[0]) != SpeechCache(tmp_path, whisper_model="base.en")._entry(paths[0])
 
 
+def test_speech_cache_key_changes_with_the_whisper_blocks(shared, speech_files, tmp_path, monkeypatch):
+    cache = SpeechCache(tmp_path)
+    before = cache._entry(speech_files[0].path)
+    monkeypatch.setattr(voice, "WHISPER_BLOCKS", 3)
+    assert cache._entry(speech_files[0].path) != before
+
+
 def test_speech_cache_lists_unreadable_files(shared, tmp_path):
     bad = tmp_path / "bad.flac"
     bad.write_bytes(b"not audio")
@@ -151,6 +158,15 @@ def test_each_part_can_be_switched_off(speech_features):
         assert predict_proba(model, features[:4]).shape == (4, len(VOICE_LABELS))
     with pytest.raises(ValueError, match="needs"):
         VoiceExpert(VoiceConfig(use_cnn=False, use_whisper=False))
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(speech_features):
+    features, _ = speech_features
+    model = VoiceExpert(VoiceConfig(members=3)).eval()
+    batch = voice.VoiceBatch(features[:4], model.config.whisper_blocks)
+    with torch.inference_mode():
+        members = model.member_logits(*batch.inputs(torch.device("cpu"))).softmax(-1)
+    np.testing.assert_allclose(predict_proba(model, features[:4]), members.mean(0).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_calm_goes_to_neutral_in_the_canonical_view():

@@ -177,13 +177,54 @@ class VoiceConfig:
     use_cnn: bool = True
     use_whisper: bool = True
     dropout: float = 0.3
+    members: int = 1  # independently initialised copies trained side by side; their probabilities are averaged
 
 
 class VoiceExpert(nn.Module):
+    """An ensemble of config.members :class:`VoiceMember` s: the mean of their probabilities (as log-probabilities)."""
+
+    def __init__(self, config: VoiceConfig):
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList([VoiceMember(config) for _ in range(config.members)])
+
+    def member_logits(self, mel, mel_mask, states, states_mask) -> torch.Tensor:
+        """-> (members, B, n_labels): each member's logits (each trains on its own loss)."""
+        return torch.stack([member(mel, mel_mask, states, states_mask) for member in self.members])
+
+    def forward(self, mel, mel_mask, states, states_mask) -> torch.Tensor:
+        """-> (B, n_labels) log of the members' mean probabilities; see :meth:`VoiceMember.tokens` for the shapes."""
+        logits = self.member_logits(mel, mel_mask, states, states_mask).float()
+        return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(self.members))
+
+    def save(self, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
+        """model.safetensors and config.json into directory (no pickle); extra goes into the config as it is."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, directory / WEIGHTS_FILE)
+        config = {"kind": "voice-expert", "model": asdict(self.config)} | (extra or {})
+        _atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> VoiceExpert:
+        directory = Path(directory)
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text())
+            model_config = config["model"]
+            model = cls(VoiceConfig(**model_config | {k: tuple(model_config[k]) for k in ("labels", "whisper_blocks")}))
+            model.load_state_dict(load_file(directory / WEIGHTS_FILE))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise CheckpointError(f"{directory}: not a readable voice expert ({error})") from error
+        return model.to(device).eval()
+
+
+class VoiceMember(nn.Module):
     """(log-mel, Whisper states) -> one token per 40 ms -> mean and std over the tokens -> standardised -> logits.
 
     The head is linear on standardised statistics (a BatchNorm without affine weights standardises them with the
-    training set's statistics, as scikit-learn's StandardScaler would), so with the CNN off the expert is the
+    training set's statistics, as scikit-learn's StandardScaler would), so with the CNN off a member is the
     pooled-state linear probe with learned Whisper block weights, trained end to end.
     """
 
@@ -214,28 +255,6 @@ class VoiceExpert(nn.Module):
         mean = (weights * x).sum(1)
         std = ((weights * (x - mean[:, None]) ** 2).sum(1) + 1e-5).sqrt()
         return self.head(self.standardise(torch.cat([mean, std], -1)))
-
-    def save(self, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
-        """model.safetensors and config.json into directory (no pickle); extra goes into the config as it is."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_FILE)
-        config = {"kind": "voice-expert", "model": asdict(self.config)} | (extra or {})
-        _atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> VoiceExpert:
-        directory = Path(directory)
-        try:
-            config = json.loads((directory / CONFIG_FILE).read_text())
-            model_config = config["model"]
-            model = cls(VoiceConfig(**model_config | {k: tuple(model_config[k]) for k in ("labels", "whisper_blocks")}))
-            model.load_state_dict(load_file(directory / WEIGHTS_FILE))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-            raise CheckpointError(f"{directory}: not a readable voice expert ({error})") from error
-        return model.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------- training
@@ -364,8 +383,9 @@ def fit(
             if config.augment:
                 batch.augment(generator)
             with _autocast(device, config.bf16):
-                logits = model(*batch.inputs(device))
-            loss = F.cross_entropy(logits.float(), targets[rows].to(device), label_smoothing=config.label_smoothing)
+                logits = model.member_logits(*batch.inputs(device)).float()  # (members, B, n_labels)
+            target = targets[rows].to(device).repeat(len(logits))
+            loss = F.cross_entropy(logits.flatten(0, 1), target, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
@@ -400,7 +420,7 @@ def predict_proba(
     for first in range(0, len(features), batch_size):
         batch = VoiceBatch(features[first : first + batch_size], model.config.whisper_blocks)
         with _autocast(device, bf16):
-            rows.append(model(*batch.inputs(device)).float().softmax(-1).cpu())
+            rows.append(model(*batch.inputs(device)).float().exp().cpu())
     return torch.cat(rows).numpy()
 
 
@@ -444,15 +464,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusion.cli import positive_int
+
     defaults = VoiceTrainConfig()
     parser.add_argument(
         "--data", action="append", required=True, help="speech corpus as KIND=PATH (ravdess, nemo, crema-d, csv, ...)"
     )
     parser.add_argument("--cache", required=True, help="speech feature cache folder (filled on first use)")
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument(
+        "--examples-per-epoch", type=positive_int, help="examples drawn per epoch (default: as many as there are)"
+    )
     parser.add_argument(
         "--validation-fraction",
         type=float,
@@ -489,6 +514,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        examples_per_epoch=args.examples_per_epoch,
         augment=not args.no_augment,
         bf16=args.bf16,
         seed=args.seed,
@@ -523,10 +549,3 @@ def run(args: argparse.Namespace) -> int:
         f" {result.seconds / 60:.1f} min)"
     )
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
