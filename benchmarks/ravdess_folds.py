@@ -70,7 +70,13 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
+    parser.add_argument("--report-only", action="store_true", help="rewrite results.md from --out's results.json")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((Path(args.out) / "results.json").read_text())
+        classes = RAVDESS_NATIVE if args.test_on == "ravdess" else tuple(saved["classes"])
+        _write(args, saved["runs"], saved["seconds"], classes, command=saved["command"], machine=saved["machine"])
+        return
 
     corpora = {"ravdess": ravdess(args.ravdess).examples}
     if args.nemo:
@@ -114,7 +120,12 @@ def main() -> None:
                         f" ({run['train_seconds']:.0f} s training; {time.perf_counter() - started:.0f} s so far)",
                         flush=True,
                     )
-    _write(args, runs, time.perf_counter() - started, classes)
+                    # after every run, so that a run cut short keeps what it measured
+                    _write(
+                        args, runs, time.perf_counter() - started, classes, command=shlex.join(["python", *sys.argv])
+                    )
+    _write(args, runs, time.perf_counter() - started, classes, command=shlex.join(["python", *sys.argv]))
+    print((Path(args.out) / "results.md").read_text())
 
 
 def _baselines(examples, features, true_native, folds, classes) -> list[dict]:
@@ -190,10 +201,10 @@ def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows,
     }
 
 
-def _write(args, runs: list[dict], elapsed: float, classes) -> None:
+def _write(args, runs: list[dict], elapsed: float, classes, *, command: str, machine: str | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", *sys.argv])
+    machine = machine or describe_machine()
     systems = list(dict.fromkeys(run["system"] for run in runs))
     summary = {
         system: {m: _mean_std([r["scores"][m] for r in runs if r["system"] == system]) for m in METRICS}
@@ -205,18 +216,27 @@ def _write(args, runs: list[dict], elapsed: float, classes) -> None:
             summary[system]["train_seconds"] = _mean_std(seconds)
     (out / "results.json").write_text(
         json.dumps(
-            {"command": command, "machine": describe_machine(), "seconds": elapsed, "summary": summary, "runs": runs},
+            {
+                "command": command,
+                "machine": machine,
+                "seconds": elapsed,
+                "classes": list(classes),
+                "summary": summary,
+                "runs": runs,
+            },
             indent=2,
         )
         + "\n"
     )
     n_classes = len(classes)
+    n_folds = 1 + max(run["fold"] for run in runs)
+    seeds = sorted({run["seed"] for run in runs if run["seed"] is not None})
     lines = [
         f"# Voice expert on {args.test_on}, speaker-independent folds, {n_classes} classes",
         "",
         f"Command: `{command}`",
-        f"Machine: {describe_machine()}; {elapsed / 60:.1f} min in all.",
-        f"{args.folds} folds over {args.test_on}'s speakers; seeds {args.seeds}; mean ± std over folds x seeds"
+        f"Machine: {machine}; {elapsed / 60:.1f} min in all.",
+        f"{n_folds} folds over {args.test_on}'s speakers; seeds {seeds}; mean ± std over folds x seeds"
         " (baselines are deterministic: over folds). UA = macro recall, WA = accuracy.",
         "",
         "| system | UA | WA | macro-F1 | weighted F1 | training s per model |",
@@ -229,11 +249,22 @@ def _write(args, runs: list[dict], elapsed: float, classes) -> None:
         seconds = summary[system].get("train_seconds")
         seconds_cell = "" if seconds is None else f"{seconds['mean']:.0f}"
         lines.append(f"| {system} | {cells} | {seconds_cell} |")
+    if args.test_on == "ravdess":  # the same predictions with calm counted as neutral, as the canonical labels do
+        lines += ["", "7 canonical classes (the same predictions, calm merged into neutral):", ""]
+        lines += ["| system | UA | WA | macro-F1 | weighted F1 |", "|---|---|---|---|---|"]
+        for system in systems:
+            merged = [_calm_as_neutral(r["scores"]["confusion"]) for r in runs if r["system"] == system]
+            cells = " | ".join(
+                f"{statistics.mean(m[k] for m in merged) * 100:.1f} ± "
+                f"{(statistics.stdev(m[k] for m in merged) if len(merged) > 1 else 0.0) * 100:.1f}"
+                for k in METRICS
+            )
+            lines.append(f"| {system} | {cells} |")
     lines += ["", "UA per fold (mean over seeds):", ""]
     for system in systems:
         per_fold = [
             statistics.mean(r["scores"]["ua"] for r in runs if r["system"] == system and r["fold"] == f)
-            for f in range(args.folds)
+            for f in range(n_folds)
         ]
         lines.append(f"- {system}: " + ", ".join(f"{v * 100:.1f}" for v in per_fold))
     lines += [
@@ -250,7 +281,27 @@ def _write(args, runs: list[dict], elapsed: float, classes) -> None:
         ]
         lines.append(f"| {system} | " + " | ".join(f"{v:.1f}" for v in recalls) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+
+def _calm_as_neutral(confusion: list[list[int]]) -> dict[str, float]:
+    """UA, WA, macro-F1 and weighted F1 of an 8-class RAVDESS confusion matrix (RAVDESS_NATIVE order) with calm's
+    row and column added to neutral's."""
+    matrix = np.array(confusion, dtype=np.float64)
+    neutral, calm = RAVDESS_NATIVE.index("neutral"), RAVDESS_NATIVE.index("calm")
+    matrix[neutral] += matrix[calm]
+    matrix[:, neutral] += matrix[:, calm]
+    matrix = np.delete(np.delete(matrix, calm, 0), calm, 1)
+    support, predicted, hits = matrix.sum(1), matrix.sum(0), np.diag(matrix)
+    present = support > 0
+    recall = hits[present] / support[present]
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)[present]
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(recall), where=precision + recall > 0)
+    return {
+        "ua": float(recall.mean()),
+        "wa": float(hits.sum() / matrix.sum()),
+        "macro_f1": float(f1.mean()),
+        "weighted_f1": float((f1 * support[present]).sum() / support[present].sum()),
+    }
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:

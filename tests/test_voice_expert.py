@@ -221,3 +221,22 @@ def test_streamed_chunks_give_the_whole_recordings_states_up_to_window_context(w
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert np.median(cosine) > 0.9 and cosine.mean() > 0.9, (np.median(cosine), cosine.mean(), cosine.min())
     assert cosine[:100].min() > 0.99  # the first 2 s: the same first window either way
+
+
+def test_the_shipped_voice_expert_loads_and_predicts_a_real_clip(speech_features):
+    from pathlib import Path
+
+    folder = Path(voice.__file__).resolve().parents[1] / "checkpoints" / "voice"
+    model = VoiceExpert.load(folder)
+    assert model.config.whisper_blocks == (3,) and model.config.labels == VOICE_LABELS
+    probabilities = predict_proba(model, speech_features[0][:8])
+    assert probabilities.shape == (8, len(VOICE_LABELS))
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+
+
+def test_a_damaged_voice_checkpoint_raises_checkpoint_error(tmp_path):
+    from fusion.errors import CheckpointError
+
+    (tmp_path / "config.json").write_text("[1]")
+    with pytest.raises(CheckpointError, match="not a readable voice expert"):
+        VoiceExpert.load(tmp_path)
