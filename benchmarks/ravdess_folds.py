@@ -66,16 +66,23 @@ def main() -> None:
         "--train-on", nargs="+", default=["ravdess"], help="ravdess, nemo or ravdess+nemo, each a variant"
     )
     parser.add_argument("--epochs", type=int, default=VoiceTrainConfig.epochs)
+    parser.add_argument("--members", type=int, default=VoiceConfig.members, help="ensemble members per expert")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
     parser.add_argument("--report-only", action="store_true", help="rewrite results.md from --out's results.json")
+    parser.add_argument(
+        "--merge", nargs="+", help="with --report-only: the runs of these folders' results.json (e.g. one per seed)"
+    )
     args = parser.parse_args()
     if args.report_only:
-        saved = json.loads((Path(args.out) / "results.json").read_text())
-        classes = RAVDESS_NATIVE if args.test_on == "ravdess" else tuple(saved["classes"])
-        _write(args, saved["runs"], saved["seconds"], classes, command=saved["command"], machine=saved["machine"])
+        folders = args.merge or [args.out]
+        saved = [json.loads((Path(folder) / "results.json").read_text()) for folder in folders]
+        classes = RAVDESS_NATIVE if args.test_on == "ravdess" else tuple(saved[0]["classes"])
+        runs = [run for s in saved for run in s["runs"]]
+        command = "; ".join(s["command"] for s in saved)  # the runs were made by these commands, in parallel
+        _write(args, runs, max(s["seconds"] for s in saved), classes, command=command, machine=saved[0]["machine"])
         return
 
     corpora = {"ravdess": ravdess(args.ravdess).examples}
@@ -177,7 +184,7 @@ def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows,
         train_features,
         [voice_label(e.dataset, e.label, e.native_label) for e in train_examples],
         groups=[e.dataset for e in train_examples],
-        model_config=VoiceConfig(use_cnn=parts != "whisper", use_whisper=parts != "cnn"),
+        model_config=VoiceConfig(use_cnn=parts != "whisper", use_whisper=parts != "cnn", members=args.members),
         train_config=VoiceTrainConfig(
             epochs=args.epochs, augment=not args.no_augment, bf16=args.bf16, seed=seed, examples_per_epoch=per_epoch
         ),
@@ -191,8 +198,9 @@ def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows,
         true = [e.label for e in test]
         canonical_p = to_canonical(probabilities)[:, [EMOTIONS.index(c) for c in classes]]
         predicted = [classes[k] for k in canonical_p.argmax(1)]
+    members = f", {args.members} members" if args.members > 1 else ""
     return {
-        "system": f"voice expert ({parts}), trained on {variant}",
+        "system": f"voice expert ({parts}{members}), trained on {variant}",
         "seed": seed,
         "fold": fold,
         "test_speakers": sorted({e.speaker for e in test}),
@@ -263,10 +271,11 @@ def _write(args, runs: list[dict], elapsed: float, classes, *, command: str, mac
     lines += ["", "UA per fold (mean over seeds):", ""]
     for system in systems:
         per_fold = [
-            statistics.mean(r["scores"]["ua"] for r in runs if r["system"] == system and r["fold"] == f)
-            for f in range(n_folds)
+            [r["scores"]["ua"] for r in runs if r["system"] == system and r["fold"] == f] for f in range(n_folds)
         ]
-        lines.append(f"- {system}: " + ", ".join(f"{v * 100:.1f}" for v in per_fold))
+        lines.append(
+            f"- {system}: " + ", ".join(f"{statistics.mean(v) * 100:.1f}" if v else "not run" for v in per_fold)
+        )
     lines += [
         "",
         "Recall per class (mean over runs):",

@@ -88,8 +88,8 @@ class ConvBlock(nn.Module):
 
     One convolution per block keeps training affordable on a CPU (about 55 M multiply-adds per second of audio
     for the three blocks); RAVDESS-sized corpora do not need more capacity. strided: the convolution itself steps
-    by `pool` instead of being max-pooled after, which computes a quarter of the first blocks' outputs (about
-    20 M multiply-adds per second of audio; measured in benchmarks/results/voice_expert).
+    by `pool` instead of being max-pooled after, so it computes only the outputs that pooling would keep: a
+    quarter of them in the first two blocks, half in the third (the voice expert uses it).
     """
 
     def __init__(self, c_in: int, c_out: int, *, pool: tuple[int, int], strided: bool = False):

@@ -15,6 +15,11 @@ SHARED = Path(os.environ.get("FUSION_SHARED", REPO_ROOT.parent / "shared"))
 HAVE_SHARED = (SHARED / "models").is_dir() and (SHARED / "data").is_dir()
 SKIP_REASON = f"needs the shared models and data at {SHARED} (set FUSION_SHARED to their folder)"
 
+# CI sets FUSION_REQUIRE_SHARED=1: there, a missing ../shared fails the run instead of skipping the real-data tests.
+REQUIRE_SHARED = os.environ.get("FUSION_REQUIRE_SHARED", "") == "1"
+if REQUIRE_SHARED and not HAVE_SHARED:
+    raise pytest.UsageError(f"FUSION_REQUIRE_SHARED=1 but {SKIP_REASON}")
+
 requires_shared = pytest.mark.skipif(not HAVE_SHARED, reason=SKIP_REASON)
 
 if HAVE_SHARED:

@@ -69,13 +69,16 @@ def touch(folder: Path, *names: str) -> None:
 
 
 def test_label_maps_map_onto_the_canonical_emotions():
-    assert set(LABEL_MAPS) == {"ravdess", "crema-d", "meld", "fer2013", "images"}
+    assert set(LABEL_MAPS) == {"ravdess", "crema-d", "nemo", "meld", "fer2013", "images"}
     for labels in LABEL_MAPS.values():
         assert set(labels.values()) <= set(EMOTIONS)
     assert set(LABEL_MAPS["ravdess"]) == set(RAVDESS_NATIVE) == set(RAVDESS_CODES.values())
     assert len(RAVDESS_NATIVE) == 8 and RAVDESS_CODES["02"] == "calm"
     assert set(LABEL_MAPS["meld"].values()) == set(LABEL_MAPS["fer2013"].values()) == set(EMOTIONS)
     assert canonical("ravdess", "calm") == "neutral"
+    assert canonical("nemo", "surprised") == "surprise" and set(LABEL_MAPS["nemo"].values()) == set(EMOTIONS) - {
+        "disgust"
+    }
     assert canonical("meld", "joy") == canonical("fer2013", "happy") == canonical("crema-d", "HAP") == "happiness"
 
 

@@ -133,18 +133,18 @@ def test_resuming_an_interrupted_run_gives_the_weights_of_an_uninterrupted_one(s
     whole = fit(features, labels, validation=validation, train_config=config, state_dir=tmp_path / "whole")
 
     # the same run killed right after it saved its second epoch, then resumed
-    save_state, saved = voice._save_state, []
+    save_state, saved = voice.save_training_state, []
 
-    def save_then_die_after_two(*args):
-        save_state(*args)
+    def save_then_die_after_two(*args, **kwargs):
+        save_state(*args, **kwargs)
         saved.append(1)
         if len(saved) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(voice, "_save_state", save_then_die_after_two)
+    monkeypatch.setattr(voice, "save_training_state", save_then_die_after_two)
     with pytest.raises(KeyboardInterrupt):
         fit(features, labels, validation=validation, train_config=config, state_dir=tmp_path / "cut")
-    monkeypatch.setattr(voice, "_save_state", save_state)
+    monkeypatch.setattr(voice, "save_training_state", save_state)
     resumed = fit(features, labels, validation=validation, train_config=config, state_dir=tmp_path / "cut", resume=True)
     assert resumed.history == whole.history
     for name, value in whole.model.state_dict().items():
@@ -240,3 +240,19 @@ def test_a_damaged_voice_checkpoint_raises_checkpoint_error(tmp_path):
     (tmp_path / "config.json").write_text("[1]")
     with pytest.raises(CheckpointError, match="not a readable voice expert"):
         VoiceExpert.load(tmp_path)
+
+
+def test_the_feature_extractor_keeps_the_states_on_the_recordings_timeline(ravdess_clips):
+    from fusion.features import FeatureExtractor
+
+    extractor = FeatureExtractor(whisper_blocks=3)
+    try:
+        features = extractor(ravdess_clips[0])
+        chunks = list(extractor.stream(ravdess_clips[0], background=False))
+    finally:
+        extractor.close()
+    assert features.whisper_states.shape == (len(features.whisper_times), 384)
+    assert 0 < features.whisper_times[0] and features.whisper_times[-1] < features.duration
+    assert "whisper_states" in features.timings
+    streamed = np.concatenate([c.whisper_states for c in chunks])
+    np.testing.assert_allclose(streamed, features.whisper_states, atol=1e-5)  # one chunk: the same window

@@ -20,7 +20,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,9 @@ from encoders.audio import N_MELS, VoiceEncoder, log_mel
 from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, choose_model, portable_name
 from encoders.runtime import autocast, pick_device
 from fusion.augment import AugmentConfig, augment_mel
+from fusion.cache import CacheReport
 from fusion.errors import CheckpointError, FusionError
+from fusion.experts.state import load_training_state, save_training_state, write_atomic
 from fusion.labels import EMOTIONS
 from fusion.metrics import score
 
@@ -77,17 +79,6 @@ class SpeechFeatures:
     states: np.ndarray
 
 
-@dataclass
-class SpeechReport:
-    loaded: int = 0
-    computed: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"{self.loaded} cached, {self.computed} computed, {len(self.skipped)} skipped"]
-        return "\n".join(lines + [f"  skipped {path}: {reason}" for path, reason in self.skipped])
-
-
 class SpeechCache:
     """Speech features of audio files, computed once (decode, log-mel, Whisper states) and read from disk after.
 
@@ -100,9 +91,9 @@ class SpeechCache:
         self.whisper_model = choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL)
         self._states = None
 
-    def build(self, paths: Sequence[str], *, progress: bool = True) -> tuple[list[SpeechFeatures | None], SpeechReport]:
+    def build(self, paths: Sequence[str], *, progress: bool = True) -> tuple[list[SpeechFeatures | None], CacheReport]:
         """Features of every file (None where it could not be read, with the reason in the report)."""
-        report, features = SpeechReport(), []
+        report, features = CacheReport(), []
         for path in tqdm(paths, desc="speech features", unit="file", disable=not progress):
             try:
                 entry = self._entry(path)
@@ -204,7 +195,7 @@ class VoiceExpert(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, directory / WEIGHTS_FILE)
         config = {"kind": "voice-expert", "model": asdict(self.config)} | (extra or {})
-        _atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
         return directory
 
     @classmethod
@@ -359,16 +350,14 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     state = {"epoch": 0, "history": [], "seconds": 0.0}
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+    settings = {"model": asdict(model_config), "training": asdict(config)}
     if resume:
-        if state_path is None or not state_path.is_file():
-            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
-        saved = torch.load(state_path, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["progress"]
+        if state_path is None:
+            raise ValueError("resume needs the state_dir of the run to continue")
+        saved_weights, state = load_training_state(
+            state_path, optimizer=optimizer, schedule=schedule, generator=generator, settings=settings
+        )
+        model.load_state_dict(saved_weights)
 
     while state["epoch"] < config.epochs:
         started = time.perf_counter()
@@ -400,7 +389,15 @@ def fit(
         state["history"].append(record)
         state["seconds"] += time.perf_counter() - started
         if state_path is not None:
-            _save_state(state_path, model, optimizer, schedule, generator, state)
+            save_training_state(
+                state_path,
+                weights=model.state_dict(),
+                optimizer=optimizer,
+                schedule=schedule,
+                generator=generator,
+                settings=settings,
+                progress=state,
+            )
     return VoiceTrainResult(model.eval(), state["history"], state["seconds"])
 
 
@@ -436,30 +433,6 @@ def _autocast(device: torch.device, bf16: bool):
     return autocast(device)
 
 
-def _save_state(path: Path, model, optimizer, schedule, generator, progress: dict) -> None:
-    """Everything a resumed run needs, as tensors and plain values (loaded with weights_only=True), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "progress": progress,
-        },
-        partial,
-    )
-    os.replace(partial, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 # ---------------------------------------------------------------------------------------------------- command line
 
 
@@ -488,6 +461,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts", choices=("both", "cnn", "whisper"), default="both", help="which inputs (default both)"
     )
+    parser.add_argument(
+        "--members", type=positive_int, default=VoiceConfig.members, help="ensemble members trained side by side"
+    )
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -509,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
         fit_rows, check_rows = speaker_split(examples, validation_fraction=args.validation_fraction, seed=args.seed)
     else:
         fit_rows, check_rows = list(range(len(examples))), []
-    model_config = VoiceConfig(use_cnn=args.parts != "whisper", use_whisper=args.parts != "cnn")
+    model_config = VoiceConfig(use_cnn=args.parts != "whisper", use_whisper=args.parts != "cnn", members=args.members)
     train_config = VoiceTrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -35,6 +35,7 @@ from torch import nn
 from encoders.loading import DEFAULT_TEXT_MODEL, TEXT_ENV, choose_model, portable_name
 from encoders.runtime import pick_device
 from fusion.errors import CheckpointError
+from fusion.experts.state import load_training_state, save_training_state, write_atomic
 from fusion.labels import EMOTIONS
 
 FORMAT_VERSION = 1
@@ -164,7 +165,7 @@ def encode(
     encoded = [_encode_item(item, pieces, max_tokens, *special) for item in items]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps([dataclasses.astuple(e) for e in encoded]).encode())
+        write_atomic(path, json.dumps([dataclasses.astuple(e) for e in encoded]).encode())
     return encoded
 
 
@@ -312,7 +313,7 @@ def save_checkpoint(model: TextExpertModel, config: TextExpertConfig, base: str,
         "lora": config.lora,
         "config": dataclasses.asdict(config),
     }
-    _write_atomic(directory / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    write_atomic(directory / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def read_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -451,7 +452,14 @@ def train_text_expert(
     generator = torch.Generator().manual_seed(config.seed)
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     if resume and (out / STATE_FILE).is_file():
-        state = _load_state(out / STATE_FILE, model, optimiser, schedule, generator, config)
+        weights, state = load_training_state(
+            out / STATE_FILE,
+            optimizer=optimiser,
+            schedule=schedule,
+            generator=generator,
+            settings=dataclasses.asdict(config),
+        )
+        model.load_state_dict(weights, strict=False)
         log(f"resumed after epoch {state['epoch']}")
 
     lengths = [len(e.input_ids) for e in train_set]
@@ -477,7 +485,15 @@ def train_text_expert(
             state["best"], state["best_epoch"] = scores.weighted_f1, epoch + 1
             save_checkpoint(model, config, base, out)
         state["epoch"] = epoch + 1
-        _save_state(out / STATE_FILE, model, optimiser, schedule, generator, config, state)
+        save_training_state(
+            out / STATE_FILE,
+            weights=trainable_state(model),
+            optimizer=optimiser,
+            schedule=schedule,
+            generator=generator,
+            settings=dataclasses.asdict(config),
+            progress=state,
+        )
         log(
             f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, validation weighted F1 {scores.weighted_f1:.4f} "
             f"UA {scores.ua:.4f}, {record['train_utterances_per_s']:.0f} utterances/s"
@@ -515,41 +531,6 @@ def _train_epoch(model, train_set, labels, batches, optimiser, schedule, pad_id,
         schedule.step()
         total += loss.item() * len(indices)
     return total / sum(map(len, batches))
-
-
-def _save_state(path: Path, model, optimiser, schedule, generator, config, state: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(
-        {
-            "config": json.dumps(dataclasses.asdict(config)),
-            "weights": trainable_state(model),
-            "optimiser": optimiser.state_dict(),
-            "schedule": schedule.state_dict(),
-            "generator": generator.get_state(),
-            "rng": torch.get_rng_state(),
-            "progress": json.dumps(state),
-        },
-        temporary,
-    )
-    os.replace(temporary, path)
-
-
-def _load_state(path: Path, model, optimiser, schedule, generator, config) -> dict:
-    saved = torch.load(path, weights_only=True)
-    if json.loads(saved["config"]) != json.loads(json.dumps(dataclasses.asdict(config))):
-        raise CheckpointError(f"{path}: saved with other settings ({saved['config']}); resume with the same ones")
-    model.load_state_dict(saved["weights"], strict=False)
-    optimiser.load_state_dict(saved["optimiser"])
-    schedule.load_state_dict(saved["schedule"])
-    generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["rng"])
-    return json.loads(saved["progress"])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 # --- command line -------------------------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""What every expert's training shares: its resumable state on disk, and atomic writes.
+
+The state holds tensors and plain values only (torch.save, read back with ``weights_only=True``: no pickled code);
+each write goes to a temporary name and is renamed over the old file, so a run killed mid-write keeps the previous
+epoch's state. The settings it was saved with are stored too, and resuming with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from fusion.errors import CheckpointError
+
+
+def save_training_state(
+    path: Path, *, weights: dict, optimizer, schedule, generator: torch.Generator, settings: dict, progress: dict
+) -> None:
+    """The trainable weights, optimiser, schedule, both random generators, the run's settings and its `progress`
+    (epoch, history, ...), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    torch.save(
+        {
+            "weights": weights,
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "settings": json.dumps(settings, sort_keys=True),
+            "progress": json.dumps(progress),
+        },
+        temporary,
+    )
+    os.replace(temporary, path)
+
+
+def load_training_state(
+    path: Path, *, optimizer, schedule, generator: torch.Generator, settings: dict
+) -> tuple[dict, dict]:
+    """Restore the optimiser, schedule and random generators that save_training_state wrote; returns the weights
+    (for the caller to load into its model) and the progress. CheckpointError if the settings differ."""
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    saved = torch.load(path, weights_only=True)
+    if json.loads(saved["settings"]) != json.loads(json.dumps(settings, sort_keys=True)):
+        raise CheckpointError(f"{path}: saved with other settings ({saved['settings']}); resume with the same ones")
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    return saved["weights"], json.loads(saved["progress"])
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """data to a temporary file beside path, then renamed to path."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
