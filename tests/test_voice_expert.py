@@ -228,7 +228,7 @@ def test_the_shipped_voice_expert_loads_and_predicts_a_real_clip(speech_features
 
     folder = Path(voice.__file__).resolve().parents[1] / "checkpoints" / "voice"
     model = VoiceExpert.load(folder)
-    assert model.config.whisper_blocks == (3,) and model.config.labels == VOICE_LABELS
+    assert model.config.whisper_blocks == (3,) and model.config.members == 3 and model.config.labels == VOICE_LABELS
     probabilities = predict_proba(model, speech_features[0][:8])
     assert probabilities.shape == (8, len(VOICE_LABELS))
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
