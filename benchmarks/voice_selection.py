@@ -26,18 +26,11 @@ from fusion.experts.audio import SpeechCache, VoiceConfig, VoiceTrainConfig, fit
 # name -> (model settings, training settings, extra corpus); the first is the reference the others change one thing of
 CANDIDATES = {
     "Whisper block 3": (dict(use_cnn=False), dict(), None),
-    "Whisper block 3, no augmentation": (dict(use_cnn=False), dict(augment=False), None),
     "Whisper blocks 1-4 mixed": (dict(use_cnn=False, whisper_blocks=(1, 2, 3, 4)), dict(), None),
-    "Whisper blocks 2-3 mixed": (dict(use_cnn=False, whisper_blocks=(2, 3)), dict(), None),
-    "Whisper block 3, 30 epochs": (dict(use_cnn=False), dict(epochs=30), None),
-    "CNN only": (dict(use_whisper=False), dict(), None),
     "CNN + Whisper block 3": (dict(), dict(), None),
     "CNN + Whisper block 3, no augmentation": (dict(), dict(augment=False), None),
-    "CNN + Whisper block 3, 10 epochs": (dict(), dict(epochs=10), None),
-    "CNN + Whisper block 3, dropout 0.5": (dict(dropout=0.5), dict(), None),
     "CNN + Whisper block 3, 3 members": (dict(members=3), dict(), None),
     "Whisper block 3, + nEMO": (dict(use_cnn=False), dict(), "nemo"),
-    "CNN + Whisper block 3, + nEMO": (dict(), dict(), "nemo"),
 }
 
 

@@ -35,7 +35,7 @@ from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, choose_model, p
 from encoders.runtime import autocast, pick_device
 from fusion.augment import AugmentConfig, augment_mel
 from fusion.cache import CacheReport
-from fusion.errors import CheckpointError, FusionError
+from fusion.errors import CheckpointError, FusionError, MediaError
 from fusion.experts.state import load_training_state, save_training_state, write_atomic
 from fusion.labels import EMOTIONS
 from fusion.metrics import score
@@ -116,12 +116,12 @@ class SpeechCache:
 
         audio = decode(path).audio
         if audio is None:
-            raise FusionError(f"{path}: no audio track")
+            raise MediaError(path, "no audio track")
         if self._states is None:
-            from encoders.text import _load_whisper
+            from encoders.text import Transcriber
             from encoders.whisper_states import WhisperStates
 
-            model = _load_whisper(self.whisper_model, pick_device("cpu"))
+            model = Transcriber(self.whisper_model, device="cpu").model
             self._states = WhisperStates(model, blocks=WHISPER_BLOCKS)
         states, _ = self._states(audio, all_blocks=True)
         return SpeechFeatures(log_mel(audio), states.astype(np.float16))
