@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--runs", required=True, help="folder for each run's checkpoint and scores (resumable)")
     parser.add_argument("--cache", help="folder for tokenised data and frozen embeddings")
     parser.add_argument("--save", help="copy the shipped variant's first-seed checkpoint here")
+    parser.add_argument(
+        "--members", type=int, default=1, help="ensemble members per seed of the shipped variant (default 1)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default="benchmarks/results/meld_text_expert")
     args = parser.parse_args()
@@ -72,7 +75,9 @@ def main() -> None:
         "dev": args.dev,
         "n_dev": len(dev),
         "shipped": args.shipped,
+        "members": args.members,
         "runs": {},
+        "ensembles": {},
         "baselines": {},
     }
     report["speed"] = measure_speed(train, dev)
@@ -82,6 +87,11 @@ def main() -> None:
         report["runs"][f"{name}/{seed}"] = run_expert(train, dev, config, runs / f"{name}-{seed}", args.cache)
         if name == args.shipped:
             report["baselines"][str(seed)] = run_baselines(train, dev, seed, runs, args.cache)
+            if args.members > 1:
+                folders = [runs / f"{name}-{seed}"] + [
+                    runs / f"{name}-{seed}-member{m}" for m in range(1, args.members)
+                ]
+                report["ensembles"][str(seed)] = run_ensemble(train, dev, config, folders, args.cache)
         write(report, Path(args.out))
     report["wall_seconds"] = time.perf_counter() - started  # this invocation; runs finished earlier are not timed
     write(report, Path(args.out))
@@ -111,6 +121,32 @@ def run_expert(train, dev, config: expert.TextExpertConfig, folder: Path, cache:
         "dev": scores(dev, probabilities),
     }
     done.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_ensemble(train, dev, config: expert.TextExpertConfig, folders: list[Path], cache: str | None) -> dict:
+    """Members 0, 1, ... of config's seed (folders[m] holds member m; member 0 is the single expert's run) ->
+    validation and dev scores of the ensemble of the first k members, for every k."""
+    items = expert.items_from_examples(train, context=config.context)
+    _, held = expert.split_by_dialogue(items, config.validation_fraction, config.seed)
+    validation = [train[i] for i in held]
+    dev_items = expert.items_from_examples(dev, context=config.context)
+    val_items = [items[i] for i in held]
+    probabilities, minutes = [], []
+    for member, folder in enumerate(folders):
+        run_expert(train, dev, dataclasses.replace(config, member=member), folder, cache)
+        saved = folder / "probabilities.npz"
+        if not saved.is_file():
+            model = expert.TextExpert.load(folder)
+            np.savez(saved, validation=model.predict_items(val_items), dev=model.predict_items(dev_items))
+        probabilities.append(dict(np.load(saved)))
+        minutes.append(json.loads((folder / "scores.json").read_text())["train_minutes"])
+    record = {"train_minutes": minutes, "by_size": {}}
+    for k in range(1, len(folders) + 1):
+        record["by_size"][str(k)] = {
+            part: scores(examples, np.mean([p[part] for p in probabilities[:k]], axis=0))
+            for part, examples in (("validation", validation), ("dev", dev))
+        }
     return record
 
 
@@ -301,11 +337,42 @@ def markdown(report: dict) -> str:
             f"{100 * run['dev']['ua']:.1f} | {run['best_epoch']} | {run['train_minutes']:.1f} | "
             f"{run['checkpoint_bytes'] / 1e6:.1f} MB |"
         )
+    if report.get("ensembles"):
+        lines += ensemble_markdown(report)
     if "speed" in report:
         lines += ["", "## Speed (utterances/s, LoRA)", "", "| precision | training | inference |", "|---|---|---|"]
         for precision, s in report["speed"].items():
             lines.append(f"| {precision} | {s['train_utterances_per_s']:.0f} | {s['inference_utterances_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def ensemble_markdown(report: dict) -> list[str]:
+    ensembles = report["ensembles"]
+    sizes = sorted({k for e in ensembles.values() for k in e["by_size"]}, key=int)
+    lines = [
+        "",
+        f"## Ensembles of {report['shipped']} members (mean probability; members of a seed share its validation split)",
+        "",
+        "Member m > 0 of seed s is trained from seed s + 1000 m (TextExpertConfig.member); member 0 is the single "
+        "expert above. Validation = the seed's dialogue-disjoint 10% of MELD train; dev is only reported.",
+        "",
+        "| members | validation weighted F1 | dev weighted F1 | dev macro-F1 | dev UA | dev WA |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in sizes:
+        runs = [e["by_size"][k] for e in ensembles.values() if k in e["by_size"]]
+        cells = [_mean_std([r["validation"]["weighted_f1"] for r in runs])]
+        cells += [_mean_std([r["dev"][m] for r in runs]) for m in ("weighted_f1", "macro_f1", "ua", "wa")]
+        lines.append(f"| {k} ({len(runs)} seeds) | " + " | ".join(cells) + " |")
+    largest = [e["by_size"][sizes[-1]]["dev"] for e in ensembles.values() if sizes[-1] in e["by_size"]]
+    lines += ["", f"Per seed, {sizes[-1]} members, dev weighted F1: "]
+    lines[-1] += ", ".join(
+        f"seed {seed}: {100 * e['by_size'][sizes[-1]]['dev']['weighted_f1']:.1f}" for seed, e in ensembles.items()
+    )
+    lines += ["", f"Recall per class, {sizes[-1]} members, mean ± std (%):", "", "| " + " | ".join(EMOTIONS) + " |"]
+    lines.append("|" + "---|" * len(EMOTIONS))
+    lines.append("| " + " | ".join(_mean_std([r["recall"][e] for r in largest]) for e in EMOTIONS) + " |")
+    return lines
 
 
 if __name__ == "__main__":

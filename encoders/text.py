@@ -7,6 +7,7 @@ turns those utterances into one vector per word, in the same order, so every wor
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,11 @@ SILENCE_DBFS = -65.0
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
+# A repetitive window (compression above COMPRESSION_RATIO_THRESHOLD) is dropped only when it is also decoded with
+# less confidence than this: a speaker who repeats a phrase gives repetitive text decoded confidently (RAVDESS's
+# "Kids are talking by the door" said six times with 0.3 s pauses: two windows of ratio 4.3 at -0.38, which the
+# ratio alone dropped, keeping 6 of 42 words), a decoding loop repeats words the audio does not hold.
+REPETITION_LOGPROB_THRESHOLD = -0.5
 
 BATCH_SIZE = 16  # sequences (utterances or chunks of them) per BERT forward pass
 
@@ -110,8 +116,7 @@ class Transcriber:
         utterances = []
         previous_start = 0.0
         for segment in result["segments"]:
-            # A window Whisper would have re-decoded at a higher temperature (see LOGPROB_THRESHOLD).
-            if segment["avg_logprob"] < LOGPROB_THRESHOLD or segment["compression_ratio"] > COMPRESSION_RATIO_THRESHOLD:
+            if _decoding_failed(segment["avg_logprob"], segment["compression_ratio"]):
                 continue
             raw = [word for word in segment["words"] if word["word"].strip()]
             words = []
@@ -126,6 +131,14 @@ class Transcriber:
                 text = "".join(word["word"] for word in raw).strip()
                 utterances.append(Utterance(text, words[0].start, max(w.end for w in words), tuple(words)))
         return utterances
+
+
+def _decoding_failed(avg_logprob: float, compression_ratio: float) -> bool:
+    """A window to drop: decoded without confidence (invented text), or a repetition decoded without confidence (a
+    decoding loop). See LOGPROB_THRESHOLD and REPETITION_LOGPROB_THRESHOLD."""
+    if avg_logprob < LOGPROB_THRESHOLD:
+        return True
+    return compression_ratio > COMPRESSION_RATIO_THRESHOLD and avg_logprob < REPETITION_LOGPROB_THRESHOLD
 
 
 def _loudest_frame_dbfs(audio: np.ndarray) -> float:
@@ -146,7 +159,11 @@ def _load_whisper(name: str, device: torch.device) -> whisper.Whisper:
         path = Path(name).expanduser()
         if not path.is_file():
             raise not_found("no such file" if not path.exists() else "not a file")
-        return whisper.load_model(str(path), device=device)
+        try:
+            return whisper.load_model(str(path), device=device)
+        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as err:
+            # torch.load's errors on a file that is not a Whisper checkpoint (damaged, truncated, another model)
+            raise not_found(f"not a Whisper checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
     if name not in whisper.available_models():
         raise not_found(f"not a file and not a Whisper model name ({', '.join(whisper.available_models())})")
     try:

@@ -41,6 +41,7 @@ from fusion.features import RecordingFeatures
 from fusion.labels import EMOTIONS, MODALITIES
 from fusion.metrics import score
 from fusion.model import FusionConfig
+from fusion.orphans import exit_with_parent
 from fusion.train import TrainConfig, fit, predict_proba
 
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
@@ -216,6 +217,7 @@ _worker_data: tuple | None = None  # (examples, features, labels, config, device
 
 def _init_worker(*data) -> None:
     global _worker_data
+    exit_with_parent()
     torch.set_num_threads(1)  # one thread per process: small models gain more from processes than threads
     _worker_data = data
 

@@ -1,4 +1,5 @@
-"""Training-time augmentation of the cached encoder inputs: log-mel spectrograms and face crops.
+"""Training-time augmentation of the cached encoder inputs: log-mel spectrograms and face crops (clips and the
+face expert's still images).
 
 Both functions take padded batches on any device and draw every random number from the ``generator`` passed in
 (on the generator's own device, so one CPU generator gives the same draws for data on the CPU or a GPU), which
@@ -221,3 +222,67 @@ def _uniform(
     low, high = bounds
     u = torch.rand(shape, generator=generator, device=generator.device).to(device)
     return low + (high - low) * u
+
+
+@dataclass
+class FaceImageAugment:
+    """The face expert's augmentation of single face images (FER2013 crops), one draw per image.
+
+    Wider than the clip-level augment_faces: the expert trains for many passes over 26k still images, and
+    rotation, zoom and erasing are the usual FER2013 levers against overfitting.
+    """
+
+    rotation_degrees: float = 10.0  # rotation in [-r, r]
+    scale: tuple[float, float] = (0.9, 1.1)  # zoom factor, 1.1 shows the face 10% larger
+    shift: float = 0.1  # translation in [-s, s] of the image side, along each axis
+    flip_probability: float = 0.5
+    brightness: float = 0.2  # offset in [-b, b] on pixel values in [0, 1]
+    contrast: float = 0.2  # factor in [1 - c, 1 + c] on each image's deviation from its own mean
+    erase_probability: float = 0.5  # chance of one erased rectangle (random erasing, Zhong et al. 2020)
+    erase_side: tuple[float, float] = (0.1, 0.4)  # its sides, as fractions of the image side
+
+
+def augment_face_images(pixels: torch.Tensor, *, config: FaceImageAugment, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation, zoom, shift and flip (one bilinear resampling, borders reflected), then contrast,
+    brightness and random erasing (set to the image mean).
+
+    pixels: (B, 1, H, W) float in [0, 1]; returns (B, 1, H, W) in [0, 1]
+    """
+    batch, _, height, width = pixels.shape
+    device = pixels.device
+
+    def draw(bounds: tuple[float, float]) -> torch.Tensor:
+        return _uniform(bounds, batch, generator=generator, device=device)
+
+    angle = draw((-config.rotation_degrees, config.rotation_degrees)) * math.pi / 180
+    zoom = draw(config.scale)
+    flip = torch.where(draw((0.0, 1.0)) < config.flip_probability, -1.0, 1.0)
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates: the inverse of the drawn transform
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, draw((-config.shift, config.shift)) * 2], -1),
+            torch.stack([sin * flip, cos, draw((-config.shift, config.shift)) * 2], -1),
+        ],
+        1,
+    )  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    out = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    contrast = rearrange(draw((1 - config.contrast, 1 + config.contrast)), "b -> b 1 1 1")
+    mean = out.mean((-3, -2, -1), keepdim=True)
+    out = out * contrast + (1 - contrast) * mean
+    out = out + rearrange(draw((-config.brightness, config.brightness)), "b -> b 1 1 1")
+
+    erase = draw((0.0, 1.0)) < config.erase_probability
+    side_h = (draw(config.erase_side) * height).long()
+    side_w = (draw(config.erase_side) * width).long()
+    top = (draw((0.0, 1.0)) * (height - side_h + 1)).long()
+    left = (draw((0.0, 1.0)) * (width - side_w + 1)).long()
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    inside_rows = (rows >= top[:, None]) & (rows < (top + side_h)[:, None])  # (B, H)
+    inside_cols = (cols >= left[:, None]) & (cols < (left + side_w)[:, None])  # (B, W)
+    hole = (inside_rows[:, :, None] & inside_cols[:, None, :] & erase[:, None, None])[:, None]  # (B, 1, H, W)
+    out = torch.where(hole, out.mean((-3, -2, -1), keepdim=True).expand_as(out), out)
+    return out.clamp(0, 1)

@@ -8,9 +8,11 @@ decode or transcribe the same file twice, and a change of settings never reads s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +39,12 @@ class CacheReport:
     loaded: int = 0
     computed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # entries that could not be read back, recomputed
 
     def __str__(self) -> str:
         lines = [f"{self.loaded} cached, {self.computed} computed, {len(self.skipped)} skipped"]
+        if self.damaged:
+            lines[0] += f", {len(self.damaged)} damaged cache entries recomputed"
         lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
 
@@ -83,20 +88,21 @@ class FeatureCache:
         features: list[RecordingFeatures | None] = []
         bar = tqdm(examples, desc="features", unit="file", disable=not progress)
         for example in bar:
-            entry = self._entry(example)
-            if entry.is_file():
-                features.append(_read(entry, example.path))
-                report.loaded += 1
-            else:
-                try:
-                    computed = self._compute(example)
-                except (FusionError, OSError) as error:
-                    report.skipped.append((example.path, str(error)))
-                    features.append(None)
+            try:
+                entry = self._entry(example)  # reads the file: a missing or unreadable one is skipped here
+                cached = read_entry(entry, functools.partial(_read, path=example.path), report)
+                if cached is not None:
+                    features.append(cached)
+                    report.loaded += 1
                     continue
-                _write(entry, computed)
-                features.append(computed)
-                report.computed += 1
+                computed = self._compute(example)
+            except (FusionError, OSError) as error:
+                report.skipped.append((example.path, str(error)))
+                features.append(None)
+                continue
+            _write(entry, computed)
+            features.append(computed)
+            report.computed += 1
             bar.set_postfix(cached=report.loaded, computed=report.computed, skipped=len(report.skipped), refresh=False)
         return features, report
 
@@ -127,6 +133,23 @@ class FeatureCache:
         digest.update(json.dumps({"kind": kind, "version": CACHE_VERSION, **settings}, sort_keys=True).encode())
         key = digest.hexdigest()
         return self.directory / key[:2] / f"{key}.npz"
+
+
+# What np.load and the readers raise on an entry that is truncated, overwritten or not an npz of the expected arrays
+DAMAGED_ENTRY_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def read_entry(entry: Path, read, report: CacheReport):
+    """read(entry) if the entry exists and reads back; None if it must be computed. A damaged entry (a disk full
+    mid-write, a copy cut short) is removed and listed in report.damaged, so it is recomputed instead of loaded."""
+    if not entry.is_file():
+        return None
+    try:
+        return read(entry)
+    except DAMAGED_ENTRY_ERRORS:
+        report.damaged.append(str(entry))
+        entry.unlink(missing_ok=True)
+        return None
 
 
 def _is_transcript_only(example: Example) -> bool:

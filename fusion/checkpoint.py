@@ -88,32 +88,59 @@ def load(directory: str | os.PathLike, *, device: str | torch.device = "cpu") ->
     for required in (weights, config_path):
         if not required.is_file():
             raise CheckpointError(f"{directory}: not a fusion checkpoint, {required.name} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from exc
-    if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{directory}: checkpoint format {config.get('format_version')!r}, this code reads {FORMAT_VERSION}"
-        )
+    config = _read_config(config_path)
     expected = feature_parameters()
     trained = {k: v for k, v in config["features"].items() if k in expected}
     if trained != expected:
         raise CheckpointError(f"{directory}: trained with feature parameters {trained}, this code computes {expected}")
 
     model_config = config["model"] | {"labels": tuple(config["labels"])}
-    model = FusionModel(FusionConfig(**model_config))
+    unknown = sorted(set(model_config) - {f.name for f in dataclasses.fields(FusionConfig)})
+    if unknown:
+        raise CheckpointError(f"{config_path}: unknown model settings {unknown} (written by another version?)")
+    try:
+        model = FusionModel(FusionConfig(**model_config))
+        encoders = EncoderNames(**config["encoders"])
+        fps = float(config["features"]["fps"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{config_path}: model settings that do not build a model ({exc})") from exc
     try:
         model.load_state_dict(load_file(weights))
     except (SafetensorError, RuntimeError, OSError) as exc:  # a damaged file, or shapes that do not match
         raise CheckpointError(f"{weights}: cannot load weights ({exc})") from exc
     return Checkpoint(
         model=model.to(device).eval(),
-        encoders=EncoderNames(**config["encoders"]),
-        fps=float(config["features"]["fps"]),
+        encoders=encoders,
+        fps=fps,
         path=directory,
         id=_file_digest(weights),
     )
+
+
+# config.json's keys and the JSON type each must have
+CONFIG_SHAPE = {"format_version": int, "labels": list, "model": dict, "encoders": dict, "features": dict}
+
+
+def _read_config(path: Path) -> dict:
+    """config.json parsed and checked for the keys and types this code reads; CheckpointError names what is wrong."""
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a JSON text file ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    if "format_version" in config and config["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.parent}: checkpoint format {config['format_version']!r}, this code reads {FORMAT_VERSION}"
+        )
+    for key, kind in CONFIG_SHAPE.items():
+        if key not in config:
+            raise CheckpointError(f"{path}: the key {key!r} is missing")
+        if not isinstance(config[key], kind):
+            raise CheckpointError(f"{path}: {key!r} must be a JSON {kind.__name__}, found {type(config[key]).__name__}")
+    if "fps" not in config["features"]:
+        raise CheckpointError(f"{path}: features lacks 'fps'")
+    return config
 
 
 def _file_digest(path: Path) -> str:

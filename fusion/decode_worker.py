@@ -8,10 +8,12 @@ import json
 import os
 import sys
 
+from fusion.orphans import exit_with_parent
 from fusion.streaming import serve
 
 
 def main() -> None:
+    exit_with_parent()
     fps, face_model = json.loads(sys.argv[1])
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

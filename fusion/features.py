@@ -22,6 +22,7 @@ from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
 from encoders.face import face_pixels
 from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
 from encoders.text import Transcriber, Utterance, Word, WordEncoder
+from encoders.vad import SpeechDetector, speech_within
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
 from fusion.media import DEFAULT_FPS, Media, decode
@@ -58,6 +59,9 @@ class RecordingFeatures:
     start: float = 0.0
     whisper_states: np.ndarray | None = None
     whisper_times: np.ndarray | None = None
+    damaged: tuple[tuple[float, float], ...] = ()  # (start, end) s that failed to decode and were skipped
+    # (n,) bool per 32 ms voice-activity frame from `start` (encoders.vad); None when not detected (all audio counts)
+    speech: np.ndarray | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -126,6 +130,7 @@ class FeatureExtractor:
         self.face_detector = FaceDetector(face_model)
         self.fps = fps
         self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
+        self._vad: SpeechDetector | None = None  # loaded by the first stream() that decodes in this process
 
     def close(self) -> None:
         """Stop the decoding process, if one was started (it also stops when this process exits)."""
@@ -190,7 +195,11 @@ class FeatureExtractor:
                 self._decode_worker = DecodeWorker(fps=self.fps, face_model=self.face_detector.model)
             chunks = self._decode_worker.chunks(path, chunk_s=chunk_s, timings=timings)
         else:
-            chunks = read_chunks(path, fps=self.fps, detector=self.face_detector, chunk_s=chunk_s, timings=timings)
+            if self._vad is None:
+                self._vad = SpeechDetector()
+            chunks = read_chunks(
+                path, fps=self.fps, detector=self.face_detector, chunk_s=chunk_s, timings=timings, vad=self._vad
+            )
         for chunk in chunks:
             yield self.extract_chunk(chunk, timings=timings)
 
@@ -204,8 +213,11 @@ class FeatureExtractor:
                 with _timed(timings, "whisper_states"):
                     states, state_times = self.whisper_states(chunk.audio)
                     state_times = state_times + chunk.start
-            with _timed(timings, "whisper"):
-                utterances = [u.shifted(chunk.start) for u in self.transcriber.transcribe(chunk.audio)]
+            if chunk.speech is None or chunk.speech.any():  # no speech detected: no Whisper call
+                with _timed(timings, "whisper"):
+                    utterances = [u.shifted(chunk.start) for u in self.transcriber.transcribe(chunk.audio)]
+            if chunk.speech is not None:  # what Whisper hears where the detector finds no speech is invented
+                utterances = [u for u in utterances if speech_within(u.start, u.end, chunk.speech, chunk.start)]
         with _timed(timings, "bert"):
             word_embeddings = self.word_encoder.encode(utterances).numpy()
 
@@ -226,6 +238,8 @@ class FeatureExtractor:
             start=chunk.start,
             whisper_states=states,
             whisper_times=state_times,
+            damaged=chunk.damaged,
+            speech=chunk.speech,
         )
 
 

@@ -20,6 +20,9 @@ from fusion.errors import MediaError
 AUDIO_SAMPLE_RATE = 16_000  # Hz, what Whisper and the log-mel front end expect
 DEFAULT_FPS = 5.0  # video frames sampled per second of recording
 MIN_COVERAGE = 0.9  # fraction of a declared duration that must decode, below which the file is truncated
+# Packets that fail to decode are skipped (audio: replaced by silence of their length, so later audio keeps its
+# time) and their spans reported; a file with more than this share of its duration damaged is rejected instead.
+MAX_DAMAGED_SHARE = 0.5
 # Frames that no other frame references (most B-frames) are not decoded when the video has at least this many
 # frames per sampled one: they are never needed to decode the rest, and the frames left (at least the I- and
 # P-frames, a third or more of a 30 fps stream) are still denser than the samples.
@@ -35,6 +38,7 @@ class Media:
     audio: np.ndarray | None  # (samples,) float32 mono at AUDIO_SAMPLE_RATE, in [-1, 1]; None: no audio decoded
     frames: np.ndarray | None  # (n_frames, height, width, 3) uint8 BGR (OpenCV order); None: no frame decoded
     frame_times: np.ndarray | None  # (n_frames,) float64 seconds, each sampled frame's real presentation time
+    damaged: tuple[tuple[float, float], ...] = ()  # (start, end) seconds of packets that failed to decode, skipped
 
     @property
     def has_audio(self) -> bool:
@@ -84,7 +88,14 @@ class _FrameSampler:
             return None
         # Every target up to t is served by this frame: keeping it once avoids duplicates when frames are sparse.
         self.next_target = floor(t * self.fps) + 1
-        return SampledFrame(float(t), frame.to_ndarray(format="bgr24"))
+        return SampledFrame(float(t), upright(frame.to_ndarray(format="bgr24"), frame.rotation))
+
+
+def upright(image: np.ndarray, rotation: float) -> np.ndarray:
+    """The image as it is meant to be shown: a phone stores a portrait video's pixels sideways with a display
+    rotation (degrees counter-clockwise, as FFmpeg's display matrix gives it). Rounded to a quarter turn."""
+    quarter_turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
 
 def _check_coverage(path: str, decoded: float, declared: float | None) -> None:
@@ -106,7 +117,9 @@ class MediaReader:
         reader.duration  # seconds, once iteration has finished
 
     Raises MediaError, on opening, if the file is missing, empty, not a media file or has no audio or video track;
-    while iterating, if it fails to decode; at the end of iteration, if it is truncated. ValueError if fps <= 0.
+    while iterating, if the container cannot be read on; at the end of iteration, if it is truncated or more than
+    MAX_DAMAGED_SHARE of it is damaged. ValueError if fps <= 0. A packet that fails to decode is skipped (see
+    MAX_DAMAGED_SHARE) and its span listed in ``damaged``.
     """
 
     def __init__(self, path: str | os.PathLike, *, fps: float = DEFAULT_FPS, threads: int | None = None):
@@ -141,6 +154,7 @@ class MediaReader:
         self.fps = fps
         self.threads = threads
         self.duration: float | None = None  # set once iteration finishes and the file proved complete
+        self.damaged: list[tuple[float, float]] = []  # (start, end) seconds of skipped packets, merged, in order
 
     def __enter__(self) -> MediaReader:
         return self
@@ -166,7 +180,16 @@ class MediaReader:
         samples = 0
         try:
             for packet in self._container.demux(*streams):
-                for frame in packet.decode():
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:  # a damaged packet: skipped, its span reported
+                    seconds = self._skip(packet)
+                    if packet.stream.type == "audio" and seconds > 0:
+                        silence = np.zeros(round(seconds * AUDIO_SAMPLE_RATE), np.float32)
+                        samples += len(silence)
+                        yield AudioBlock(silence)
+                    continue
+                for frame in frames:
                     if packet.stream.type == "audio":
                         for block in resampler.resample(frame):
                             samples += block.samples
@@ -183,6 +206,24 @@ class MediaReader:
             self._check_complete(samples, sampler)
             raise MediaError(self.path, f"decoding failed: {exc}") from exc
         self.duration = self._check_complete(samples, sampler)
+        damaged = sum(end - start for start, end in self.damaged)
+        if damaged > MAX_DAMAGED_SHARE * self.duration:
+            raise MediaError(self.path, f"damaged: {damaged:.2f} s of {self.duration:.2f} s could not be decoded")
+
+    def _skip(self, packet: av.Packet) -> float:
+        """Record a packet that failed to decode; returns its duration (s)."""
+        stream = packet.stream
+        origin = stream.start_time or 0
+        start = float((packet.pts - origin) * stream.time_base) if packet.pts is not None else None
+        seconds = float(packet.duration * stream.time_base) if packet.duration else 0.0
+        if start is None:  # no timestamp: placed just after the last damaged span, or at 0
+            start = self.damaged[-1][1] if self.damaged else 0.0
+        end = start + seconds
+        if self.damaged and start <= self.damaged[-1][1] + seconds:
+            previous = self.damaged.pop()
+            start, end = min(previous[0], start), max(previous[1], end)
+        self.damaged.append((round(start, 3), round(end, 3)))
+        return seconds
 
     def _check_complete(self, samples: int, sampler: _FrameSampler | None) -> float:
         """Raise MediaError("truncated") if the decoded audio or video falls short; else the duration (s)."""
@@ -223,4 +264,5 @@ def decode(path: str | os.PathLike, *, fps: float = DEFAULT_FPS) -> Media:
         audio=np.concatenate(audio) if audio else None,
         frames=np.stack([f.image for f in frames]) if frames else None,
         frame_times=np.array([f.time for f in frames], dtype=np.float64) if frames else None,
+        damaged=tuple(reader.damaged),
     )

@@ -26,6 +26,7 @@ from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments, pad_stre
 from encoders.audio import TOKEN_STRIDE
 from encoders.loading import TEXT_ENV, WHISPER_ENV, choose_model
 from encoders.runtime import autocast, pick_device
+from encoders.vad import speech_at
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
 from fusion.features import FeatureExtractor, RecordingFeatures
@@ -54,6 +55,8 @@ class Prediction:
         all has NaN probabilities and an empty label.
     summary: {"probabilities": {emotion: p}, "label": str, "modalities": [...]}, the duration-weighted mean
         over the predicted segments.
+    damaged: (start, end) seconds of the recording that could not be decoded (damaged packets, skipped; audio
+        there is silence, and no frame was sampled from them); empty for an intact file.
     """
 
     file: str
@@ -62,6 +65,7 @@ class Prediction:
     timeline: pd.DataFrame
     summary: dict
     timings: dict[str, float] = field(default_factory=dict)
+    damaged: list[tuple[float, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         segments = []
@@ -83,6 +87,7 @@ class Prediction:
             "duration": self.duration,
             "segments": segments,
             "summary": self.summary,
+            "damaged": [list(span) for span in self.damaged],
             "timings": self.timings,
         }
 
@@ -169,7 +174,7 @@ class Predictor:
         encoded, so the result does not depend on where the chunks were cut.
         """
         context = self.model.config.context_s
-        path, end, modalities = None, 0.0, set()
+        path, end, modalities, damaged = None, 0.0, set(), []
         buffered: dict[str, Stream] | None = None
         pending: list[Segment] = []
         parts: list[pd.DataFrame] = []
@@ -177,6 +182,7 @@ class Predictor:
             release_free_memory()  # what Whisper and BERT freed, before the CNNs allocate
             path, end = piece.path, piece.start + piece.duration
             modalities.update(piece.modalities)
+            damaged += piece.damaged
             with torch.inference_mode(), autocast(self.device):
                 tokens = self._encode(piece, timings)
             buffered = tokens if buffered is None else {m: _concat(buffered[m], tokens[m]) for m in MODALITIES}
@@ -194,13 +200,16 @@ class Predictor:
         if not modalities:
             raise NoModalityError(path, "no audio track and no face in any sampled frame")
         timeline = pd.concat(parts, ignore_index=True)
-        return Prediction(path, end, self.labels, timeline, self._summary(timeline, modalities), timings)
+        summary = self._summary(timeline, modalities)
+        return Prediction(path, end, self.labels, timeline, summary, timings, damaged)
 
     def _encode(self, features: RecordingFeatures, timings: dict[str, float]) -> dict[str, Stream]:
         """Run the trainable encoders over a recording (or chunk) once: audio tokens and face embeddings."""
         inputs = features.streams()
         start = time.perf_counter()
         audio = self._encode_audio(inputs["audio"])
+        if features.speech is not None:  # tokens away from detected speech do not speak for the voice
+            audio.mask &= torch.from_numpy(speech_at(audio.times.numpy(), features.speech, features.start))
         _add(timings, "audio_cnn", start)
 
         start = time.perf_counter()

@@ -10,8 +10,12 @@ parts are gathered into three tables written beside each other (each atomically)
 - ``scores.parquet``: one row per segment: file, start, end, text, face_present, one probability per emotion,
   label, modalities;
 - ``scores.files.parquet``: one row per scored file: duration, clip-level probabilities and label, modalities,
+  the spans that failed to decode (``damaged``, empty for an intact file),
   number of segments, and seconds per stage;
 - ``scores.errors.parquet``: one row per file that could not be scored: file, stage, error.
+
+One run at a time writes to an output: a run holds a lock on ``scores.parquet.lock``, and a second run on the same
+``--out`` is refused at once (OutputError) rather than scoring the same files again.
 
 The same per-file function, :func:`score_file`, runs in this process, in worker processes (``workers > 1``), or as
 Ray tasks (``engine="ray"``); every process loads each model once.
@@ -19,6 +23,8 @@ Ray tasks (``engine="ray"``); every process loads each model once.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -38,7 +44,8 @@ from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
 from fusion import checkpoint as checkpoints
-from fusion.errors import MediaError, NoModalityError, check_writable
+from fusion.errors import MediaError, NoModalityError, OutputError, check_writable
+from fusion.orphans import exit_with_parent
 from fusion.predictor import Predictor, resolve_checkpoint
 
 MEDIA_SUFFIXES = frozenset(
@@ -184,6 +191,8 @@ def score_file(path: str, options: ScoreOptions) -> dict:
         **prediction.summary["probabilities"],
         "modalities": ",".join(prediction.summary["modalities"]),
         "segments": len(timeline),
+        # seconds that failed to decode, as "1.47-1.58 1.64-1.77" (see Prediction.damaged); empty when intact
+        "damaged": " ".join(f"{start:.2f}-{end:.2f}" for start, end in prediction.damaged),
         **{c: sum(prediction.timings.get(s, 0.0) for s in stages) for c, stages in STAGE_COLUMNS.items()},
         "checkpoint": predictor.checkpoint.id,
     }
@@ -218,6 +227,27 @@ def score(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     check_writable(out)
+    with output_lock(out):
+        return _score(inputs, out, options, workers, engine, progress)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on out's lock file (``out.lock``) while a run writes out's parts and tables; a second
+    run on the same out is refused with OutputError. The operating system drops the lock when the process ends,
+    however it ends, so a killed run never leaves a stale lock."""
+    lock_path = out.with_name(out.name + ".lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                out, f"another fusion score is writing to it (it holds {lock_path}); wait for it, or use another --out"
+            ) from None
+        yield
+
+
+def _score(inputs, out: Path, options: ScoreOptions, workers: int, engine: str, progress: bool) -> ScoreReport:
     # Loaded first, so that a missing or broken model stops the run before any work, with its own error. In this
     # process, the predictor that will score the files; for other processes, only the checkpoint is checked.
     if engine == "local" and workers == 1:
@@ -255,15 +285,19 @@ def _run_local(files: list[str], options: ScoreOptions, workers: int) -> Iterato
         return
     threads = max(1, (os.cpu_count() or 1) // workers)  # cores shared out, so workers do not oversubscribe them
     context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(score_file, path, options): path for path in files}
         for future in as_completed(futures):
             try:
                 yield future.result()
             except BrokenProcessPool as error:  # a worker was killed (e.g. out of memory): every file in flight
                 yield _error(futures[future], "predict", f"worker process died ({error}); run again to retry")
+
+
+def _init_worker(threads: int) -> None:
+    """A pool worker: its share of the cores, and an exit when the scoring process dies (fusion.orphans)."""
+    exit_with_parent()
+    torch.set_num_threads(threads)
 
 
 def _run_ray(files: list[str], options: ScoreOptions, workers: int) -> Iterator[dict]:

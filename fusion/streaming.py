@@ -8,6 +8,7 @@ nominal length, so Whisper never sees a word cut in two. Decoding and face detec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,8 +23,10 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
+import torch
 
 from encoders.face_detection import FaceDetector, FaceFinder, FrameFaces
+from encoders.vad import SpeechDetector
 from fusion.media import AUDIO_SAMPLE_RATE, AudioBlock, MediaReader
 
 CHUNK_S = 300.0  # seconds of recording per chunk at most: about ten Whisper windows, some tens of MB of audio and faces
@@ -48,6 +51,11 @@ class MediaChunk:
     audio: np.ndarray | None  # (samples,) float32 mono 16 kHz; None when the file has no audio track
     frame_times: np.ndarray | None  # (n_frames,) float64 seconds of the sampled frames; None: no video track
     faces: list[FrameFaces]  # per sampled frame, the faces in it
+    # (start, end) seconds of the recording's packets that failed to decode and were skipped (fusion.media); given
+    # with the last chunk, once the whole file has been read
+    damaged: tuple[tuple[float, float], ...] = ()
+    # (len(audio) // 512,) bool: speech in each 32 ms frame from start (encoders.vad); None when not detected
+    speech: np.ndarray | None = None
 
 
 def read_chunks(
@@ -58,16 +66,28 @@ def read_chunks(
     chunk_s: float = CHUNK_S,
     threads: int | None = None,
     timings: dict[str, float] | None = None,
+    vad: SpeechDetector | None = None,
 ) -> Iterator[MediaChunk]:
     """Decode a recording chunk by chunk; the chunks partition [0, duration]. The first is FIRST_CHUNK_S long (or
     chunk_s, if shorter), and each next one twice the one before, up to chunk_s.
 
-    threads: video decoding threads (see MediaReader). timings (if given) accumulates seconds spent in "decode"
-    and "face_detection". Raises MediaError as MediaReader does; a truncated file raises only after its decodable
-    chunks were yielded.
+    threads: video decoding threads (see MediaReader). timings (if given) accumulates seconds spent in "decode",
+    "face_detection" and "vad". vad: marks each chunk's speech (MediaChunk.speech). Raises MediaError as
+    MediaReader does; a truncated file raises only after its decodable chunks were yielded.
     """
     _check_chunk_s(chunk_s)
     timings = {} if timings is None else timings
+    if vad is not None:
+        vad.reset()
+    for chunk in _read_chunks(path, fps=fps, detector=detector, chunk_s=chunk_s, threads=threads, timings=timings):
+        if vad is not None and chunk.audio is not None:
+            started = time.perf_counter()
+            chunk = dataclasses.replace(chunk, speech=vad(chunk.audio))
+            timings["vad"] = timings.get("vad", 0.0) + time.perf_counter() - started
+        yield chunk
+
+
+def _read_chunks(path, *, fps, detector, chunk_s, threads, timings) -> Iterator[MediaChunk]:
     with MediaReader(path, fps=fps, threads=threads) as reader:
         buffer = _ChunkBuffer(reader, chunk_s)
         finder = FaceFinder(detector)
@@ -90,7 +110,7 @@ def read_chunks(
                 yield chunk
         while (chunk := buffer.next_chunk(ended=True)) is not None:
             yield chunk
-        yield buffer.last_chunk(end=reader.duration)
+        yield dataclasses.replace(buffer.last_chunk(end=reader.duration), damaged=tuple(reader.damaged))
 
 
 def _check_chunk_s(chunk_s: float) -> None:
@@ -282,11 +302,13 @@ def serve(requests: BinaryIO, replies: BinaryIO, *, fps: float, face_model: str 
     """The worker's side: read pickled (path, chunk_s) requests until the end of requests, and reply to each with
     pickled ("chunk", MediaChunk) messages, then ("done", timings) or ("error", exception).
 
-    It decodes and detects on one thread, leaving the other cores to the models: measured on 2 cores, threads of
-    its own (FFmpeg's, OpenCV's) slowed Whisper more than they sped the worker up.
+    It decodes and detects faces and speech on one thread, leaving the other cores to the models: measured on 2
+    cores, threads of its own (FFmpeg's, OpenCV's) slowed Whisper more than they sped the worker up.
     """
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)
     detector = FaceDetector(face_model)
+    vad = SpeechDetector()
     while True:
         try:
             path, chunk_s = pickle.load(requests)
@@ -294,7 +316,8 @@ def serve(requests: BinaryIO, replies: BinaryIO, *, fps: float, face_model: str 
             return
         timings: dict[str, float] = {}
         try:
-            for chunk in read_chunks(path, fps=fps, detector=detector, chunk_s=chunk_s, threads=1, timings=timings):
+            chunks = read_chunks(path, fps=fps, detector=detector, chunk_s=chunk_s, threads=1, timings=timings, vad=vad)
+            for chunk in chunks:
                 pickle.dump(("chunk", chunk), replies, protocol=pickle.HIGHEST_PROTOCOL)
                 replies.flush()
             reply = ("done", timings)

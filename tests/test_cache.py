@@ -57,6 +57,29 @@ def test_bad_files_are_skipped_with_their_reason_and_cost_nothing_else(examples,
     assert "1 skipped" in str(report)
 
 
+def test_a_missing_file_is_skipped_with_its_reason_and_the_rest_are_built(examples, tmp_path):
+    gone = Example(str(tmp_path / "01-01-06-01-01-01-05.mp4"), "fear", "fearful", "ravdess:05", "ravdess", ("audio",))
+    features, report = FeatureCache(tmp_path / "cache").build([examples[2], gone, examples[3]], progress=False)
+    assert features[1] is None and features[0] is not None and features[2] is not None
+    assert report.skipped[0][0] == gone.path and "No such file" in report.skipped[0][1]
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"\x00" * len(b), lambda b: b""])
+def test_a_damaged_entry_is_recomputed_not_loaded(examples, tmp_path, damage):
+    faces = examples[2:4]
+    first, _ = FeatureCache(tmp_path).build(faces, progress=False)
+    entries = sorted(tmp_path.rglob("*.npz"))
+    assert len(entries) == 2
+    entries[0].write_bytes(damage(entries[0].read_bytes()))
+    again, report = FeatureCache(tmp_path).build(faces, progress=False)
+    assert (report.loaded, report.computed, report.damaged) == (1, 1, [str(entries[0])])
+    assert "1 damaged cache entries recomputed" in str(report)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.face_crops, b.face_crops)
+    _, report = FeatureCache(tmp_path).build(faces, progress=False)
+    assert (report.loaded, report.damaged) == (2, [])
+
+
 def test_settings_change_the_key(examples, tmp_path):
     FeatureCache(tmp_path, fps=5.0).build(examples[:1], progress=False)
     _, report = FeatureCache(tmp_path, fps=2.0).build(examples[:1], progress=False)

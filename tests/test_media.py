@@ -239,3 +239,68 @@ def test_truncated_moov_at_start(ravdess_clips: list[Path], tmp_path: Path) -> N
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(MediaError, match=rf"{re.escape(path.name)}: truncated: decoded [\d.]+ s of [\d.]+ s"):
         decode(path)
+
+
+def write_portrait_copy(source: Path, dest: Path, rotation: int) -> None:
+    """source's pixels turned a quarter the other way and stored with a display rotation that turns them back, as a
+    phone stores a portrait video: rotation 90 (counter-clockwise) pairs with pixels turned clockwise."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    turned = dest.with_name("turned.mp4")
+    transpose = {90: "transpose=clock", -90: "transpose=cclock"}[rotation]
+    subprocess.run(
+        [ffmpeg, "-y", "-loglevel", "error", "-i", str(source), "-vf", transpose, "-c:v", "libx264", "-crf", "18",
+         "-c:a", "copy", str(turned)],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(
+        [ffmpeg, "-y", "-loglevel", "error", "-display_rotation:v:0", str(rotation), "-i", str(turned), "-c", "copy",
+         str(dest)],
+        check=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("rotation", [90, -90])
+def test_a_portrait_phone_video_is_decoded_upright(ravdess_clips: list[Path], tmp_path: Path, rotation: int) -> None:
+    from encoders.face_detection import FaceDetector, extract_faces
+
+    dest = tmp_path / "portrait.mp4"
+    write_portrait_copy(ravdess_clips[0], dest, rotation)
+    with av.open(str(dest)) as container:
+        assert next(container.decode(video=0)).rotation == rotation  # the stored pixels really are sideways
+    original, portrait = decode(ravdess_clips[0]), decode(dest)
+    assert portrait.frames.shape == original.frames.shape  # (n, 720, 1280, 3): turned back to landscape
+    n = min(len(original.frames), len(portrait.frames))
+    difference = np.abs(portrait.frames[:n].astype(np.int16) - original.frames[:n]).mean()
+    assert difference < 6, "the frames are not the original picture"  # re-encoding alone: a few grey levels
+    detector = FaceDetector()
+    assert (
+        extract_faces(portrait.frames, detector).present.mean()
+        == extract_faces(original.frames, detector).present.mean()
+    )
+
+
+def write_damaged_copy(source: Path, dest: Path) -> None:
+    """source with 10 KB in the middle overwritten by random bytes (seeded): a few packets no longer decode."""
+    data = bytearray(source.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 10_000] = np.random.default_rng(0).bytes(10_000)
+    dest.write_bytes(bytes(data))
+
+
+def test_damaged_packets_are_skipped_and_reported(ravdess_clips: list[Path], tmp_path: Path) -> None:
+    dest = tmp_path / "damaged.mp4"
+    write_damaged_copy(ravdess_clips[0], dest)
+    media, intact = decode(dest), decode(ravdess_clips[0])
+    assert media.damaged and intact.damaged == ()
+    assert all(0 < start < end < media.duration for start, end in media.damaged)
+    assert sum(end - start for start, end in media.damaged) < 0.5
+    # the rest decodes: all the audio (the damaged packets as silence, so later samples keep their time) and
+    # nearly every sampled frame
+    assert media.duration == intact.duration and abs(len(media.audio) - len(intact.audio)) < 0.01 * AUDIO_SAMPLE_RATE
+    late = slice(-AUDIO_SAMPLE_RATE, None)  # the last second, after the damage: the same sound at the same time
+    assert np.corrcoef(media.audio[late], intact.audio[late])[0, 1] > 0.99
+    assert len(media.frames) >= len(intact.frames) - 2

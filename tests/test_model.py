@@ -125,3 +125,36 @@ def test_checkpoint_errors_are_specific(tmp_path):
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="cannot load weights"):
         checkpoints.load(folder)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: [1], "expected a JSON object, found list"),
+        (lambda c: {k: v for k, v in c.items() if k != "features"}, "'features' is missing"),
+        (lambda c: c | {"model": c["model"] | {"depth": 4}}, r"unknown model settings \[.depth.\]"),
+        (lambda c: c | {"model": "tiny"}, "'model' must be a JSON dict, found str"),
+        (lambda c: c | {"model": c["model"] | {"dim": "wide"}}, "do not build a model"),
+        (lambda c: c | {"encoders": {"whisper": "tiny.en"}}, "do not build a model"),
+    ],
+)
+def test_malformed_configs_are_checkpoint_errors_naming_the_file(tmp_path, damage, message):
+    folder = checkpoints.save(
+        checkpoints.Checkpoint(model=tiny_random_model(), encoders=checkpoints.EncoderNames("a", "b"), fps=5.0),
+        tmp_path / "c",
+    )
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(damage(config)))
+    with pytest.raises(CheckpointError, match=message) as error:
+        checkpoints.load(folder)
+    assert str(folder) in str(error.value)
+
+
+def test_a_binary_config_is_a_checkpoint_error(tmp_path):
+    folder = checkpoints.save(
+        checkpoints.Checkpoint(model=tiny_random_model(), encoders=checkpoints.EncoderNames("a", "b"), fps=5.0),
+        tmp_path / "c",
+    )
+    (folder / "config.json").write_bytes(bytes(range(256)))
+    with pytest.raises(CheckpointError, match="not a JSON text file"):
+        checkpoints.load(folder)

@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from fusion.cli import main
-from fusion.errors import OutputError, check_writable
-from fusion.score import ScoreOptions, score
+from fusion.errors import CheckpointError, OutputError, check_writable
+from fusion.score import ScoreOptions, output_lock, score
 
 UNWRITABLE = "/sys/fusion-test.csv"  # sysfs: no file can be created there, not even by root
 
@@ -79,3 +80,78 @@ def test_tables_get_the_usual_permissions(ravdess_clips, tmp_path):
     assert report.ok
     for table in report.outputs:
         assert stat.S_IMODE(os.stat(table).st_mode) == 0o644, table
+
+
+def test_a_second_writer_on_the_same_out_is_refused(ravdess_clips, tmp_path):
+    """A run holds out's lock (here this test); another run on that out stops at once with a clear message, before
+    any model loads, and a run after the lock is released goes ahead."""
+    out = tmp_path / "scores.csv"
+    missing = ScoreOptions(checkpoint=str(tmp_path / "no-checkpoint"))  # reached only once the lock is taken
+    with output_lock(out):
+        with pytest.raises(OutputError, match="another fusion score is writing to it"):
+            score([str(ravdess_clips[0])], out, options=missing)
+        run = _fusion("score", str(ravdess_clips[0]), "--out", str(out), "--quiet")
+        assert run.returncode == 1 and "another fusion score" in run.stderr and "Traceback" not in run.stderr
+    with pytest.raises(CheckpointError):  # the lock is free again: the run gets as far as loading its checkpoint
+        score([str(ravdess_clips[0])], out, options=missing)
+
+
+def test_a_killed_score_leaves_no_worker_behind(ravdess_clips, tmp_path):
+    """kill -9 of `fusion score --workers 2` while its pool workers and their decoding processes run: every one of
+    them exits within a few seconds (fusion.orphans), instead of finishing its file alone."""
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "fusion.cli", "score", *map(str, ravdess_clips), "--out", str(tmp_path / "s.csv"),
+         "--workers", "2", "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            family = psutil.Process(parent.pid).children(recursive=True)
+            decoders = [p for p in family if "fusion.decode_worker" in " ".join(p.cmdline())]
+            if len(decoders) >= 2:
+                break
+            assert parent.poll() is None, "the run ended before its workers were seen"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no two decoding processes appeared within 120 s")
+        parent.kill()
+        parent.wait()
+        gone, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"still running after their parent was killed: {[p.cmdline()[:3] for p in alive]}"
+    finally:
+        parent.kill()
+
+
+def test_a_recording_with_damaged_packets_is_predicted_with_the_damage_reported(ravdess_clips, tmp_path):
+    import fusion
+
+    data = bytearray(ravdess_clips[0].read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 10_000] = np.random.default_rng(0).bytes(10_000)  # 10 KB overwritten mid-file
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    prediction = fusion.predict(damaged)
+    assert prediction.damaged and all(0 < start < end < prediction.duration for start, end in prediction.damaged)
+    assert prediction.duration > 3.2 and len(prediction.timeline) >= 1
+    assert prediction.to_dict()["damaged"] == [list(span) for span in prediction.damaged]
+    assert fusion.predict(ravdess_clips[0]).damaged == []
+
+
+@pytest.mark.parametrize("kind", ["dithered silence", "white noise"])
+def test_silence_and_noise_give_no_emotion_from_the_voice(tmp_path, kind):
+    """30 s without speech: voice activity detection leaves the voice no tokens, so with no words and no face every
+    segment is flagged (NaN probabilities, no modality) instead of carrying a confident emotion."""
+    import soundfile
+
+    import fusion
+
+    scale = {"dithered silence": 1e-4, "white noise": 0.1}[kind]
+    path = tmp_path / "no-speech.wav"
+    soundfile.write(path, (np.random.default_rng(0).standard_normal(30 * 16_000) * scale).astype(np.float32), 16_000)
+    timeline = fusion.predict(path).timeline
+    assert len(timeline) >= 10
+    assert timeline["label"].eq("").all() and timeline["modalities"].fillna("").eq("").all()
+    assert timeline[list(fusion.EMOTIONS)].isna().all().all()

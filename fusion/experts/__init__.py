@@ -7,4 +7,4 @@ through two functions every expert module has: ``add_arguments(parser)`` and ``r
 
 from __future__ import annotations
 
-EXPERTS = ("audio", "text")  # modules of this package that `fusion train-expert` offers
+EXPERTS = ("audio", "text", "face")  # modules of this package that `fusion train-expert` offers

@@ -34,7 +34,7 @@ from encoders.audio import N_MELS, VoiceEncoder, log_mel
 from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, choose_model, portable_name
 from encoders.runtime import autocast, pick_device
 from fusion.augment import AugmentConfig, augment_mel
-from fusion.cache import CacheReport
+from fusion.cache import CacheReport, read_entry
 from fusion.errors import CheckpointError, FusionError, MediaError
 from fusion.experts.state import load_training_state, save_training_state, write_atomic
 from fusion.labels import EMOTIONS
@@ -97,8 +97,9 @@ class SpeechCache:
         for path in tqdm(paths, desc="speech features", unit="file", disable=not progress):
             try:
                 entry = self._entry(path)
-                if entry.is_file():
-                    features.append(_read_speech(entry))
+                cached = read_entry(entry, _read_speech, report)
+                if cached is not None:
+                    features.append(cached)
                     report.loaded += 1
                     continue
                 computed = self._compute(path)

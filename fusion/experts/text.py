@@ -46,6 +46,8 @@ ENCODER_PREFIX = "encoder."  # model.safetensors keys under this prefix belong t
 MODES = ("lora", "full", "frozen")
 PRECISIONS = ("bf16", "fp32")
 EVAL_BATCH_SIZE = 64  # utterances per inference forward pass (length-sorted, so padding stays small)
+MEMBER_SEED_STEP = 1000  # seeds of an ensemble's members lie this far apart (see TextExpertConfig.member)
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble's folder: this file and one checkpoint folder per member
 # Training batches are cut from runs of this many batches' worth of shuffled utterances, sorted by length inside
 # the run: padding stays small while the batch order stays random.
 BUCKET_BATCHES = 50
@@ -75,6 +77,13 @@ class TextExpertConfig:
     precision: str = "bf16"  # autocast for training and validation; one of PRECISIONS
     validation_fraction: float = 0.1  # of the dialogues, for choosing the epoch
     seed: int = 0  # initialisation, validation split, batch order, dropout
+    # Ensemble member: members of one seed share its validation split, and member m > 0 draws its initialisation,
+    # batch order and dropout from seed + MEMBER_SEED_STEP * m (member 0 is the single expert of that seed).
+    member: int = 0
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed + MEMBER_SEED_STEP * self.member
 
     def __post_init__(self):
         self.lora_targets = tuple(self.lora_targets)
@@ -402,6 +411,57 @@ class TextExpert:
         return self.head(means.to(self.words.device)).softmax(-1).cpu().numpy()
 
 
+class TextEnsemble:
+    """Text experts of one recipe whose members differ only in their training seed; probabilities are their mean.
+
+    A folder holds ENSEMBLE_FILE (the member folders' names) and one checkpoint folder per member.
+    """
+
+    def __init__(self, members: Sequence[TextExpert], path: Path | None = None):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.path = path
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        text_model: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+    ) -> TextEnsemble:
+        directory = Path(directory)
+        try:
+            names = json.loads((directory / ENSEMBLE_FILE).read_text())["members"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{directory}: not a text expert ensemble ({error})") from error
+        return cls(
+            [TextExpert.load(directory / name, text_model=text_model, device=device) for name in names], directory
+        )
+
+    def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+        return np.mean([m.predict_proba(texts, contexts) for m in self.members], axis=0)
+
+    def predict_items(self, items: Sequence[Item], *, precision: str = "fp32") -> np.ndarray:
+        return np.mean([m.predict_items(items, precision=precision) for m in self.members], axis=0)
+
+    def predict_utterances(self, utterances: Sequence) -> np.ndarray:
+        return np.mean([m.predict_utterances(utterances) for m in self.members], axis=0)
+
+
+def load_expert(
+    directory: str | os.PathLike, *, text_model: str | os.PathLike | None = None, device=None
+) -> TextExpert | TextEnsemble:
+    """A text expert checkpoint folder, single or ensemble (see TextEnsemble), loaded."""
+    load = TextEnsemble.load if (Path(directory) / ENSEMBLE_FILE).is_file() else TextExpert.load
+    return load(directory, text_model=text_model, device=device)
+
+
+def member_folder(member: int) -> str:
+    return f"member-{member}"
+
+
 # --- training -----------------------------------------------------------------------------------------------------
 
 
@@ -436,7 +496,7 @@ def train_text_expert(
     out = Path(out)
     device = pick_device(device)
     base = choose_model(text_model, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.training_seed)
     tokenizer, bert = _load_bert(base)
     model = build_model(bert, config).to(device)
 
@@ -449,7 +509,7 @@ def train_text_expert(
     log(f"text expert ({config.mode}): {len(train_set)} training, {len(val_set)} validation utterances on {device}")
 
     optimiser, schedule = _optimiser(model, config, steps=config.epochs * math.ceil(len(train_set) / config.batch_size))
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.training_seed)
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     if resume and (out / STATE_FILE).is_file():
         weights, state = load_training_state(
@@ -501,6 +561,20 @@ def train_text_expert(
     return TrainResult(out, state["best_epoch"], state["history"], state["seconds"])
 
 
+def train_text_ensemble(
+    examples: Sequence, out: str | os.PathLike, config: TextExpertConfig, members: int, **kwargs
+) -> list[TrainResult]:
+    """`members` experts of config's recipe and seed (TextExpertConfig.member 0, 1, ...), each in its own folder
+    of out, then out's ENSEMBLE_FILE. Each member resumes on its own (kwargs as train_text_expert's)."""
+    out = Path(out)
+    results = [
+        train_text_expert(examples, out / member_folder(m), dataclasses.replace(config, member=m), **kwargs)
+        for m in range(members)
+    ]
+    write_atomic(out / ENSEMBLE_FILE, json.dumps({"members": [member_folder(m) for m in range(members)]}).encode())
+    return results
+
+
 def _optimiser(model: TextExpertModel, config: TextExpertConfig, steps: int):
     """AdamW (the head at head_lr, the rest at lr) and a linear warm-up then linear decay to 0 over steps."""
     encoder = [p for p in model.encoder.parameters() if p.requires_grad]
@@ -537,22 +611,32 @@ def _train_epoch(model, train_set, labels, batches, optimiser, schedule, pad_id,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusion.cli import positive_float, positive_int
+
     defaults = TextExpertConfig()
     parser.add_argument("--data", action="append", required=True, help="KIND=PATH with transcripts, e.g. meld=CSV")
     parser.add_argument("--out", required=True, help="checkpoint folder (also holds the resumable state)")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out")
     parser.add_argument("--mode", choices=MODES, default=defaults.mode)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="adapters (full fine-tuning: about 5e-5)")
-    parser.add_argument("--head-lr", type=float, default=defaults.head_lr)
-    parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
-    parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument(
+        "--lr", type=positive_float, default=defaults.lr, help="adapters (full fine-tuning: about 5e-5)"
+    )
+    parser.add_argument("--head-lr", type=positive_float, default=defaults.head_lr)
+    parser.add_argument("--lora-r", type=positive_int, default=defaults.lora_r)
+    parser.add_argument("--lora-alpha", type=positive_int, default=defaults.lora_alpha)
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
+    parser.add_argument("--max-tokens", type=positive_int, default=defaults.max_tokens)
     parser.add_argument("--context", action="store_true", help="read the previous utterance of the dialogue too")
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision, help="autocast dtype")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--members",
+        type=positive_int,
+        default=1,
+        help="train an ensemble of this many members, one folder each (default 1)",
+    )
     parser.add_argument("--text-model", help="base BERT model (default $FUSION_TEXT_MODEL, else all-MiniLM-L6-v2)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--cache", help="folder for the tokenised data")
@@ -581,18 +665,16 @@ def run(args: argparse.Namespace) -> int:
     manifest = from_specs(args.data)
     for skipped in manifest.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}")
-    result = train_text_expert(
-        manifest.examples,
-        args.out,
-        config_from_args(args),
-        text_model=args.text_model,
-        device=args.device,
-        resume=args.resume,
-        cache=args.cache,
-    )
-    best = result.history[result.best_epoch - 1]["validation"]
-    print(
-        f"{result.out}: epoch {result.best_epoch} kept, validation weighted F1 {best['weighted_f1']:.4f}, "
-        f"UA {best['ua']:.4f}; {result.train_seconds / 60:.1f} min"
-    )
+    options = {"text_model": args.text_model, "device": args.device, "resume": args.resume, "cache": args.cache}
+    config = config_from_args(args)
+    if args.members > 1:
+        results = train_text_ensemble(manifest.examples, args.out, config, args.members, **options)
+    else:
+        results = [train_text_expert(manifest.examples, args.out, config, **options)]
+    for result in results:
+        best = result.history[result.best_epoch - 1]["validation"]
+        print(
+            f"{result.out}: epoch {result.best_epoch} kept, validation weighted F1 {best['weighted_f1']:.4f}, "
+            f"UA {best['ua']:.4f}; {result.train_seconds / 60:.1f} min"
+        )
     return 0

