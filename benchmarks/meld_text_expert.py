@@ -138,16 +138,36 @@ def run_ensemble(train, dev, config: expert.TextExpertConfig, folders: list[Path
         saved = folder / "probabilities.npz"
         if not saved.is_file():
             model = expert.TextExpert.load(folder)
-            np.savez(saved, validation=model.predict_items(val_items), dev=model.predict_items(dev_items))
+            stored = expert.TextExpert.load(_stored_as_shipped(folder))
+            np.savez(
+                saved,
+                validation=model.predict_items(val_items),
+                dev=model.predict_items(dev_items),
+                dev_stored=stored.predict_items(dev_items),
+            )
         probabilities.append(dict(np.load(saved)))
         minutes.append(json.loads((folder / "scores.json").read_text())["train_minutes"])
     record = {"train_minutes": minutes, "by_size": {}}
     for k in range(1, len(folders) + 1):
         record["by_size"][str(k)] = {
             part: scores(examples, np.mean([p[part] for p in probabilities[:k]], axis=0))
-            for part, examples in (("validation", validation), ("dev", dev))
+            for part, examples in (("validation", validation), ("dev", dev), ("dev_stored", dev))
         }
     return record
+
+
+def _stored_as_shipped(folder: Path) -> Path:
+    """A copy of a run's checkpoint with its weights in expert.STORED_DTYPE, as save_checkpoint now writes them
+    (runs saved before that stored float32): what a shipped ensemble holds."""
+    from safetensors.torch import load_file, save_file
+
+    copy = folder / "stored"
+    if not (copy / expert.WEIGHTS_FILE).is_file():
+        copy.mkdir(exist_ok=True)
+        weights = {k: v.to(expert.STORED_DTYPE) for k, v in load_file(folder / expert.WEIGHTS_FILE).items()}
+        save_file(weights, copy / expert.WEIGHTS_FILE, metadata={"format_version": str(expert.FORMAT_VERSION)})
+        shutil.copy(folder / expert.CONFIG_FILE, copy / expert.CONFIG_FILE)
+    return copy
 
 
 def scores(examples, probabilities: np.ndarray) -> dict:
@@ -356,13 +376,15 @@ def ensemble_markdown(report: dict) -> list[str]:
         "Member m > 0 of seed s is trained from seed s + 1000 m (TextExpertConfig.member); member 0 is the single "
         "expert above. Validation = the seed's dialogue-disjoint 10% of MELD train; dev is only reported.",
         "",
-        "| members | validation weighted F1 | dev weighted F1 | dev macro-F1 | dev UA | dev WA |",
-        "|---|---|---|---|---|---|",
+        "| members | validation weighted F1 | dev weighted F1 | dev macro-F1 | dev UA | dev WA | dev weighted F1, "
+        f"weights stored in {str(expert.STORED_DTYPE).removeprefix('torch.')} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k in sizes:
         runs = [e["by_size"][k] for e in ensembles.values() if k in e["by_size"]]
         cells = [_mean_std([r["validation"]["weighted_f1"] for r in runs])]
         cells += [_mean_std([r["dev"][m] for r in runs]) for m in ("weighted_f1", "macro_f1", "ua", "wa")]
+        cells += [_mean_std([r["dev_stored"]["weighted_f1"] for r in runs])]
         lines.append(f"| {k} ({len(runs)} seeds) | " + " | ".join(cells) + " |")
     largest = [e["by_size"][sizes[-1]]["dev"] for e in ensembles.values() if sizes[-1] in e["by_size"]]
     lines += ["", f"Per seed, {sizes[-1]} members, dev weighted F1: "]

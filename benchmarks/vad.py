@@ -2,10 +2,10 @@
 
     python -m benchmarks.vad --out benchmarks/results/vad.md
 
-Speech: 40 RAVDESS takes (actors 01-02) one after another, about 2.5 minutes; each take is a sentence with silence
-around it, so a good detector calls roughly half of it speech. Noise: 30 s of white noise (standard deviation 0.1)
-and 30 s of dithered silence (1e-4), where any frame called speech is wrong. Seconds are per 10 minutes of audio,
-one thread. webrtcvad comes from PyPI's webrtcvad-wheels (the [bench] extra).
+Speech: 20 RAVDESS takes (every sixth of actors 01-02) one after another, about 74 s; each take is a sentence
+with silence around it, so a good detector calls roughly half of it speech. Noise: 30 s of white noise (standard
+deviation 0.1) and 30 s of dithered silence (1e-4), where any frame called speech is wrong. Seconds are per 10
+minutes of audio, one thread. webrtcvad comes from PyPI's webrtcvad-wheels (the [bench] extra).
 """
 
 from __future__ import annotations

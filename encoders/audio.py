@@ -37,11 +37,6 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(mel, LOG_FLOOR)).T.astype(np.float32)
 
 
-def token_times(n_tokens: int) -> np.ndarray:
-    """(n_tokens,) float64 centre time in seconds of each audio token of a recording's spectrogram."""
-    return (np.arange(n_tokens) + 0.5) * TOKEN_SECONDS
-
-
 class SpectrogramCNN(nn.Module):
     """2-D CNN over a log-mel spectrogram: (B, T, N_MELS) -> (B, ceil(T / 4), dim) tokens.
 

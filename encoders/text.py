@@ -47,11 +47,6 @@ SILENCE_DBFS = -65.0
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
-# A repetitive window (compression above COMPRESSION_RATIO_THRESHOLD) is dropped only when it is also decoded with
-# less confidence than this: a speaker who repeats a phrase gives repetitive text decoded confidently (RAVDESS's
-# "Kids are talking by the door" said six times with 0.3 s pauses: two windows of ratio 4.3 at -0.38, which the
-# ratio alone dropped, keeping 6 of 42 words), a decoding loop repeats words the audio does not hold.
-REPETITION_LOGPROB_THRESHOLD = -0.5
 
 BATCH_SIZE = 16  # sequences (utterances or chunks of them) per BERT forward pass
 
@@ -116,7 +111,8 @@ class Transcriber:
         utterances = []
         previous_start = 0.0
         for segment in result["segments"]:
-            if _decoding_failed(segment["avg_logprob"], segment["compression_ratio"]):
+            # A window Whisper would have re-decoded at a higher temperature (see LOGPROB_THRESHOLD).
+            if segment["avg_logprob"] < LOGPROB_THRESHOLD or segment["compression_ratio"] > COMPRESSION_RATIO_THRESHOLD:
                 continue
             raw = [word for word in segment["words"] if word["word"].strip()]
             words = []
@@ -131,14 +127,6 @@ class Transcriber:
                 text = "".join(word["word"] for word in raw).strip()
                 utterances.append(Utterance(text, words[0].start, max(w.end for w in words), tuple(words)))
         return utterances
-
-
-def _decoding_failed(avg_logprob: float, compression_ratio: float) -> bool:
-    """A window to drop: decoded without confidence (invented text), or a repetition decoded without confidence (a
-    decoding loop). See LOGPROB_THRESHOLD and REPETITION_LOGPROB_THRESHOLD."""
-    if avg_logprob < LOGPROB_THRESHOLD:
-        return True
-    return compression_ratio > COMPRESSION_RATIO_THRESHOLD and avg_logprob < REPETITION_LOGPROB_THRESHOLD
 
 
 def _loudest_frame_dbfs(audio: np.ndarray) -> float:

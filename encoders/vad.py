@@ -2,9 +2,10 @@
 the voice.
 
 Silero VAD (MIT licence), read from the file that PyPI's ``silero-vad`` package ships inside itself; nothing is
-downloaded. Measured on this project's 2-core CPU (one thread): about 5.6 s per 10 minutes of audio, and it found no
-speech in 10 s of white noise, where webrtcvad (mode 3, its most aggressive) called 68% of the frames speech. It
-runs in the decoding process (:mod:`fusion.streaming`), beside the models rather than in their way.
+downloaded. Measured on this project's 2-core CPU (one thread; benchmarks/results/vad.md): about 3.9 s per 10
+minutes of audio, and it found no speech in 30 s of white noise, where webrtcvad (mode 3, its most aggressive)
+called every frame speech. It runs in the decoding process (:mod:`fusion.streaming`), beside the models rather
+than in their way.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.long_input import concatenate
 from encoders.face_detection import FaceDetector
+from encoders.vad import SpeechDetector
 from fusion import streaming
 from fusion.errors import MediaError
 from fusion.media import AUDIO_SAMPLE_RATE, decode
@@ -50,7 +51,7 @@ def test_chunks_double_from_the_first_chunk_up_to_chunk_s(one_minute, monkeypatc
 
 def test_decode_worker_gives_the_chunks_read_chunks_gives(one_minute):
     detector = FaceDetector()
-    inline = list(read_chunks(one_minute, fps=5.0, detector=detector, chunk_s=20.0))
+    inline = list(read_chunks(one_minute, fps=5.0, detector=detector, chunk_s=20.0, vad=SpeechDetector()))
     worker = DecodeWorker(fps=5.0, face_model=detector.model)
     try:
         timings = {}
@@ -64,7 +65,9 @@ def test_decode_worker_gives_the_chunks_read_chunks_gives(one_minute):
         np.testing.assert_array_equal(ours.frame_times, theirs.frame_times)
         for a, b in zip(ours.faces, theirs.faces):
             np.testing.assert_array_equal(a.crops, b.crops)
-    assert timings["decode"] > 0 and timings["face_detection"] > 0
+        np.testing.assert_array_equal(ours.speech, theirs.speech)  # voice activity, per 32 ms
+        assert len(ours.speech) == len(ours.audio) // 512 and ours.speech.any()
+    assert timings["decode"] > 0 and timings["face_detection"] > 0 and timings["vad"] > 0
 
 
 def test_decode_worker_raises_a_files_error_and_serves_the_next_file(one_minute, tmp_path):
