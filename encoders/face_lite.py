@@ -85,7 +85,8 @@ class LiteFaceNet(nn.Module):
     """EfficientNet-Lite0 over grey face crops: (N, 1, 48, 48) float in [0, 1] -> (N, HEAD_CHANNELS) features.
 
     ``stem_stride=1`` (the default) keeps the crop's resolution through the stem; see the module docstring.
-    About 3.4M parameters; 75M multiply-adds per 48x48 crop with stem_stride=1, 19M with 2.
+    3.37M parameters; 69M multiply-adds per 48x48 crop with stem_stride=1, 22M with 2
+    (benchmarks/results/face_expert/speed.md).
     """
 
     def __init__(self, *, stem_stride: int = 1):
