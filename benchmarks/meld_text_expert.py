@@ -159,13 +159,19 @@ def run_ensemble(train, dev, config: expert.TextExpertConfig, folders: list[Path
 def _stored_as_shipped(folder: Path) -> Path:
     """A copy of a run's checkpoint with its weights in expert.STORED_DTYPE, as save_checkpoint now writes them
     (runs saved before that stored float32): what a shipped ensemble holds."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from fusion.experts.state import save_weights
 
     copy = folder / "stored"
     if not (copy / expert.WEIGHTS_FILE).is_file():
         copy.mkdir(exist_ok=True)
-        weights = {k: v.to(expert.STORED_DTYPE) for k, v in load_file(folder / expert.WEIGHTS_FILE).items()}
-        save_file(weights, copy / expert.WEIGHTS_FILE, metadata={"format_version": str(expert.FORMAT_VERSION)})
+        save_weights(
+            copy / expert.WEIGHTS_FILE,
+            load_file(folder / expert.WEIGHTS_FILE),
+            dtype=expert.STORED_DTYPE,
+            metadata={"format_version": str(expert.FORMAT_VERSION)},
+        )
         shutil.copy(folder / expert.CONFIG_FILE, copy / expert.CONFIG_FILE)
     return copy
 

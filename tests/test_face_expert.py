@@ -172,7 +172,7 @@ def test_train_expert_face_command_writes_a_checkpoint(shared, tmp_path):
 
 
 def test_the_shipped_face_expert_reads_faces_it_never_saw(shared):
-    """An accuracy guard: fusion/checkpoints/face on 350 FER2013 PublicTest faces (every 10th) must stay near its
+    """An accuracy guard: fusion/checkpoints/face on 359 FER2013 PublicTest faces (every 10th) must stay near its
     published 67.8% (benchmarks/results/face_expert/shipped); random weights would score about 25%."""
     from pathlib import Path
 

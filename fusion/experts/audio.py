@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
@@ -36,7 +36,7 @@ from encoders.runtime import autocast, pick_device
 from fusion.augment import AugmentConfig, augment_mel
 from fusion.cache import CacheReport, read_entry
 from fusion.errors import CheckpointError, FusionError, MediaError
-from fusion.experts.state import load_training_state, save_training_state, write_atomic
+from fusion.experts.state import load_training_state, save_training_state, save_weights, write_atomic
 from fusion.labels import EMOTIONS
 from fusion.metrics import score
 
@@ -193,8 +193,7 @@ class VoiceExpert(nn.Module):
         """model.safetensors and config.json into directory (no pickle); extra goes into the config as it is."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_FILE)
+        save_weights(directory / WEIGHTS_FILE, self.state_dict())
         config = {"kind": "voice-expert", "model": asdict(self.config)} | (extra or {})
         write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
         return directory
@@ -372,7 +371,7 @@ def fit(
             batch = VoiceBatch([train[i] for i in rows], model_config.whisper_blocks)
             if config.augment:
                 batch.augment(generator)
-            with _autocast(device, config.bf16):
+            with autocast(device, cpu_bf16=config.bf16):
                 logits = model.member_logits(*batch.inputs(device)).float()  # (members, B, n_labels)
             target = targets[rows].to(device).repeat(len(logits))
             loss = F.cross_entropy(logits.flatten(0, 1), target, label_smoothing=config.label_smoothing)
@@ -417,7 +416,7 @@ def predict_proba(
     rows = []
     for first in range(0, len(features), batch_size):
         batch = VoiceBatch(features[first : first + batch_size], model.config.whisper_blocks)
-        with _autocast(device, bf16):
+        with autocast(device, cpu_bf16=bf16):
             rows.append(model(*batch.inputs(device)).float().exp().cpu())
     return torch.cat(rows).numpy()
 
@@ -426,12 +425,6 @@ def evaluate(model, features, labels, *, device=None, bf16: bool = False):
     probabilities = predict_proba(model, features, device=device, bf16=bf16)
     predicted = [model.config.labels[k] for k in probabilities.argmax(1)]
     return score(list(labels), predicted, model.config.labels)
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if device.type == "cpu" and bf16:
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return autocast(device)
 
 
 # ---------------------------------------------------------------------------------------------------- command line

@@ -27,16 +27,16 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from encoders.face_detection import FACE_SIZE
 from encoders.face_lite import LiteFaceNet, load_imagenet_weights
-from encoders.runtime import pick_device
+from encoders.runtime import autocast, pick_device
 from fusion.augment import FaceImageAugment, augment_face_images
 from fusion.errors import CheckpointError, MediaError
-from fusion.experts.state import load_training_state, save_training_state, write_atomic
+from fusion.experts.state import load_training_state, save_training_state, save_weights, write_atomic
 from fusion.labels import EMOTIONS
 from fusion.metrics import score
 
@@ -74,13 +74,7 @@ class FaceExpert(nn.Module):
         float16 halves the file (13.6 to 6.8 MB) for shipping; loading casts the weights back to float32."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        weights = {
-            k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
-            for k, v in self.state_dict().items()
-        }
-        temporary = directory / f".{WEIGHTS_FILE}.{os.getpid()}.partial"
-        save_file(weights, str(temporary))
-        os.replace(temporary, directory / WEIGHTS_FILE)
+        save_weights(directory / WEIGHTS_FILE, self.state_dict(), dtype=dtype)
         config = {"model": asdict(self.config), **(extra or {})}
         write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2).encode())
         return directory
@@ -221,7 +215,7 @@ def fit(
             if config.augment is not None:
                 batch = augment_face_images(batch, config=config.augment, generator=generator)
             batch = batch.to(device, memory_format=memory_format)
-            with _autocast(device, config.bf16):
+            with autocast(device, cpu_bf16=config.bf16):
                 logits = model(batch).float()
             loss = F.cross_entropy(logits, targets[rows].to(device), label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -274,7 +268,7 @@ def predict_proba(
     rows = []
     for first in range(0, len(images), batch_size):
         batch = _pixels(images[first : first + batch_size]).to(device, memory_format=torch.channels_last)
-        with _autocast(device, bf16):
+        with autocast(device, cpu_bf16=bf16):
             seen = [model(view).float().softmax(-1) for view in _views(batch, views)]
         rows.append(torch.stack(seen).mean(0).cpu())
     return torch.cat(rows).numpy()
@@ -301,11 +295,6 @@ def evaluate(model, images, labels, *, device=None, views: str = "flip"):
     probabilities = predict_proba(model, images, device=device, views=views)
     predicted = [model.config.labels[k] for k in probabilities.argmax(1)]
     return score(list(labels), predicted, model.config.labels)
-
-
-def _autocast(device: torch.device, bf16: bool):
-    dtype = torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=bf16 or device.type == "cuda")
 
 
 # ---------------------------------------------------------------------------------------------------- command line

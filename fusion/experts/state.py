@@ -1,4 +1,4 @@
-"""What every expert's training shares: its resumable state on disk, and atomic writes.
+"""What every expert's training shares: its resumable state on disk, and atomic writes of weights and files.
 
 The state holds tensors and plain values only (torch.save, read back with ``weights_only=True``: no pickled code);
 each write goes to a temporary name and is renamed over the old file, so a run killed mid-write keeps the previous
@@ -53,6 +53,19 @@ def load_training_state(
     generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     return saved["weights"], json.loads(saved["progress"])
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], *, dtype: torch.dtype | None = None, metadata=None):
+    """A safetensors file of tensors (floating ones cast to dtype when given), written atomically like write_atomic."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+        for k, v in tensors.items()
+    }
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    save_file(tensors, temporary, metadata=metadata)
+    os.replace(temporary, path)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

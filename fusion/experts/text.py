@@ -35,7 +35,7 @@ from torch import nn
 from encoders.loading import DEFAULT_TEXT_MODEL, TEXT_ENV, choose_model, portable_name
 from encoders.runtime import pick_device
 from fusion.errors import CheckpointError
-from fusion.experts.state import load_training_state, save_training_state, write_atomic
+from fusion.experts.state import load_training_state, save_training_state, save_weights, write_atomic
 from fusion.labels import EMOTIONS
 
 FORMAT_VERSION = 1
@@ -312,15 +312,14 @@ def predict_logits(
 
 def save_checkpoint(model: TextExpertModel, config: TextExpertConfig, base: str, directory: Path) -> None:
     """Write model.safetensors (trainable weights only) and config.json, each atomically."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f".{WEIGHTS_FILE}.tmp"
-    weights = trainable_state(model)
-    if config.mode == "lora":  # adapters and head in float16: half the file, loaded back into float32 weights
-        weights = {k: v.to(STORED_DTYPE) if v.is_floating_point() else v for k, v in weights.items()}
-    save_file(weights, temporary, metadata={"format_version": str(FORMAT_VERSION)})
-    os.replace(temporary, directory / WEIGHTS_FILE)
+    save_weights(
+        directory / WEIGHTS_FILE,
+        trainable_state(model),
+        # adapters and head in float16: half the file, loaded back into float32 weights
+        dtype=STORED_DTYPE if config.mode == "lora" else None,
+        metadata={"format_version": str(FORMAT_VERSION)},
+    )
     meta = {
         "format_version": FORMAT_VERSION,
         "labels": list(EMOTIONS),
