@@ -60,6 +60,12 @@ def main() -> None:
     parser.add_argument(
         "--members", type=int, default=1, help="ensemble members per seed of the shipped variant (default 1)"
     )
+    parser.add_argument(
+        "--distil",
+        type=int,
+        default=0,
+        help="per seed, this many members distilled from the seed's --members ensemble (TextExpertConfig.teacher)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default="benchmarks/results/meld_text_expert")
     args = parser.parse_args()
@@ -78,6 +84,7 @@ def main() -> None:
         "members": args.members,
         "runs": {},
         "ensembles": {},
+        "distilled": {},
         "baselines": {},
     }
     report["speed"] = measure_speed(train, dev)
@@ -92,6 +99,13 @@ def main() -> None:
                     runs / f"{name}-{seed}-member{m}" for m in range(1, args.members)
                 ]
                 report["ensembles"][str(seed)] = run_ensemble(train, dev, config, folders, args.cache)
+        write(report, Path(args.out))
+    for seed in args.seeds if args.distil else []:
+        teacher = write_teacher(runs / f"teacher-{args.shipped}-{seed}", runs, args.shipped, seed, args.members)
+        config = expert.TextExpertConfig(**VARIANTS[args.shipped], seed=seed, teacher=str(teacher.resolve()))
+        name = f"{args.shipped}-distilled"
+        folders = [runs / f"{name}-{seed}"] + [runs / f"{name}-{seed}-member{m}" for m in range(1, args.distil)]
+        report["distilled"][str(seed)] = run_ensemble(train, dev, config, folders, args.cache)
         write(report, Path(args.out))
     report["wall_seconds"] = time.perf_counter() - started  # this invocation; runs finished earlier are not timed
     write(report, Path(args.out))
@@ -154,6 +168,14 @@ def run_ensemble(train, dev, config: expert.TextExpertConfig, folders: list[Path
             for part, examples in (("validation", validation), ("dev", dev), ("dev_stored", dev))
         }
     return record
+
+
+def write_teacher(folder: Path, runs: Path, name: str, seed: int, members: int) -> Path:
+    """An ensemble folder (expert.TextEnsemble) naming the seed's `members` runs of variant `name` in runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"../{name}-{seed}"] + [f"../{name}-{seed}-member{m}" for m in range(1, members)]
+    (folder / expert.ENSEMBLE_FILE).write_text(json.dumps({"members": names}))
+    return folder
 
 
 def _stored_as_shipped(folder: Path) -> Path:
@@ -364,7 +386,22 @@ def markdown(report: dict) -> str:
             f"{run['checkpoint_bytes'] / 1e6:.1f} MB |"
         )
     if report.get("ensembles"):
-        lines += ensemble_markdown(report)
+        lines += ensemble_markdown(
+            report["ensembles"],
+            f"## Ensembles of {report['shipped']} members (mean probability; members of a seed share its validation "
+            "split)",
+            "Member m > 0 of seed s is trained from seed s + 1000 m (TextExpertConfig.member); member 0 is the single "
+            "expert above. Validation = the seed's dialogue-disjoint 10% of MELD train; dev is only reported.",
+        )
+    if report.get("distilled"):
+        lines += ensemble_markdown(
+            report["distilled"],
+            f"## Distilled: {report['shipped']} members trained on the labels and on the probabilities of the seed's "
+            f"{report['members']}-member ensemble",
+            "Loss: (1 - w) x cross-entropy with the labels + w x cross-entropy with the teacher ensemble's "
+            f"probabilities on the training utterances, w = {expert.TextExpertConfig.distill_weight} "
+            "(TextExpertConfig.teacher, Hinton et al. 2015); the same split, epochs and member seeds as above.",
+        )
     if "speed" in report:
         lines += ["", "## Speed (utterances/s, LoRA)", "", "| precision | training | inference |", "|---|---|---|"]
         for precision, s in report["speed"].items():
@@ -372,15 +409,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ensemble_markdown(report: dict) -> list[str]:
-    ensembles = report["ensembles"]
+def ensemble_markdown(ensembles: dict, title: str, explanation: str) -> list[str]:
     sizes = sorted({k for e in ensembles.values() for k in e["by_size"]}, key=int)
     lines = [
         "",
-        f"## Ensembles of {report['shipped']} members (mean probability; members of a seed share its validation split)",
+        title,
         "",
-        "Member m > 0 of seed s is trained from seed s + 1000 m (TextExpertConfig.member); member 0 is the single "
-        "expert above. Validation = the seed's dialogue-disjoint 10% of MELD train; dev is only reported.",
+        explanation,
         "",
         "| members | validation weighted F1 | dev weighted F1 | dev macro-F1 | dev UA | dev WA | dev weighted F1, "
         f"weights stored in {str(expert.STORED_DTYPE).removeprefix('torch.')} |",

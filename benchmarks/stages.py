@@ -1,5 +1,5 @@
-"""Time each stage of prediction on one file: decode, log-mel, Whisper, BERT, face detection, face CNN,
-audio CNN, fusion.
+"""Time each stage of prediction on one file: decode, log-mel, Whisper, BERT, face detection, and the model's own
+stages (face CNN, audio CNN, fusion; or Whisper states and the experts).
 
     python benchmarks/stages.py ../shared/data/av-clips/ravdess/01-01-01-01-01-01-01.mp4 --repeats 5
 
@@ -23,7 +23,21 @@ from fusion.media import DEFAULT_FPS
 from fusion.model import FusionConfig, FusionModel
 from fusion.predictor import Predictor
 
-STAGES = ("decode", "log_mel", "whisper", "bert", "face_detection", "face_cnn", "audio_cnn", "fusion")
+# stages in pipeline order; a cross-attention checkpoint runs the CNNs and fusion, an experts bundle
+# (the default model) the Whisper states and the experts
+STAGES = (
+    "decode",
+    "vad",
+    "log_mel",
+    "whisper",
+    "whisper_states",
+    "bert",
+    "face_detection",
+    "face_cnn",
+    "audio_cnn",
+    "fusion",
+    "experts",
+)
 
 
 def main() -> None:
@@ -56,7 +70,7 @@ def main() -> None:
     print(f"median of {args.repeats} predictions after a warm-up:")
     print(f"| {'stage':<15} | {'seconds':>8} |")
     print(f"|{'-' * 17}|{'-' * 10}|")
-    for stage in (*STAGES, "total"):
+    for stage in (*[s for s in STAGES if any(s in run for run in runs)], "total"):
         seconds = statistics.median(run.get(stage, 0.0) for run in runs)
         print(f"| {stage:<15} | {seconds:8.4f} |")
     total = statistics.median(run["total"] for run in runs)

@@ -48,6 +48,12 @@ NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 
+
+def keep_window(avg_logprob: float, compression_ratio: float) -> bool:
+    """Whether a decoded Whisper window's text is kept (see LOGPROB_THRESHOLD and COMPRESSION_RATIO_THRESHOLD)."""
+    return avg_logprob >= LOGPROB_THRESHOLD and compression_ratio <= COMPRESSION_RATIO_THRESHOLD
+
+
 BATCH_SIZE = 16  # sequences (utterances or chunks of them) per BERT forward pass
 
 
@@ -112,7 +118,7 @@ class Transcriber:
         previous_start = 0.0
         for segment in result["segments"]:
             # A window Whisper would have re-decoded at a higher temperature (see LOGPROB_THRESHOLD).
-            if segment["avg_logprob"] < LOGPROB_THRESHOLD or segment["compression_ratio"] > COMPRESSION_RATIO_THRESHOLD:
+            if not keep_window(segment["avg_logprob"], segment["compression_ratio"]):
                 continue
             raw = [word for word in segment["words"] if word["word"].strip()]
             words = []

@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"fusion.experts.{modality}")
         module.add_arguments(experts.add_parser(modality, help=module.__doc__.splitlines()[0]))
 
+    bundle = commands.add_parser(
+        "bundle", help="combine trained experts into one model, each calibrated on its own validation data"
+    )
+    importlib.import_module("fusion.experts.bundle").add_arguments(bundle)
+
     score = commands.add_parser(
         "score", help="score many recordings into one table (resumable; bad files go to an errors table)"
     )
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "ablate": _ablate,
         "score": _score,
         "train-expert": lambda args: importlib.import_module(f"fusion.experts.{args.modality}").run(args),
+        "bundle": lambda args: importlib.import_module("fusion.experts.bundle").run(args),
     }
     try:
         return commands_by_name[args.command](args)

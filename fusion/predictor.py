@@ -24,12 +24,14 @@ import torch
 
 from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments, pad_streams
 from encoders.audio import TOKEN_STRIDE
-from encoders.loading import TEXT_ENV, WHISPER_ENV, choose_model
+from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, TEXT_ENV, WHISPER_ENV, choose_model
 from encoders.runtime import autocast, pick_device
 from encoders.vad import speech_at
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
+from fusion.experts.bundle import ExpertBundle, bundle_digest, is_bundle, read_bundle_config
 from fusion.features import FeatureExtractor, RecordingFeatures
+from fusion.media import DEFAULT_FPS
 from fusion.memory import release_free_memory
 from fusion.model import MODALITIES, FusionBatch, FusionModel, modalities_present
 from fusion.streaming import CHUNK_S
@@ -124,7 +126,21 @@ class Predictor:
     ):
         self.device = pick_device(device)
         self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
-        self.checkpoint = checkpoints.load(resolve_checkpoint(checkpoint), device=self.device)
+        path = resolve_checkpoint(checkpoint)
+        if is_bundle(path):  # the experts fused late (the shipped default model)
+            self.bundle: ExpertBundle | None = ExpertBundle.load(path, text_model=text_model, device=self.device)
+            self.checkpoint, self.model = None, None
+            self.extractor = FeatureExtractor(
+                whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL),
+                text_model=choose_model(text_model, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL),
+                face_model=face_model,
+                fps=DEFAULT_FPS,
+                device=self.device,
+                whisper_blocks=self.bundle.whisper_block,
+            )
+            return
+        self.bundle = None
+        self.checkpoint = checkpoints.load(path, device=self.device)
         self.model: FusionModel = self.checkpoint.model
         self.extractor = FeatureExtractor(
             whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=self.checkpoint.encoders.whisper),
@@ -141,7 +157,16 @@ class Predictor:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return self.model.config.labels
+        return self.bundle.labels if self.bundle is not None else self.model.config.labels
+
+    @property
+    def model_id(self) -> str:
+        """sha256 prefix of the loaded model's weights (and, for a bundle, its configs)."""
+        return self.bundle.id if self.bundle is not None else self.checkpoint.id
+
+    @property
+    def model_path(self) -> Path | None:
+        return self.bundle.path if self.bundle is not None else self.checkpoint.path
 
     def predict(
         self, path: str | os.PathLike, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
@@ -173,6 +198,8 @@ class Predictor:
         A segment is fused once every token its cross-attention can reach (context_s either side) has been
         encoded, so the result does not depend on where the chunks were cut.
         """
+        if self.bundle is not None:
+            return self._predict_with_experts(pieces, segments=segments, window_s=window_s, timings=timings)
         context = self.model.config.context_s
         path, end, modalities, damaged = None, 0.0, set(), []
         buffered: dict[str, Stream] | None = None
@@ -202,6 +229,31 @@ class Predictor:
         timeline = pd.concat(parts, ignore_index=True)
         summary = self._summary(timeline, modalities)
         return Prediction(path, end, self.labels, timeline, summary, timings, damaged)
+
+    def _predict_with_experts(
+        self, pieces: Iterable[RecordingFeatures], *, segments: str, window_s: float, timings: dict[str, float]
+    ) -> Prediction:
+        """The bundle's path: each segment is scored by the experts from what lies inside it, so each piece
+        (chunk) is done once its features are extracted."""
+        path, end, modalities, damaged, parts = None, 0.0, set(), [], []
+        for piece in pieces:
+            release_free_memory()
+            path, end = piece.path, piece.start + piece.duration
+            modalities.update(piece.modalities)
+            damaged += piece.damaged
+            timeline = make_segments(
+                piece.utterances, piece.duration, start=piece.start, mode=segments, window_s=window_s
+            )
+            start = time.perf_counter()
+            experts = self.bundle.segment_probabilities(piece, timeline)
+            fused = self.bundle.fuse(experts)
+            present = np.stack([~np.isnan(experts[m]).any(1) for m in MODALITIES], 1)
+            _add(timings, "experts", start)
+            parts.append(self._rows(timeline, fused, present, _face_frames(piece)))
+        if not modalities:
+            raise NoModalityError(path, "no audio track and no face in any sampled frame")
+        timeline = pd.concat(parts, ignore_index=True)
+        return Prediction(path, end, self.labels, timeline, self._summary(timeline, modalities), timings, damaged)
 
     def _encode(self, features: RecordingFeatures, timings: dict[str, float]) -> dict[str, Stream]:
         """Run the trainable encoders over a recording (or chunk) once: audio tokens and face embeddings."""
@@ -306,6 +358,14 @@ def _add(timings: dict[str, float], stage: str, since: float) -> None:
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - since
 
 
+def _face_frames(piece: RecordingFeatures) -> Stream:
+    """The sampled frames' times and whether each shows a face (no pixels), for _face_share."""
+    if piece.face_times is None:
+        return Stream.empty(1)
+    times = torch.from_numpy(piece.face_times).float()
+    return Stream(torch.zeros(len(times), 1), times, torch.from_numpy(piece.face_present))
+
+
 def _face_share(faces: Stream, segment: Segment) -> float:
     """Share of the sampled frames inside the segment that show a face; NaN without sampled frames there."""
     inside = (faces.times >= segment.start) & (faces.times < segment.end)
@@ -318,12 +378,21 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
         return Path(checkpoint)
     if os.environ.get(CHECKPOINT_ENV):
         return Path(os.environ[CHECKPOINT_ENV])
-    if (DEFAULT_CHECKPOINT / checkpoints.CONFIG_FILE).is_file():
+    if (DEFAULT_CHECKPOINT / checkpoints.CONFIG_FILE).is_file() or is_bundle(DEFAULT_CHECKPOINT):
         return DEFAULT_CHECKPOINT
     raise CheckpointError(
         "No checkpoint given and no default model is installed with this package. Pass checkpoint=PATH "
         f"(command line: --checkpoint PATH) or set {CHECKPOINT_ENV}=PATH to a folder written by fusion training."
     )
+
+
+def model_id(checkpoint: str | os.PathLike) -> str:
+    """The id a Predictor of this checkpoint reports (Predictor.model_id), read without loading any model."""
+    path = Path(checkpoint)
+    if is_bundle(path):
+        read_bundle_config(path)  # a malformed experts.json stops here, with its CheckpointError
+        return bundle_digest(path)
+    return checkpoints.load(path).id
 
 
 def load(checkpoint: str | os.PathLike | None = None, **options) -> Predictor:

@@ -43,10 +43,9 @@ import torch
 from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
-from fusion import checkpoint as checkpoints
 from fusion.errors import MediaError, NoModalityError, OutputError, check_writable
 from fusion.orphans import exit_with_parent
-from fusion.predictor import Predictor, resolve_checkpoint
+from fusion.predictor import Predictor, model_id, resolve_checkpoint
 
 MEDIA_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .wmv .ts .wav .flac .mp3 .m4a .aac .ogg .opus".split()
@@ -194,7 +193,7 @@ def score_file(path: str, options: ScoreOptions) -> dict:
         # seconds that failed to decode, as "1.47-1.58 1.64-1.77" (see Prediction.damaged); empty when intact
         "damaged": " ".join(f"{start:.2f}-{end:.2f}" for start, end in prediction.damaged),
         **{c: sum(prediction.timings.get(s, 0.0) for s in stages) for c, stages in STAGE_COLUMNS.items()},
-        "checkpoint": predictor.checkpoint.id,
+        "checkpoint": predictor.model_id,
     }
     return {
         "file": path,
@@ -251,9 +250,9 @@ def _score(inputs, out: Path, options: ScoreOptions, workers: int, engine: str, 
     # Loaded first, so that a missing or broken model stops the run before any work, with its own error. In this
     # process, the predictor that will score the files; for other processes, only the checkpoint is checked.
     if engine == "local" and workers == 1:
-        checkpoint_id = _predictor(options).checkpoint.id
+        checkpoint_id = _predictor(options).model_id
     else:
-        checkpoint_id = checkpoints.load(resolve_checkpoint(options.checkpoint)).id
+        checkpoint_id = model_id(resolve_checkpoint(options.checkpoint))
     files = find_inputs(inputs)
     keys = {path: file_key(path, checkpoint_id) for path in files}
     parts = out.with_name(out.name + ".parts")

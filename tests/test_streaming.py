@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.long_input import concatenate
 from encoders.face_detection import FaceDetector
@@ -113,11 +114,17 @@ def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute)
     assert abs(len(words[0]) - len(words[1])) <= 0.1 * len(words[0])
 
 
-def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatch):
-    """The CPU's small batches (memory) and the GPU's large ones (padding across chunks) give the same timeline."""
+def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatch, tmp_path):
+    """The CPU's small batches (memory) and the GPU's large ones (padding across chunks) give the same timeline
+    (a cross-attention model's encoders; randomly initialised, for the arithmetic only)."""
+    from fusion import checkpoint as checkpoints
     from fusion import predictor as predictor_module
+    from fusion.model import FusionConfig, FusionModel
 
-    predictor = predictor_module.Predictor()
+    torch.manual_seed(0)
+    names = checkpoints.EncoderNames("tiny.en", "sentence-transformers/all-MiniLM-L6-v2")
+    folder = checkpoints.save(checkpoints.Checkpoint(FusionModel(FusionConfig()).eval(), names, fps=5.0), tmp_path)
+    predictor = predictor_module.Predictor(folder)
     features = predictor.extractor(one_minute)  # 60 s: two 30 s audio CNN chunks, about 300 face crops
     results = []
     for audio_batch, face_batch in ((1, 7), (8, 256)):

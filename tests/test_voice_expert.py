@@ -226,7 +226,7 @@ def test_streamed_chunks_give_the_whole_recordings_states_up_to_window_context(w
 def test_the_shipped_voice_expert_loads_and_predicts_a_real_clip(speech_features):
     from pathlib import Path
 
-    folder = Path(voice.__file__).resolve().parents[1] / "checkpoints" / "voice"
+    folder = Path(voice.__file__).resolve().parents[1] / "checkpoints" / "default" / "voice"
     model = VoiceExpert.load(folder)
     assert model.config.whisper_blocks == (3,) and model.config.members == 3 and model.config.labels == VOICE_LABELS
     probabilities = predict_proba(model, speech_features[0][:8])

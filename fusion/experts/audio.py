@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
@@ -36,7 +35,13 @@ from encoders.runtime import autocast, pick_device
 from fusion.augment import AugmentConfig, augment_mel
 from fusion.cache import CacheReport, read_entry
 from fusion.errors import CheckpointError, FusionError, MediaError
-from fusion.experts.state import load_training_state, save_training_state, save_weights, write_atomic
+from fusion.experts.state import (
+    load_training_state,
+    load_weights,
+    save_training_state,
+    save_weights,
+    write_atomic,
+)
 from fusion.labels import EMOTIONS
 from fusion.metrics import score
 
@@ -205,7 +210,7 @@ class VoiceExpert(nn.Module):
             config = json.loads((directory / CONFIG_FILE).read_text())
             model_config = config["model"]
             model = cls(VoiceConfig(**model_config | {k: tuple(model_config[k]) for k in ("labels", "whisper_blocks")}))
-            model.load_state_dict(load_file(directory / WEIGHTS_FILE))
+            model.load_state_dict(load_weights(directory / WEIGHTS_FILE))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
             raise CheckpointError(f"{directory}: not a readable voice expert ({error})") from error
         return model.to(device).eval()

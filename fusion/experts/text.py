@@ -35,7 +35,7 @@ from torch import nn
 from encoders.loading import DEFAULT_TEXT_MODEL, TEXT_ENV, choose_model, portable_name
 from encoders.runtime import pick_device
 from fusion.errors import CheckpointError
-from fusion.experts.state import load_training_state, save_training_state, save_weights, write_atomic
+from fusion.experts.state import load_training_state, load_weights, save_training_state, save_weights, write_atomic
 from fusion.labels import EMOTIONS
 
 FORMAT_VERSION = 1
@@ -83,6 +83,11 @@ class TextExpertConfig:
     # Ensemble member: members of one seed share its validation split, and member m > 0 draws its initialisation,
     # batch order and dropout from seed + MEMBER_SEED_STEP * m (member 0 is the single expert of that seed).
     member: int = 0
+    # Knowledge distillation (Hinton et al., 2015): a text expert or ensemble folder whose probabilities on the
+    # training utterances are soft targets; the loss is (1 - distill_weight) x cross-entropy with the labels plus
+    # distill_weight x cross-entropy with the teacher's probabilities. None trains on the labels alone.
+    teacher: str | None = None
+    distill_weight: float = 0.5
 
     @property
     def training_seed(self) -> int:
@@ -333,7 +338,6 @@ def save_checkpoint(model: TextExpertModel, config: TextExpertConfig, base: str,
 def read_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """-> (config.json's contents, model.safetensors' tensors); CheckpointError when either is missing or bad."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     directory = Path(directory)
     for required in (WEIGHTS_FILE, CONFIG_FILE):
@@ -341,7 +345,7 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
             raise CheckpointError(f"{directory}: not a text expert checkpoint, {required} is missing")
     try:
         meta = json.loads((directory / CONFIG_FILE).read_text())
-        weights = load_file(directory / WEIGHTS_FILE)
+        weights = load_weights(directory / WEIGHTS_FILE)
     except (json.JSONDecodeError, SafetensorError, OSError) as error:
         raise CheckpointError(f"{directory}: cannot read the text expert ({error})") from error
     if meta.get("format_version") != FORMAT_VERSION or meta.get("labels") != list(EMOTIONS):
@@ -510,6 +514,11 @@ def train_text_expert(
     encoded = encode(tokenizer, items, config.max_tokens, cache=cache)
     train_set, val_set = [encoded[i] for i in train_idx], [encoded[i] for i in val_idx]
     train_labels = torch.tensor([items[i].label for i in train_idx])
+    if config.teacher is not None:  # soft targets, computed once: (N_train, len(EMOTIONS))
+        teacher = load_expert(config.teacher, text_model=text_model, device=device)
+        soft = torch.from_numpy(teacher.predict_items([items[i] for i in train_idx])).float()
+        train_labels = (train_labels, soft)
+        del teacher
     val_labels = [EMOTIONS[items[i].label] for i in val_idx]
     log(f"text expert ({config.mode}): {len(train_set)} training, {len(val_set)} validation utterances on {device}")
 
@@ -596,14 +605,19 @@ def _optimiser(model: TextExpertModel, config: TextExpertConfig, steps: int):
 
 
 def _train_epoch(model, train_set, labels, batches, optimiser, schedule, pad_id, device, config) -> float:
-    """One pass over batches; -> the mean training loss."""
+    """One pass over batches; -> the mean training loss. labels: (N,) class indices, or with config.teacher a pair
+    of those and (N, len(EMOTIONS)) teacher probabilities."""
     model.train()
     total = 0.0
     for indices in batches:
         batch = {k: v.to(device) for k, v in collate([train_set[i] for i in indices], pad_id).items()}
         with _autocast(device, config.precision):
             logits = model(batch)
-        loss = nn.functional.cross_entropy(logits, labels[indices].to(device), label_smoothing=config.label_smoothing)
+        hard = labels[0] if config.teacher is not None else labels
+        loss = nn.functional.cross_entropy(logits, hard[indices].to(device), label_smoothing=config.label_smoothing)
+        if config.teacher is not None:
+            soft = nn.functional.cross_entropy(logits, labels[1][indices].to(device))
+            loss = (1 - config.distill_weight) * loss + config.distill_weight * soft
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -642,6 +656,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="train an ensemble of this many members, one folder each (default 1)",
     )
+    parser.add_argument("--teacher", help="text expert or ensemble folder to distil from (soft targets)")
+    parser.add_argument("--distill-weight", type=float, default=defaults.distill_weight)
     parser.add_argument("--text-model", help="base BERT model (default $FUSION_TEXT_MODEL, else all-MiniLM-L6-v2)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--cache", help="folder for the tokenised data")
@@ -661,6 +677,8 @@ def config_from_args(args: argparse.Namespace) -> TextExpertConfig:
         context=args.context,
         precision=args.precision,
         seed=args.seed,
+        teacher=args.teacher,
+        distill_weight=args.distill_weight,
     )
 
 

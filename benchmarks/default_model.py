@@ -1,0 +1,317 @@
+"""The default model (an experts bundle, fusion.experts.bundle): build it from the three experts, calibrate it, and
+score it on every corpus beside the 30-line baselines, in one run.
+
+    python -m benchmarks.default_model --voice fusion/checkpoints/default/voice \
+        --text ../cache/text/runs/lora-distilled-0 ../cache/text/runs/lora-distilled-0-member1 ... \
+        --face fusion/checkpoints/default/face --build fusion/checkpoints/default --out benchmarks/results/default_model
+
+Building (--build): each expert's temperature is fitted on that expert's own validation data (face: the stratified
+10% of FER2013 Training its training held out; text: the dialogue-disjoint 10% of MELD train that chose its epoch).
+The voice expert trained on every RAVDESS and nEMO speaker, so no held-out speech is left for its temperature: it
+stays 1. Weights stay 1: no corpus here labels two modalities of the same moment, so there is nothing to fit them on.
+
+Scoring: FER2013 PublicTest through the bundle's face path and MELD dev through its text path (the code
+fusion.predict runs per segment), each beside its baselines fitted on the same training data with C chosen on the
+same validation data; expected calibration error before and after the temperatures. The real clips go through
+fusion.Predictor.predict, and per subset of modalities (the experts present pooled), the clip-level accuracy: what
+text and video add to the voice. RAVDESS: the shipped voice expert heard every RAVDESS speaker, so its
+speaker-independent figure is its recipe's on held-out speakers (benchmarks/results/voice_expert/ravdess_ensemble).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignment import make_segments
+from benchmarks.child import describe_machine
+from benchmarks.face_expert import baselines as face_baselines
+from benchmarks.meld_text_expert import logistic_regression
+from fusion.datasets import from_spec, image_folder, meld
+from fusion.experts import bundle as bundle_module
+from fusion.experts import face as face_expert
+from fusion.experts import text as text_expert
+from fusion.experts.bundle import BUNDLE_FILE, ExpertBundle
+from fusion.experts.late_fusion import expected_calibration_error
+from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, ravdess_fields
+from fusion.metrics import score
+from fusion.model import MODALITIES
+
+VOICE_RECIPE = Path("benchmarks/results/voice_expert/ravdess_ensemble/results.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voice", help="voice expert checkpoint folder")
+    parser.add_argument("--text", nargs="+", default=[], help="text expert folders (several: an ensemble)")
+    parser.add_argument("--face", help="face expert checkpoint folder")
+    parser.add_argument(
+        "--voice-data", action="append", default=[], help="the voice expert's training data, KIND=PATH (its prior)"
+    )
+    parser.add_argument("--build", help="write the bundle here (else --checkpoint is scored as it is)")
+    parser.add_argument(
+        "--face-views",
+        choices=face_expert.VIEWS,
+        default="flip",
+        help="the bundle's test-time face views (default flip: 2 passes per crop; shifts costs 10)",
+    )
+    parser.add_argument("--checkpoint", default="fusion/checkpoints/default", help="bundle to score without --build")
+    parser.add_argument("--fer-train", default="../shared/data/fer2013/train")
+    parser.add_argument("--fer-test", default="../shared/data/fer2013/validation", help="FER2013 PublicTest")
+    parser.add_argument("--meld-train", default="../shared/data/meld-text/train_sent_emo.csv")
+    parser.add_argument("--meld-dev", default="../shared/data/meld-text/dev_sent_emo.csv")
+    parser.add_argument("--clips", default="../shared/data/av-clips")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/default_model")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    report = {"command": " ".join(["python -m benchmarks.default_model", *sys.argv[1:]]), "machine": describe_machine()}
+
+    fer_train, fer_test = image_folder(args.fer_train).examples, image_folder(args.fer_test).examples
+    meld_train, meld_dev = meld(args.meld_train).examples, meld(args.meld_dev).examples
+    if args.build:
+        report["build"] = build(args, fer_train, meld_train)
+    folder = Path(args.build or args.checkpoint)
+    bundle = ExpertBundle.load(folder)
+    report["bundle"] = {
+        "folder": str(folder),
+        "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        "config": json.loads((folder / BUNDLE_FILE).read_text()),
+    }
+    report["fer2013"] = score_faces(bundle, fer_train, fer_test)
+    report["meld"] = score_text(bundle, meld_train, meld_dev)
+    report["clips"] = score_clips(folder, Path(args.clips))
+    if VOICE_RECIPE.is_file():
+        recipe = json.loads(VOICE_RECIPE.read_text())
+        report["ravdess_recipe"] = {"command": recipe["command"], "summary": recipe["summary"]}
+    report["wall_seconds"] = time.perf_counter() - started
+    write(report, Path(args.out))
+
+
+# ------------------------------------------------------------------------------------------------------- building
+
+
+def build(args, fer_train, meld_train) -> dict:
+    """fusion bundle's calibration and assembly (fusion.experts.bundle.build) into args.build."""
+    return bundle_module.build(
+        args.build,
+        voice=args.voice,
+        text=args.text,
+        face=args.face,
+        face_examples=fer_train,
+        text_examples=meld_train,
+        voice_examples=[e for spec in args.voice_data for e in from_spec(spec).examples if "audio" in e.modalities],
+        face_views=args.face_views,
+    )
+
+
+def _indices(labels) -> np.ndarray:
+    return np.array([EMOTIONS.index(label) for label in labels])
+
+
+# -------------------------------------------------------------------------------------------------------- scoring
+
+
+def _scores(labels, probabilities: np.ndarray) -> dict:
+    return score(list(labels), [EMOTIONS[i] for i in probabilities.argmax(1)], EMOTIONS).as_dict() | {
+        "ece": expected_calibration_error(probabilities, _indices(labels))
+    }
+
+
+def score_faces(bundle: ExpertBundle, train, test) -> dict:
+    """PublicTest through the bundle's face path, beside pixels + LR and HOG + LR."""
+    labels = [e.label for e in test]
+    images = face_expert.read_faces([e.path for e in test])
+    raw = face_expert.predict_proba(bundle.face, images, views=bundle.face_views)
+    out = {
+        "n": len(test),
+        "expert": _scores(labels, raw),
+        "default_model": _scores(labels, bundle.fuse({"video": raw})),
+    }
+    train_labels = [e.label for e in train]
+    fit_rows, held_rows = face_expert.stratified_split(train_labels, fraction=0.1, seed=0)
+    train_images = face_expert.read_faces([e.path for e in train])
+    out["baselines"] = face_baselines(train_images, train_labels, fit_rows, held_rows, images, labels)
+    return out
+
+
+def score_text(bundle: ExpertBundle, train, dev) -> dict:
+    """MELD dev through the bundle's text path, beside TF-IDF + LR fitted on the same part of MELD train."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    labels = [e.label for e in dev]
+    raw = bundle.text.predict_proba([e.text.strip() for e in dev])
+    out = {"n": len(dev), "expert": _scores(labels, raw), "default_model": _scores(labels, bundle.fuse({"text": raw}))}
+    config = (bundle.text.members[0] if hasattr(bundle.text, "members") else bundle.text).config
+    items = text_expert.items_from_examples(train, context=False)
+    keep, held = text_expert.split_by_dialogue(items, config.validation_fraction, config.seed)
+    y = np.array([e.label for e in train])
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit([train[i].text for i in keep])
+    words, dev_words = tfidf.transform([e.text for e in train]), tfidf.transform([e.text for e in dev])
+    out["baselines"] = {"tfidf_lr": logistic_regression(words[keep], y[keep], words[held], y[held], dev_words, dev)}
+    return out
+
+
+def score_clips(folder: Path, clips: Path) -> dict:
+    """Every RAVDESS-named clip through fusion.Predictor.predict, and the clip label of each subset of the experts
+    (segment probabilities pooled over the subset, then averaged over the clip weighted by segment duration)."""
+    from fusion.predictor import Predictor
+
+    paths = sorted(p for p in clips.rglob("*.mp4") if p.name.count("-") == 6)
+    predictor = Predictor(folder)
+    subsets = [s for r in range(1, 4) for s in itertools.combinations(MODALITIES, r)]
+    rows, truth = [], []
+    for path in paths:
+        label = canonical("ravdess", RAVDESS_CODES[ravdess_fields(path.name)["emotion"]])
+        truth.append(label)
+        started = time.perf_counter()
+        prediction = predictor.predict(path)
+        seconds = time.perf_counter() - started
+        features = predictor.extractor(path)
+        segments = make_segments(features.utterances, features.duration)
+        experts = predictor.bundle.segment_probabilities(features, segments)
+        weights = np.array([s.end - s.start for s in segments])
+        by_subset = {}
+        for subset in subsets:
+            pooled = predictor.bundle.fuse({m: experts[m] for m in subset})
+            keep = ~np.isnan(pooled).any(1)
+            if keep.any():
+                clip = (pooled[keep] * weights[keep, None]).sum(0) / weights[keep].sum()
+                by_subset["+".join(subset)] = EMOTIONS[int(clip.argmax())]
+        rows.append(
+            {
+                "clip": path.relative_to(clips).as_posix(),
+                "label": label,
+                "predicted": prediction.summary["label"],
+                "modalities": prediction.summary["modalities"],
+                "seconds": seconds,
+                "by_subset": by_subset,
+            }
+        )
+    predictor.extractor.close()
+    accuracy = {
+        "+".join(s): float(np.mean([r["by_subset"].get("+".join(s)) == r["label"] for r in rows])) for s in subsets
+    }
+    counted = {"+".join(s): sum("+".join(s) in r["by_subset"] for r in rows) for s in subsets}
+    return {
+        "n": len(rows),
+        "accuracy": float(np.mean([r["predicted"] == r["label"] for r in rows])),
+        "by_subset": accuracy,
+        "clips_with_subset": counted,
+        "per_clip": rows,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- report
+
+
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def _row(name: str, s: dict, *, metric: str) -> str:
+    ece = f"{100 * s['ece']:.1f}" if "ece" in s else ""
+    return (
+        f"| {name} | {100 * s[metric]:.1f} | {100 * s['ua']:.1f} | {100 * s['wa']:.1f} | {100 * s['macro_f1']:.1f} | "
+        f"{ece} |"
+    )
+
+
+def markdown(report: dict) -> str:
+    bundle = report["bundle"]
+    calibration = bundle["config"].get("calibration", {})
+    lines = [
+        "# The default model: the experts, calibrated and fused late",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}  ",
+        f"Wall time: {report['wall_seconds'] / 60:.1f} min  ",
+        f"Bundle: `{bundle['folder']}`, {bundle['bytes'] / 1e6:.1f} MB in all",
+        "",
+        "Temperatures (fitted on each expert's validation data, never on the scored sets): "
+        + ", ".join(f"{m} {t:.2f}" for m, t in bundle["config"]["late_fusion"]["temperatures"].items())
+        + (f"; audio 1 ({calibration['audio']['why']})" if "audio" in calibration else "")
+        + ". Weights: "
+        + ", ".join(f"{m} {w:g}" for m, w in bundle["config"]["late_fusion"]["weights"].items())
+        + ". ECE = expected calibration error (15 equal-width confidence bins), in points.",
+        "",
+        "Class priors divided out when experts pool (fusion/experts/late_fusion.py; "
+        + ", ".join(EMOTIONS)
+        + "): "
+        + "; ".join(
+            f"{m} " + " ".join(f"{100 * x:.0f}" for x in p)
+            for m, p in bundle["config"]["late_fusion"]["priors"].items()
+        )
+        + " (%).",
+        "",
+    ]
+    for corpus, title, metric in (
+        ("fer2013", "FER2013 PublicTest (face only), accuracy = WA", "wa"),
+        ("meld", "MELD dev (text only), weighted F1", "weighted_f1"),
+    ):
+        part = report[corpus]
+        lines += [
+            f"## {title}: {part['n']} examples",
+            "",
+            f"| system | {'accuracy' if metric == 'wa' else 'weighted F1'} | UA | WA | macro-F1 | ECE |",
+            "|---|---|---|---|---|---|",
+            _row("default model (calibrated)", part["default_model"], metric=metric),
+            _row("the expert alone (uncalibrated)", part["expert"], metric=metric),
+        ]
+        lines += [_row(f"baseline: {n}", s.get("test", s), metric=metric) for n, s in part["baselines"].items()]
+        best = max(s.get("test", s)[metric] for s in part["baselines"].values())
+        lines += ["", f"Margin over the best baseline: {100 * (part['default_model'][metric] - best):+.1f} points.", ""]
+    if "ravdess_recipe" in report:
+        lines += [
+            "## RAVDESS (voice only), speaker-independent: the voice expert's recipe on held-out speakers",
+            "",
+            f"From `{VOICE_RECIPE}` (command: `{report['ravdess_recipe']['command'][:200]}...`):",
+            "",
+            "| system | UA (8 classes) | WA |",
+            "|---|---|---|",
+        ]
+        for system, s in report["ravdess_recipe"]["summary"].items():
+            lines.append(
+                f"| {system} | {100 * s['ua']['mean']:.1f} ± {100 * s['ua']['std']:.1f} | "
+                f"{100 * s['wa']['mean']:.1f} ± {100 * s['wa']['std']:.1f} |"
+            )
+        lines.append("")
+    clips = report["clips"]
+    lines += [
+        f"## Real clips through fusion.predict: {clips['n']} RAVDESS audio-visual clips",
+        "",
+        f"Clip accuracy of fusion.predict: {100 * clips['accuracy']:.1f}%. By subset of the experts pooled "
+        "(clip accuracy over all clips; a clip lacking every modality of a subset counts as wrong):",
+        "",
+        "| experts | clip accuracy | clips with them |",
+        "|---|---|---|",
+    ]
+    for subset, accuracy in clips["by_subset"].items():
+        lines.append(f"| {subset} | {100 * accuracy:.1f} | {clips['clips_with_subset'][subset]} |")
+    lines += [
+        "",
+        "| clip | label | fusion.predict | audio | audio+text | audio+text+video | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in clips["per_clip"]:
+        s = r["by_subset"]
+        lines.append(
+            f"| {r['clip']} | {r['label']} | {r['predicted']} | {s.get('audio', '')} | {s.get('audio+text', '')} | "
+            f"{s.get('audio+text+video', '')} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

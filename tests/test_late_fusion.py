@@ -1,0 +1,86 @@
+"""Late fusion arithmetic: calibration, weights, missing modalities (synthetic probabilities, no models)."""
+
+import numpy as np
+import pytest
+
+from fusion.experts.late_fusion import (
+    LateFusion,
+    expected_calibration_error,
+    fit_temperature,
+    fit_weights,
+)
+
+C = 7
+
+
+def _probabilities(labels, *, accuracy, confidence, rng):
+    """Rows whose argmax is the label with probability `accuracy`, with `confidence` on the argmax."""
+    n = len(labels)
+    guess = np.where(rng.random(n) < accuracy, labels, rng.integers(0, C, n))
+    p = np.full((n, C), (1 - confidence) / (C - 1))
+    p[np.arange(n), guess] = confidence
+    return p
+
+
+def test_weights_favour_the_modality_that_carries_the_label():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, C, 2000)
+    probabilities = {
+        "audio": _probabilities(labels, accuracy=0.9, confidence=0.6, rng=rng),
+        "text": _probabilities(labels, accuracy=0.2, confidence=0.6, rng=rng),  # about chance (1/7 + ...)
+        "video": _probabilities(labels, accuracy=0.5, confidence=0.6, rng=rng),
+    }
+    weights = fit_weights(probabilities, labels)
+    assert weights["audio"] > weights["video"] > weights["text"]
+    pooled = LateFusion(weights=weights)(probabilities)
+    assert (pooled.argmax(1) == labels).mean() >= (probabilities["audio"].argmax(1) == labels).mean() - 0.01
+
+
+def test_one_modality_keeps_the_experts_decisions_and_absent_rows_are_nan():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, C, 500)
+    face = _probabilities(labels, accuracy=0.6, confidence=0.5, rng=rng)
+    audio = np.full_like(face, np.nan)
+    audio[:100] = _probabilities(labels[:100], accuracy=0.6, confidence=0.5, rng=rng)
+    face[:50] = np.nan  # rows 0-49: audio only; 50-99 both; 100-: face only
+    fusion = LateFusion(temperatures={"video": 2.0, "audio": 0.5}, weights={"video": 1.0, "audio": 3.0})
+    pooled = fusion({"video": face, "audio": audio, "text": None})
+    np.testing.assert_allclose(pooled.sum(1), 1.0)
+    np.testing.assert_array_equal(pooled[100:].argmax(1), face[100:].argmax(1))
+    np.testing.assert_array_equal(pooled[:50].argmax(1), audio[:50].argmax(1))
+    empty = fusion({"video": np.full((2, C), np.nan)})
+    assert np.isnan(empty).all()
+    assert LateFusion.from_dict(fusion.to_dict()) == fusion
+
+
+def test_a_fitted_temperature_cools_overconfident_probabilities():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, C, 3000)
+    overconfident = _probabilities(labels, accuracy=0.5, confidence=0.95, rng=rng)
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature > 1.5
+    calibrated = LateFusion(temperatures={"video": temperature})({"video": overconfident})
+    assert expected_calibration_error(calibrated, labels) < 0.05 < expected_calibration_error(overconfident, labels)
+
+
+def test_ece_of_perfectly_calibrated_probabilities_is_small():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, C, 20000)
+    # right 65% of the time, plus the random guesses that hit the label by chance (1 in 7 of the other 35%)
+    p = _probabilities(labels, accuracy=0.65, confidence=0.65 + 0.35 / C, rng=rng)
+    assert expected_calibration_error(p, labels) == pytest.approx(0.0, abs=0.02)
+
+
+def test_an_expert_that_only_repeats_its_prior_does_not_move_the_others_decisions():
+    """The prior is counted once: a text expert that always answers its training prior (47% neutral, like MELD)
+    adds no evidence, so the pooled decisions are the voice expert's; without its prior it would pull to neutral."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, C, 1000)
+    voice = _probabilities(labels, accuracy=0.7, confidence=0.35, rng=rng)
+    prior = np.full(C, 0.53 / (C - 1))
+    prior[6] = 0.47
+    text = np.tile(prior, (len(labels), 1))
+    with_prior = LateFusion(priors={"text": prior.tolist()})({"audio": voice, "text": text})
+    np.testing.assert_array_equal(with_prior.argmax(1), voice.argmax(1))
+    without = LateFusion()({"audio": voice, "text": text})
+    assert (without.argmax(1) == 6).mean() > (voice.argmax(1) == 6).mean() + 0.2
