@@ -40,7 +40,7 @@ from fusion.experts import face as face_expert
 from fusion.experts import text as text_expert
 from fusion.experts.bundle import BUNDLE_FILE, ExpertBundle
 from fusion.experts.late_fusion import expected_calibration_error
-from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, ravdess_fields
+from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, label_indices, ravdess_fields
 from fusion.metrics import score
 from fusion.model import MODALITIES
 
@@ -113,16 +113,12 @@ def build(args, fer_train, meld_train) -> dict:
     )
 
 
-def _indices(labels) -> np.ndarray:
-    return np.array([EMOTIONS.index(label) for label in labels])
-
-
 # -------------------------------------------------------------------------------------------------------- scoring
 
 
 def _scores(labels, probabilities: np.ndarray) -> dict:
     return score(list(labels), [EMOTIONS[i] for i in probabilities.argmax(1)], EMOTIONS).as_dict() | {
-        "ece": expected_calibration_error(probabilities, _indices(labels))
+        "ece": expected_calibration_error(probabilities, label_indices(labels))
     }
 
 

@@ -34,6 +34,19 @@ def concatenate(clips: Sequence[str | os.PathLike], out: str | os.PathLike, *, s
     return offset
 
 
+def copies(clips: Sequence[str | os.PathLike], seconds: float) -> int:
+    """How many clips concatenate(clips, ..., seconds=seconds) copies, in turn: each clip's duration is measured the
+    way concatenate() measures it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        durations = [concatenate([clip], os.path.join(scratch, "one.mp4"), seconds=1e-3) for clip in clips]
+    total, count = 0.0, 0
+    while total < seconds:
+        total, count = total + durations[count % len(durations)], count + 1
+    return count
+
+
 def _copy(source: av.container.InputContainer, output, streams: dict, offset: float) -> float:
     """Copy one clip's audio and video packets, shifted by offset seconds; returns the clip's duration (s)."""
     inputs = [s for s in source.streams if s.type in streams]

@@ -5,8 +5,9 @@
         --out benchmarks/results/repeated_speech.md
 
 Whisper decodes the audio once (in 30 s windows, each on its own, as encoders.text.Transcriber runs it); then each
-rule below keeps or drops every window by its average token log-probability and gzip compression ratio, and the
-words kept are counted against the truth (6 words per clip copied in).
+rule below keeps or drops every segment (a sentence of a window; a window's segments share its average token
+log-probability and gzip compression ratio), and the words kept are counted against the truth (6 words per clip
+copied in).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.child import describe_machine
 from benchmarks.long_input import concatenate
+from benchmarks.long_input import copies as copies_of
 from encoders.text import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcriber, keep_window
 from fusion.media import decode
 
@@ -29,10 +31,9 @@ RULES = {
         not (lp < LOGPROB_THRESHOLD or cr > COMPRESSION_RATIO_THRESHOLD)
     ),
     "drop if log-probability < -1 only": lambda lp, cr: lp >= LOGPROB_THRESHOLD,
-    "drop if log-probability < -1, or compression > 2.4 and log-probability < -0.5": lambda lp, cr: (
-        not (lp < LOGPROB_THRESHOLD or (cr > COMPRESSION_RATIO_THRESHOLD and lp < -0.5))
+    "drop if log-probability < -1, or compression > 2.4 and log-probability < -0.5 (encoders.text.keep_window)": (
+        keep_window
     ),
-    "encoders.text.keep_window (the rule in use)": keep_window,
 }
 
 
@@ -48,7 +49,7 @@ def main() -> None:
         path = Path(scratch) / "long.mp4"
         duration = concatenate(clips, path, seconds=args.minutes * 60)
         audio = decode(path).audio
-    copies = _copies(clips, args.minutes * 60)
+    copies = copies_of(clips, args.minutes * 60)
     transcriber = Transcriber()
     result = transcriber.model.transcribe(
         audio,
@@ -70,32 +71,21 @@ def main() -> None:
         f"Command: `python -m benchmarks.repeated_speech {' '.join(sys.argv[1:])}`  ",
         f"Machine: {describe_machine()}; {(time.perf_counter() - started) / 60:.1f} min  ",
         f"Input: {len(clips)} RAVDESS clips copied {copies} times in turn, {duration / 60:.1f} min; "
-        f"true word count {truth} ({WORDS_PER_CLIP} per copy). Whisper windows: {len(windows)}; with compression "
-        f"ratio above {COMPRESSION_RATIO_THRESHOLD}: {sum(cr > COMPRESSION_RATIO_THRESHOLD for _, cr, _ in windows)}.",
+        f"true word count {truth} ({WORDS_PER_CLIP} per copy). Whisper segments: {len(windows)}; in windows with "
+        f"compression ratio above {COMPRESSION_RATIO_THRESHOLD}: "
+        f"{sum(cr > COMPRESSION_RATIO_THRESHOLD for _, cr, _ in windows)}.",
         "",
-        "| rule | windows kept | words kept | words / true words |",
+        "| rule | segments kept | words kept | words / true words |",
         "|---|---|---|---|",
     ]
     for name, keep in RULES.items():
         kept = [(lp, cr, n) for lp, cr, n in windows if keep(lp, cr)]
         words = sum(n for _, _, n in kept)
         lines.append(f"| {name} | {len(kept)} of {len(windows)} | {words} | {words / truth:.2f} |")
-    lines += ["", "Windows (average log-probability, compression ratio, words):", ""]
+    lines += ["", "Segments (their window's average log-probability and compression ratio, words):", ""]
     lines += [", ".join(f"({lp:.2f}, {cr:.2f}, {n})" for lp, cr, n in windows)]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _copies(clips, seconds: float) -> int:
-    """How many clips concatenate() copies to reach seconds (it repeats them in order until the length is reached),
-    from each clip's duration as concatenate() measures it."""
-    with tempfile.TemporaryDirectory() as scratch:
-        durations = [concatenate([clip], Path(scratch) / "one.mp4", seconds=1e-3) for clip in clips]
-    total, count = 0.0, 0
-    while total < seconds:
-        total += durations[count % len(durations)]
-        count += 1
-    return count
 
 
 if __name__ == "__main__":

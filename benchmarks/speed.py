@@ -195,9 +195,10 @@ def _markdown(rows: list[dict], command: str, machine: str) -> str:
             f"{row['duration_s'] / 60:.1f} min: bare Whisper {row['whisper']['words']}, fusion {row['fusion_words']}"
             for row in rows
         )
-        + ". The clips say two sentences over and over, so most of Whisper's 30 s windows repeat one sentence;",
-        "fusion drops a window whose text compresses more than gzip ratio 2.4 (a decoding loop, to Whisper),",
-        "where bare Whisper keeps it. Whisper does the same work either way; BERT has fewer words to encode.",
+        + ". The clips say one six-word sentence each, over and over (6 words per copy: the truth is in",
+        "benchmarks/results/repeated_speech.md), so Whisper's 30 s windows are repetitive; fusion keeps such a window",
+        "unless it is also decoded with little confidence (encoders.text.keep_window), and transcribes in chunks cut",
+        "at pauses, with voice activity detection.",
     ]
     compared = [row for row in rows if "extract" in row]
     if compared:

@@ -41,17 +41,27 @@ SILENCE_DBFS = -65.0
 # no-speech probability is above NO_SPEECH_THRESHOLD while its average token log-probability is below
 # LOGPROB_THRESHOLD. It would re-decode at a higher temperature a window whose log-probability is below
 # LOGPROB_THRESHOLD or whose text is more repetitive than COMPRESSION_RATIO_THRESHOLD (gzip ratio: a decoding loop);
-# we decode greedily, for repeatable transcripts, and drop such a window instead. On tiny.en this removes the
-# "Thank you." / "for your" that Whisper invents in the quiet after speech (log-probability -1.2 to -2.1), and cost
-# 1 of 120 RAVDESS takes, a misheard one (-1.03: "I can't just talk and buy the door").
+# we decode greedily, for repeatable transcripts, and drop such a window instead (keep_window). On tiny.en this
+# removes the "Thank you." / "for your" that Whisper invents in the quiet after speech (log-probability -1.2 to
+# -2.1), and cost 1 of 120 RAVDESS takes, a misheard one (-1.03: "I can't just talk and buy the door").
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 
 
+# A window more repetitive than COMPRESSION_RATIO_THRESHOLD is dropped only if its log-probability is also below
+# this: a speaker who says the same sentence again and again is transcribed with confidence (the RAVDESS clips
+# copied for 10 minutes: every window's ratio 5.1-9.1, log-probability -0.13 to -0.31, 1,218 words kept for 1,122
+# said; benchmarks/results/repeated_speech.md), while a decoding loop is text the model is unsure of.
+REPEAT_LOGPROB_THRESHOLD = -0.5
+
+
 def keep_window(avg_logprob: float, compression_ratio: float) -> bool:
-    """Whether a decoded Whisper window's text is kept (see LOGPROB_THRESHOLD and COMPRESSION_RATIO_THRESHOLD)."""
-    return avg_logprob >= LOGPROB_THRESHOLD and compression_ratio <= COMPRESSION_RATIO_THRESHOLD
+    """Whether a decoded Whisper window's text is kept: not invented in the quiet (LOGPROB_THRESHOLD) and not a
+    decoding loop (repetitive, COMPRESSION_RATIO_THRESHOLD, and unsure, REPEAT_LOGPROB_THRESHOLD)."""
+    if avg_logprob < LOGPROB_THRESHOLD:
+        return False
+    return compression_ratio <= COMPRESSION_RATIO_THRESHOLD or avg_logprob >= REPEAT_LOGPROB_THRESHOLD
 
 
 BATCH_SIZE = 16  # sequences (utterances or chunks of them) per BERT forward pass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 MODALITIES: tuple[str, ...] = ("audio", "text", "video")  # in this order wherever modalities are listed
 EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 
@@ -128,3 +130,8 @@ def ravdess_label(file_name: str | Path) -> str:
 def ravdess_actor(file_name: str | Path) -> str:
     """Actor id of a RAVDESS file, e.g. ``01-01-06-01-02-01-12.mp4`` -> ``12``."""
     return ravdess_fields(file_name)["actor"]
+
+
+def label_indices(labels) -> np.ndarray:
+    """Canonical labels -> (N,) int64 indices into EMOTIONS."""
+    return np.array([EMOTIONS.index(label) for label in labels], dtype=np.int64)

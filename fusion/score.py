@@ -60,8 +60,9 @@ STAGE_COLUMNS = {
     "seconds_asr": ("whisper",),
     "seconds_text": ("bert",),
     "seconds_face": ("face_detection", "face_cnn"),
-    "seconds_audio": ("log_mel", "audio_cnn"),
-    "seconds_fusion": ("fusion",),
+    "seconds_audio": ("log_mel", "audio_cnn", "whisper_states"),
+    "seconds_fusion": ("fusion",),  # a cross-attention checkpoint's fusion layers
+    "seconds_experts": ("experts",),  # an experts bundle's voice, text and face experts and their pooling
     "seconds_total": ("total",),
 }
 # Environment variables a Ray worker needs to find the same models as this process.

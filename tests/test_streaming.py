@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.long_input import concatenate
+from benchmarks.long_input import concatenate, copies
 from encoders.face_detection import FaceDetector
 from encoders.vad import SpeechDetector
 from fusion import streaming
@@ -97,7 +97,7 @@ def test_decode_worker_is_replaced_when_a_consumer_stops_part_way(one_minute):
         worker.close()
 
 
-def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute):
+def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute, ravdess_clips):
     from fusion.predictor import Predictor
 
     whole = Predictor().predict(one_minute)
@@ -109,9 +109,13 @@ def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute)
         assert (timeline.label != "").all()
         np.testing.assert_allclose(timeline[list(result.labels)].sum(axis=1), 1.0, atol=1e-5)
     assert chunked.summary["modalities"] == whole.summary["modalities"] == ["audio", "text", "video"]
-    # The same words come out whether Whisper saw the minute whole or in chunks cut at quiet moments.
-    words = [" ".join(t.text for t in r.timeline.itertuples() if t.text).split() for r in (whole, chunked)]
-    assert abs(len(words[0]) - len(words[1])) <= 0.1 * len(words[0])
+    # No words are lost whether Whisper saw the minute whole or in chunks cut at quiet moments: each clip copied in
+    # says one six-word sentence. tiny.en repeats the sentence once too often in some confident windows (whole
+    # minute: 132 words for 108 said, in 20 s chunks 108), hence the upper bound's slack.
+    said = 6 * copies(ravdess_clips, 60.0)
+    for result in (whole, chunked):
+        words = " ".join(t.text for t in result.timeline.itertuples() if t.text).split()
+        assert 0.9 * said <= len(words) <= 1.3 * said, (len(words), said)
 
 
 def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatch, tmp_path):

@@ -179,3 +179,26 @@ def test_a_file_that_is_not_a_whisper_checkpoint_names_the_model_and_the_variabl
     with pytest.raises(ModelNotFoundError, match="not a Whisper checkpoint") as error:
         Transcriber(garbage)
     assert str(garbage) in str(error.value) and "FUSION_WHISPER_MODEL" in str(error.value)
+
+
+def test_a_speaker_who_repeats_a_sentence_keeps_its_words(transcriber, ravdess_clips, tmp_path):
+    """Six takes of one six-word sentence back to back (about 20 s, one Whisper window): the window is highly
+    repetitive (gzip ratio far above 2.4) but confidently decoded, so its words are kept, not dropped as a loop.
+    tiny.en writes the sentence once too often here (42 words for 36 said), hence the upper bound's slack."""
+    from benchmarks.long_input import concatenate
+    from fusion.media import decode
+
+    take = concatenate([ravdess_clips[0]], tmp_path / "one.mp4", seconds=1e-3)  # one copy: its duration
+    path = tmp_path / "six.mp4"
+    concatenate([ravdess_clips[0]], path, seconds=5.5 * take)  # copies until 5.5 takes long: six copies
+    words = [w for u in transcriber.transcribe(decode(path).audio) for w in u.words]
+    assert 0.9 * 36 <= len(words) <= 1.3 * 36, len(words)
+
+
+def test_keep_window_drops_invented_text_and_decoding_loops_only():
+    from encoders.text import keep_window
+
+    assert keep_window(-0.13, 9.05)  # one sentence said over and over, decoded with confidence
+    assert keep_window(-0.8, 1.6)  # ordinary, unsure speech
+    assert not keep_window(-1.2, 1.2)  # "Thank you." invented in the quiet after speech
+    assert not keep_window(-0.8, 4.0)  # repetitive and unsure: a loop

@@ -37,7 +37,7 @@ from fusion.experts.audio import VoiceExpert, to_canonical
 from fusion.experts.late_fusion import LateFusion
 from fusion.experts.state import write_atomic
 from fusion.experts.text import load_expert
-from fusion.labels import EMOTIONS
+from fusion.labels import EMOTIONS, label_indices
 
 BUNDLE_FILE = "experts.json"
 FORMAT_VERSION = 1
@@ -252,7 +252,7 @@ def build(
             raise ValueError("the face expert's validation images: pass its training images as face_examples")
         images = face_expert.read_faces([face_examples[i].path for i in held])
         probabilities = face_expert.predict_proba(model, images, views=face_views)
-        temperatures["video"] = fit_temperature(probabilities, _indices([labels[i] for i in held]))
+        temperatures["video"] = fit_temperature(probabilities, label_indices([labels[i] for i in held]))
         priors["video"] = _mean_calibrated(probabilities, temperatures["video"])
         record["video"] = {"validation_images": len(held), "views": face_views, "temperature": temperatures["video"]}
     text_folder = None
@@ -265,7 +265,7 @@ def build(
         if not held:
             raise ValueError("the text expert's validation utterances: pass its training utterances as text_examples")
         probabilities = model.predict_items([items[i] for i in held])
-        temperatures["text"] = fit_temperature(probabilities, _indices([text_examples[i].label for i in held]))
+        temperatures["text"] = fit_temperature(probabilities, label_indices([text_examples[i].label for i in held]))
         priors["text"] = _mean_calibrated(probabilities, temperatures["text"])
         record["text"] = {"validation_utterances": len(held), "temperature": temperatures["text"]}
     if voice is not None:
@@ -309,10 +309,6 @@ def _sampler_prior(examples: Sequence) -> list[float]:
 
 def _name(path) -> str | None:
     return None if path is None else os.fspath(path)
-
-
-def _indices(labels) -> np.ndarray:
-    return np.array([EMOTIONS.index(label) for label in labels])
 
 
 def _ensemble_folder(folders: Sequence[str | os.PathLike], scratch: Path) -> Path:
