@@ -1,8 +1,9 @@
-"""Score a checkpoint on labelled corpora: UA, WA, macro-F1, weighted F1 and recall per class.
+"""Score a cross-attention checkpoint (`fusion train`) on labelled corpora: UA, WA, macro-F1, weighted F1 and recall
+per class. The default model, an experts bundle, is scored by benchmarks/default_model.py.
 
-    python benchmarks/evaluate.py --checkpoint fusion/checkpoints/default --cache ~/.cache/fusion/features \
+    python benchmarks/evaluate.py --checkpoint runs/model --cache ~/.cache/fusion/features \
         --data fer2013=../shared/data/fer2013/validation --data meld=../shared/data/meld-text/dev_sent_emo.csv \
-        --clips ../shared/data/av-clips --out benchmarks/results/default_model.json
+        --clips ../shared/data/av-clips --out runs/evaluation.json
 
 --data corpora are scored from cached features (whole examples). --clips folders are predicted through the
 public path, `fusion.Predictor.predict` (decode, Whisper, BERT, faces, timeline), one row per clip.
@@ -38,6 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     predictor = Predictor(args.checkpoint)
+    if predictor.bundle is not None:
+        raise SystemExit(f"{args.checkpoint} is an experts bundle: score it with python -m benchmarks.default_model")
     model = predictor.model
     report = {
         "checkpoint": args.checkpoint,
