@@ -50,6 +50,10 @@ STATE_FILE = "train_state.pt"  # the resumable training state, beside the checkp
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 VIEWS = ("single", "flip", "shifts")  # test-time views of predict_proba
+# Faces per forward pass at inference, by device type. On this 2-core CPU, 1,200 views of FER2013 faces took 1.02 s
+# in batches of 16, 1.30 s of 8, 1.61 s of 32 and 2.85 s of 256 (the activations of small batches stay in cache);
+# the same probabilities either way. A GPU wants large batches.
+PREDICT_BATCH = {"cpu": 16, "cuda": 256}
 AVERAGE_PREFIX = "average."  # the averaged weights' keys in the training state
 SHIFT_PIXELS = 2  # of 48: the "shifts" views move the face by this much, within the training augmentation's range
 
@@ -309,7 +313,7 @@ def predict_proba(
     images: np.ndarray,
     *,
     device: str | torch.device | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     views: str = "flip",
     bf16: bool = False,
 ) -> np.ndarray:
@@ -317,10 +321,12 @@ def predict_proba(
 
     views: "single" (the face as it is), "flip" (and its mirror image), "shifts" (both, each also moved by
     SHIFT_PIXELS up, down, left and right, borders reflected: 10 views). See VIEWS.
+    batch_size: faces per forward pass (default PREDICT_BATCH for the device type).
     """
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
     device = pick_device(device)
+    batch_size = batch_size or PREDICT_BATCH.get(device.type, PREDICT_BATCH["cuda"])
     model.eval().to(device, memory_format=torch.channels_last)
     rows = []
     for first in range(0, len(images), batch_size):
