@@ -1,4 +1,4 @@
-"""What the speed and memory benchmarks share: running code in a fresh Python, and naming the machine."""
+"""What the benchmarks share: running code in a fresh Python, naming the machine, writing results.json and .md."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -27,3 +29,12 @@ def describe_machine() -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
         f" ({torch.get_num_threads()} threads)"
     )
+
+
+def write_results(report: dict, out: Path, markdown: Callable[[dict], str]) -> None:
+    """report as out/results.json and markdown(report) as out/results.md (printed too); out is created."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out / "results.md").write_text(text)
+    print(text)

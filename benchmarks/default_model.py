@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from alignment import make_segments
-from benchmarks.child import describe_machine
+from benchmarks.child import describe_machine, write_results
 from benchmarks.face_expert import baselines as face_baselines
 from benchmarks.meld_text_expert import logistic_regression
 from fusion.datasets import from_spec, image_folder, meld
@@ -93,7 +93,7 @@ def main() -> None:
         recipe = json.loads(VOICE_RECIPE.read_text())
         report["ravdess_recipe"] = {"command": recipe["command"], "summary": recipe["summary"]}
     report["wall_seconds"] = time.perf_counter() - started
-    write(report, Path(args.out))
+    write_results(report, Path(args.out), markdown)
 
 
 # ------------------------------------------------------------------------------------------------------- building
@@ -207,13 +207,6 @@ def score_clips(folder: Path, clips: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------- report
-
-
-def write(report: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    (out / "results.md").write_text(markdown(report))
-    print(markdown(report))
 
 
 def _row(name: str, s: dict, *, metric: str) -> str:

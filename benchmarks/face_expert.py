@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.child import describe_machine
+from benchmarks.child import describe_machine, write_results
 from fusion.datasets import image_folder
 from fusion.experts import face as expert
 from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, ravdess_fields
@@ -103,7 +103,7 @@ def main() -> None:
             "test": _scores(test_labels, expert.predict_proba(shipped, test_images, views=chosen)),
         }
     report["wall_seconds"] = time.perf_counter() - started
-    write(report, Path(args.out))
+    write_results(report, Path(args.out), markdown)
 
 
 def _scores(labels, probabilities: np.ndarray) -> dict:
@@ -196,13 +196,6 @@ def clips(model: expert.FaceExpert, folder: Path, *, views: str) -> dict:
         "clip_accuracy": float(np.mean([c.get("clip_prediction") == c["label"] for c in per_clip])),
         "per_clip": per_clip,
     }
-
-
-def write(report: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    (out / "results.md").write_text(markdown(report))
-    print(markdown(report))
 
 
 def _pct(x: float) -> str:

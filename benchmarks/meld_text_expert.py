@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.child import describe_machine
+from benchmarks.child import describe_machine, write_results
 from fusion.datasets import meld
 from fusion.experts import text as expert
 from fusion.labels import EMOTIONS
@@ -99,16 +99,16 @@ def main() -> None:
                     runs / f"{name}-{seed}-member{m}" for m in range(1, args.members)
                 ]
                 report["ensembles"][str(seed)] = run_ensemble(train, dev, config, folders, args.cache)
-        write(report, Path(args.out))
+        write_results(report, Path(args.out), markdown)
     for seed in args.seeds if args.distil else []:
         teacher = write_teacher(runs / f"teacher-{args.shipped}-{seed}", runs, args.shipped, seed, args.members)
         config = expert.TextExpertConfig(**VARIANTS[args.shipped], seed=seed, teacher=str(teacher.resolve()))
         name = f"{args.shipped}-distilled"
         folders = [runs / f"{name}-{seed}"] + [runs / f"{name}-{seed}-member{m}" for m in range(1, args.distil)]
         report["distilled"][str(seed)] = run_ensemble(train, dev, config, folders, args.cache)
-        write(report, Path(args.out))
+        write_results(report, Path(args.out), markdown)
     report["wall_seconds"] = time.perf_counter() - started  # this invocation; runs finished earlier are not timed
-    write(report, Path(args.out))
+    write_results(report, Path(args.out), markdown)
     if args.save:
         shutil.copytree(runs / f"{args.shipped}-{args.seeds[0]}", args.save, dirs_exist_ok=True, ignore=_not_shipped)
         print(f"shipped checkpoint: {args.save}")
@@ -172,10 +172,8 @@ def run_ensemble(train, dev, config: expert.TextExpertConfig, folders: list[Path
 
 def write_teacher(folder: Path, runs: Path, name: str, seed: int, members: int) -> Path:
     """An ensemble folder (expert.TextEnsemble) naming the seed's `members` runs of variant `name` in runs."""
-    folder.mkdir(parents=True, exist_ok=True)
     names = [f"../{name}-{seed}"] + [f"../{name}-{seed}-member{m}" for m in range(1, members)]
-    (folder / expert.ENSEMBLE_FILE).write_text(json.dumps({"members": names}))
-    return folder
+    return expert.write_ensemble(folder, names)
 
 
 def _stored_as_shipped(folder: Path) -> Path:
@@ -295,12 +293,6 @@ def measure_speed(train, dev) -> dict:
             "inference_utterances_per_s": len(dev_items) / (time.perf_counter() - started),
         }
     return speeds
-
-
-def write(report: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(report))
 
 
 def _mean_std(values: list[float]) -> str:

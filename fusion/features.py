@@ -120,17 +120,26 @@ class FeatureExtractor:
         fps: float = DEFAULT_FPS,
         device: str | torch.device | None = None,
         whisper_blocks: int | None = None,
+        embed_words: bool = True,
     ):
-        """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed)."""
+        """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed).
+        embed_words: False loads no text model and gives word_embeddings of width 0, one row per word (an experts
+        bundle reads the words themselves, with its own text expert)."""
         self.transcriber = Transcriber(whisper_model, device=device)
         self.whisper_states = (
             None if whisper_blocks is None else WhisperStates(self.transcriber.model, blocks=whisper_blocks)
         )
-        self.word_encoder = WordEncoder(text_model, device=device)
+        self.word_encoder = WordEncoder(text_model, device=device) if embed_words else None
         self.face_detector = FaceDetector(face_model)
         self.fps = fps
         self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
         self._vad: SpeechDetector | None = None  # loaded by the first stream() that decodes in this process
+
+    def _embed(self, utterances: list[Utterance]) -> np.ndarray:
+        """(n_words, text_dim) float32 word embeddings; (n_words, 0) without a text model."""
+        if self.word_encoder is None:
+            return np.zeros((sum(len(u.words) for u in utterances), 0), np.float32)
+        return self.word_encoder.encode(utterances).numpy()
 
     def close(self) -> None:
         """Stop the decoding process, if one was started (it also stops when this process exits)."""
@@ -156,7 +165,7 @@ class FeatureExtractor:
             duration=duration,
             mel=None,
             utterances=utterances,
-            word_embeddings=self.word_encoder.encode(utterances).numpy(),
+            word_embeddings=self._embed(utterances),
             face_crops=None,
             face_times=None,
             face_present=None,
@@ -219,7 +228,7 @@ class FeatureExtractor:
             if chunk.speech is not None:  # what Whisper hears where the detector finds no speech is invented
                 utterances = [u for u in utterances if speech_within(u.start, u.end, chunk.speech, chunk.start)]
         with _timed(timings, "bert"):
-            word_embeddings = self.word_encoder.encode(utterances).numpy()
+            word_embeddings = self._embed(utterances)
 
         crops = present = None
         if chunk.frame_times is not None:

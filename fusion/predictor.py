@@ -24,7 +24,7 @@ import torch
 
 from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments, pad_streams
 from encoders.audio import TOKEN_STRIDE
-from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, TEXT_ENV, WHISPER_ENV, choose_model
+from encoders.loading import DEFAULT_WHISPER_MODEL, TEXT_ENV, WHISPER_ENV, choose_model
 from encoders.runtime import autocast, pick_device
 from encoders.vad import speech_at
 from fusion import checkpoint as checkpoints
@@ -132,11 +132,11 @@ class Predictor:
             self.checkpoint, self.model = None, None
             self.extractor = FeatureExtractor(
                 whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL),
-                text_model=choose_model(text_model, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL),
                 face_model=face_model,
                 fps=DEFAULT_FPS,
                 device=self.device,
                 whisper_blocks=self.bundle.whisper_block,
+                embed_words=False,  # the bundle's text expert reads the words itself
             )
             return
         self.bundle = None

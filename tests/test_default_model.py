@@ -124,3 +124,10 @@ def test_fusion_bundle_reuses_trained_experts_and_calibrates_them(shared, tmp_pa
     assert config["experts"]["voice"] == str(DEFAULT_CHECKPOINT / "voice"), "the stage given by path is named"
     result = fusion.load(out).predict(ravdess_clips[0])
     assert result.summary["modalities"] == ["audio", "text", "video"] and result.summary["label"] in EMOTIONS
+
+
+def test_the_default_model_loads_no_second_text_model(default_predictor, ravdess_clips):
+    """The bundle's text expert reads the words; the feature extractor embeds none (no plain MiniLM loaded)."""
+    assert default_predictor.extractor.word_encoder is None
+    features = default_predictor.extractor(ravdess_clips[0])
+    assert features.modalities == ("audio", "text", "video") and features.word_embeddings.shape[1] == 0

@@ -313,7 +313,7 @@ def _name(path) -> str | None:
 
 def _ensemble_folder(folders: Sequence[str | os.PathLike], scratch: Path) -> Path:
     """Text expert folders as one ensemble folder (fusion.experts.text.TextEnsemble) in scratch."""
-    from fusion.experts.text import CONFIG_FILE, ENSEMBLE_FILE, WEIGHTS_FILE, member_folder
+    from fusion.experts.text import CONFIG_FILE, WEIGHTS_FILE, member_folder, write_ensemble
 
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -324,8 +324,7 @@ def _ensemble_folder(folders: Sequence[str | os.PathLike], scratch: Path) -> Pat
         for file in (WEIGHTS_FILE, CONFIG_FILE):
             shutil.copy(Path(folder) / file, scratch / name / file)
         names.append(name)
-    (scratch / ENSEMBLE_FILE).write_text(json.dumps({"members": names}))
-    return scratch
+    return write_ensemble(scratch, names)
 
 
 # ---------------------------------------------------------------------------------------------------- command line

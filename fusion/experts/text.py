@@ -467,6 +467,14 @@ def load_expert(
     return load(directory, text_model=text_model, device=device)
 
 
+def write_ensemble(directory: str | os.PathLike, members: Sequence[str]) -> Path:
+    """directory's ENSEMBLE_FILE, naming its members' checkpoint folders (relative to directory); -> directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(directory / ENSEMBLE_FILE, json.dumps({"members": list(members)}).encode())
+    return directory
+
+
 def member_folder(member: int) -> str:
     return f"member-{member}"
 
@@ -585,7 +593,7 @@ def train_text_ensemble(
         train_text_expert(examples, out / member_folder(m), dataclasses.replace(config, member=m), **kwargs)
         for m in range(members)
     ]
-    write_atomic(out / ENSEMBLE_FILE, json.dumps({"members": [member_folder(m) for m in range(members)]}).encode())
+    write_ensemble(out, [member_folder(m) for m in range(members)])
     return results
 
 
