@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
+    parser.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write each expert run's test probabilities (canonical classes) to --out/probabilities/, for "
+        "out-of-fold voice outputs (benchmarks/attention_fusion.py)",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite results.md from --out's results.json")
     parser.add_argument(
         "--merge", nargs="+", help="with --report-only: the runs of these folders' results.json (e.g. one per seed)"
@@ -199,6 +205,14 @@ def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows,
         canonical_p = to_canonical(probabilities)[:, [EMOTIONS.index(c) for c in classes]]
         predicted = [classes[k] for k in canonical_p.argmax(1)]
     members = f", {args.members} members" if args.members > 1 else ""
+    if args.save_probabilities:
+        folder = Path(args.out) / "probabilities"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            folder / f"{parts}-{variant}-seed{seed}-fold{fold}.npz",
+            paths=np.array([e.path for e in test]),
+            probabilities=to_canonical(probabilities).astype(np.float32),
+        )
     return {
         "system": f"voice expert ({parts}{members}), trained on {variant}",
         "seed": seed,

@@ -15,10 +15,14 @@ real audio) are then encoded alike, each window seeing only real audio.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import whisper
 from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+
+from encoders.runtime import autocast
 
 STATE_SECONDS = 2 * HOP_LENGTH / SAMPLE_RATE  # 0.02 s: Whisper's second convolution halves the 10 ms mel frame rate
 WINDOW_SAMPLES = N_SAMPLES  # 30 s at 16 kHz: the longest input Whisper's positional embedding covers
@@ -29,14 +33,20 @@ class WhisperStates:
     """The states after the first `blocks` encoder blocks of a loaded Whisper model, for audio of any length.
 
     model: a ``whisper.Whisper`` (e.g. the one :class:`encoders.text.Transcriber` loaded: no second copy)
+    bf16: run the blocks under bf16 autocast (else float32). Prediction asks for it: 3 blocks of
+    tiny.en over 120 s of RAVDESS speech took 0.36 s against 0.61 s in float32 on this 2-core CPU with AVX512-BF16,
+    the states within 1.1% (mean absolute difference over mean magnitude), and the shipped voice expert gave the
+    same label on 90 of 90 RAVDESS files, its probabilities within 0.034. Training features (the speech cache) stay
+    float32, as the shipped experts were trained on them.
     """
 
-    def __init__(self, model: whisper.Whisper, *, blocks: int = DEFAULT_BLOCKS):
+    def __init__(self, model: whisper.Whisper, *, blocks: int = DEFAULT_BLOCKS, bf16: bool = False):
         n_blocks = len(model.encoder.blocks)
         if not 1 <= blocks <= n_blocks:
             raise ValueError(f"blocks must be in 1..{n_blocks} for this Whisper model, got {blocks}")
         self.model = model
         self.blocks = blocks
+        self.bf16 = bf16
         self.dim: int = model.dims.n_audio_state
 
     @property
@@ -55,7 +65,10 @@ class WhisperStates:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"expected (samples,) mono audio, got shape {audio.shape}")
-        pieces = [self._window(audio[start : start + WINDOW_SAMPLES]) for start in range(0, len(audio), WINDOW_SAMPLES)]
+        with autocast(self.device, cpu_bf16=True) if self.bf16 else contextlib.nullcontext():
+            pieces = [
+                self._window(audio[start : start + WINDOW_SAMPLES]) for start in range(0, len(audio), WINDOW_SAMPLES)
+            ]
         pieces = [p for p in pieces if p.shape[1]]
         if not pieces:
             shape = (self.blocks, 0, self.dim) if all_blocks else (0, self.dim)

@@ -127,7 +127,7 @@ class FeatureExtractor:
         bundle reads the words themselves, with its own text expert)."""
         self.transcriber = Transcriber(whisper_model, device=device)
         self.whisper_states = (
-            None if whisper_blocks is None else WhisperStates(self.transcriber.model, blocks=whisper_blocks)
+            None if whisper_blocks is None else WhisperStates(self.transcriber.model, blocks=whisper_blocks, bf16=True)
         )
         self.word_encoder = WordEncoder(text_model, device=device) if embed_words else None
         self.face_detector = FaceDetector(face_model)

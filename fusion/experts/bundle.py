@@ -2,7 +2,8 @@
 
 A bundle is a folder:
 
-    experts.json    {"kind": "experts", "format_version": 1, "late_fusion": {...}, "face_views": "flip", ...}
+    experts.json    {"kind": "experts", "format_version": 1, "late_fusion": {...}, "face_views": "flip",
+                     "face_precision": "bf16", ...}
     voice/          a voice expert checkpoint (fusion.experts.audio)
     text/           a text expert or ensemble checkpoint (fusion.experts.text); its base model is referenced by name
     face/           a face expert checkpoint (fusion.experts.face)
@@ -44,6 +45,15 @@ FORMAT_VERSION = 1
 FOLDERS = {"audio": "voice", "text": "text", "video": "face"}  # modality -> its expert's folder in a bundle
 MIN_VOICE_S = 0.25  # seconds of audio a segment needs for the voice expert (its CNN pools 40 ms tokens)
 VOICE_BATCH = 16  # segments per voice expert pass
+# The face expert's arithmetic on the CPU. bf16 autocast: 928 against 376 FER2013 faces/s (two views each, batches
+# of 32, this 2-core CPU with AVX512-BF16), PublicTest accuracy 68.65 against 68.74 with the shipped int8 face
+# (/work/cache/prof/fer_bf16.py, 2026-11-30). CUDA always runs in bf16 (encoders.runtime.autocast).
+PRECISIONS = ("fp32", "bf16")
+# The face expert reads every FACE_FRAME_STRIDE-th face frame of a segment, from its first (2.5 a second at the
+# default 5 fps; a segment with one face frame keeps it): frames 0.2 s apart show nearly the same face, and the
+# expert was the largest cost of the bundle after Whisper (benchmarks/results/default_model/speed_10min.md).
+FACE_FRAME_STRIDE = 2
+FACE_BATCH_BF16 = 32  # faces per pass in bf16 on the CPU: 928 faces/s against 763 in batches of 16
 
 
 @dataclass
@@ -55,6 +65,7 @@ class ExpertBundle:
     face: face_expert.FaceExpert | None
     late_fusion: LateFusion = field(default_factory=LateFusion)
     face_views: str = "flip"  # test-time views of the face expert (face_expert.VIEWS)
+    face_precision: str = "fp32"  # the face expert's arithmetic on the CPU (PRECISIONS)
     path: Path | None = None
     id: str = ""  # sha256 of experts.json and the experts' weight files, first 16 hex digits
     labels: tuple[str, ...] = EMOTIONS
@@ -86,7 +97,10 @@ class ExpertBundle:
         views = config.get("face_views", "flip")
         if views not in face_expert.VIEWS:
             raise CheckpointError(f"{directory / BUNDLE_FILE}: face_views {views!r} is not one of {face_expert.VIEWS}")
-        return cls(voice, text, face, late, views, directory, bundle_digest(directory))
+        precision = config.get("face_precision", "fp32")
+        if precision not in PRECISIONS:
+            raise CheckpointError(f"{directory / BUNDLE_FILE}: face_precision {precision!r} is not one of {PRECISIONS}")
+        return cls(voice, text, face, late, views, precision, directory, bundle_digest(directory))
 
     @property
     def whisper_block(self) -> int | None:
@@ -148,16 +162,28 @@ class ExpertBundle:
                 log_p = self.voice(*(t.to(device) for t in (mel, mel_mask, states, states_mask)))
             out[rows[first : first + len(batch)]] = to_canonical(log_p.float().exp().cpu().numpy())
 
+    def face_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, 48, 48) uint8 grey faces -> (N, len(EMOTIONS)) the face expert's probabilities, as the bundle runs it."""
+        bf16 = self.face_precision == "bf16"
+        return face_expert.predict_proba(
+            self.face,
+            images,
+            device=self.device,
+            views=self.face_views,
+            bf16=bf16,
+            batch_size=FACE_BATCH_BF16 if bf16 and self.device.type == "cpu" else None,
+        )
+
     def _face(self, piece, segments: Sequence[Segment], out: np.ndarray) -> None:
         present = np.flatnonzero(piece.face_present)
-        frames = face_expert.predict_proba(
-            self.face, piece.face_crops[present], device=self.device, views=self.face_views
-        )
         times = piece.face_times[present]
-        for i, s in enumerate(segments):
-            inside = (times >= s.start) & (times < s.end)
-            if inside.any():
-                out[i] = frames[inside].mean(0)
+        inside = [np.flatnonzero((times >= s.start) & (times < s.end))[::FACE_FRAME_STRIDE] for s in segments]
+        read = np.unique(np.concatenate(inside))
+        frames = np.zeros((len(present), len(EMOTIONS)), np.float32)
+        frames[read] = self.face_probabilities(piece.face_crops[present[read]])
+        for i, rows in enumerate(inside):
+            if len(rows):
+                out[i] = frames[rows].mean(0)
 
 
 def read_bundle_config(directory: Path) -> dict:
@@ -191,6 +217,7 @@ def assemble(
     face: str | os.PathLike | None = None,
     late_fusion: LateFusion | None = None,
     face_views: str = "flip",
+    face_precision: str = "fp32",
     extra: dict | None = None,
 ) -> Path:
     """Write a bundle folder from expert checkpoint folders (copied in; only weights and configs, no training state)."""
@@ -210,6 +237,7 @@ def assemble(
         "labels": list(EMOTIONS),
         "late_fusion": (late_fusion or LateFusion()).to_dict(),
         "face_views": face_views,
+        "face_precision": face_precision,
     } | (extra or {})
     write_atomic(directory / BUNDLE_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return directory
@@ -225,6 +253,10 @@ def build(
     text_examples: Sequence = (),
     voice_examples: Sequence = (),
     face_views: str = "flip",
+    face_precision: str = "bf16",
+    face_dtype: str | None = None,
+    recipe: dict | None = None,
+    voice_temperature: float = 1.0,
     scratch: str | os.PathLike | None = None,
 ) -> dict:
     """Calibrate expert checkpoints and write them as one bundle to out; -> what was fitted, for the record.
@@ -232,15 +264,21 @@ def build(
     Each expert's temperature is fitted on its own validation data, recomputed from its training data as its
     training drew it: face_examples (fusion.datasets Examples of the face expert's training images; its stratified
     held-out share), text_examples (the text expert's training utterances; its dialogue-disjoint held-out share).
-    The voice expert's temperature stays 1: its recipe holds no speakers out. Each expert's prior is the mean of
+    The voice expert's recipe holds no speakers out, so its temperature is given (voice_temperature: fitted on the
+    recipe's out-of-fold outputs, benchmarks/voice_calibration.py), else 1. Each expert's prior is the mean of
     its calibrated probabilities on that validation data; the voice expert's is the class mix its training sampler
     drew from voice_examples (its training recordings: each corpus an equal share, classes balanced within), uniform
     without them. Several text folders become an ensemble (written to scratch first). Weights are 1.
+    face_dtype: store the face expert's weights as FACE_DTYPES says ("int8": 3.6 MB, PublicTest 68.7 against 69.0 in
+    float32) instead of copying them as they are; recipe: the recipe that made the experts (fusion.experts.recipe),
+    recorded in experts.json so that `fusion bundle --recipe` on the bundle retrains it.
     """
     from fusion.experts.late_fusion import fit_temperature
     from fusion.experts.text import items_from_examples, split_by_dialogue
 
     temperatures, priors, record = {}, {}, {}
+    if face is not None and face_dtype is not None:
+        face = _stored_as(face, face_dtype, Path(scratch or out) / ".face")
     if face is not None:
         model = face_expert.FaceExpert.load(face)
         training = json.loads((Path(face) / face_expert.CONFIG_FILE).read_text())["training"]
@@ -251,10 +289,16 @@ def build(
         if not held:
             raise ValueError("the face expert's validation images: pass its training images as face_examples")
         images = face_expert.read_faces([face_examples[i].path for i in held])
-        probabilities = face_expert.predict_proba(model, images, views=face_views)
+        probabilities = ExpertBundle(None, None, model, face_views=face_views, face_precision=face_precision)
+        probabilities = probabilities.face_probabilities(images)
         temperatures["video"] = fit_temperature(probabilities, label_indices([labels[i] for i in held]))
         priors["video"] = _mean_calibrated(probabilities, temperatures["video"])
-        record["video"] = {"validation_images": len(held), "views": face_views, "temperature": temperatures["video"]}
+        record["video"] = {
+            "validation_images": len(held),
+            "views": face_views,
+            "precision": face_precision,
+            "temperature": temperatures["video"],
+        }
     text_folder = None
     if text:
         text_folder = Path(text[0]) if len(text) == 1 else _ensemble_folder(text, Path(scratch or out) / ".ensemble")
@@ -269,7 +313,11 @@ def build(
         priors["text"] = _mean_calibrated(probabilities, temperatures["text"])
         record["text"] = {"validation_utterances": len(held), "temperature": temperatures["text"]}
     if voice is not None:
-        record["audio"] = {"temperature": 1.0, "why": "no held-out speech: its recipe trains on every speaker"}
+        temperatures["audio"] = voice_temperature
+        record["audio"] = {
+            "temperature": voice_temperature,
+            "why": "given: its recipe trains on every speaker (benchmarks/voice_calibration.py fits it out of fold)",
+        }
         if voice_examples:
             priors["audio"] = _sampler_prior(voice_examples)
             record["audio"]["prior_from"] = f"the training sampler over {len(voice_examples)} recordings"
@@ -280,14 +328,32 @@ def build(
         face=face,
         late_fusion=LateFusion(temperatures, {m: 1.0 for m in FOLDERS}, priors),
         face_views=face_views,
+        face_precision=face_precision,
         extra={
             "experts": {"voice": _name(voice), "text": [_name(t) for t in text], "face": _name(face)},
             "calibration": record,
-        },
+        }
+        | ({"recipe": recipe} if recipe is not None else {}),
     )
     if text_folder is not None and len(text) > 1:
         shutil.rmtree(text_folder)
+    if face_dtype is not None and face is not None:
+        shutil.rmtree(face)
     return record
+
+
+FACE_DTYPES = {"float16": torch.float16, "int8": torch.int8}  # how a bundle may store the face expert's weights
+
+
+def _stored_as(face: str | os.PathLike, dtype: str, scratch: Path) -> Path:
+    """The face expert re-saved with dtype weights in scratch (its config.json kept), as the bundle will ship it."""
+    if dtype not in FACE_DTYPES:
+        raise ValueError(f"face_dtype must be one of {sorted(FACE_DTYPES)}, got {dtype!r}")
+    config = json.loads((Path(face) / face_expert.CONFIG_FILE).read_text())
+    extra = {k: v for k, v in config.items() if k != "model"} | {"dtype": dtype}
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    return face_expert.FaceExpert.load(face).save(scratch, extra=extra, dtype=FACE_DTYPES[dtype])
 
 
 def _mean_calibrated(probabilities: np.ndarray, temperature: float) -> list[float]:
@@ -332,6 +398,13 @@ def _ensemble_folder(folders: Sequence[str | os.PathLike], scratch: Path) -> Pat
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument(
+        "--recipe",
+        help="train the experts first, by this recipe (a JSON file or a bundle folder / experts.json that records "
+        "one; fusion/experts/recipe.py); experts given by path are reused",
+    )
+    parser.add_argument("--work", help="with --recipe: folder for the stages' checkpoints and states (resumable)")
+    parser.add_argument("--shared", help="with --recipe: the shared data folder (default $FUSION_SHARED, ../shared)")
     parser.add_argument("--voice", help="voice expert folder (fusion train-expert audio)")
     parser.add_argument("--text", nargs="+", default=[], help="text expert folders; several make an ensemble")
     parser.add_argument("--face", help="face expert folder (fusion train-expert face)")
@@ -341,11 +414,24 @@ def add_arguments(parser) -> None:
         "--voice-data", action="append", default=[], help="the voice expert's training recordings, KIND=PATH (prior)"
     )
     parser.add_argument("--face-views", choices=face_expert.VIEWS, default="flip", help="test-time views of faces")
+    parser.add_argument(
+        "--face-precision", choices=PRECISIONS, default="bf16", help="the face expert's arithmetic on the CPU"
+    )
+    parser.add_argument("--face-dtype", choices=sorted(FACE_DTYPES), help="store the face weights so (default: as is)")
+    parser.add_argument(
+        "--voice-temperature",
+        type=float,
+        default=1.0,
+        help="the voice expert's temperature (its recipe holds no speech out; benchmarks/voice_calibration.py)",
+    )
 
 
 def run(args) -> int:
     from fusion.datasets import from_spec
 
+    recipe = None
+    if args.recipe:
+        recipe = _run_recipe(args)
     if not (args.voice or args.text or args.face):
         raise SystemExit("fusion bundle: give at least one of --voice, --text, --face")
     if args.face and not args.face_data or args.text and not args.text_data:
@@ -361,10 +447,42 @@ def run(args) -> int:
         text_examples=from_spec(args.text_data).examples if args.text else (),
         voice_examples=[e for spec in args.voice_data for e in from_spec(spec).examples if "audio" in e.modalities],
         face_views=args.face_views,
+        face_precision=args.face_precision,
+        face_dtype=args.face_dtype,
+        recipe=recipe,
+        voice_temperature=args.voice_temperature,
     )
     print(json.dumps(record, indent=2))
     print(f"wrote {args.out}")
     return 0
+
+
+def _run_recipe(args) -> dict:
+    """Run the recipe's stages that the experts given by path do not replace, then point args at their folders and
+    fill in what the command line left to the recipe (data, face views, precision and storage); -> the recipe."""
+    from fusion.experts import recipe as recipes
+
+    if not args.work:
+        raise SystemExit("fusion bundle: --recipe needs --work (the stages' folder)")
+    recipe = recipes.read_recipe(args.recipe)
+    shared, work = Path(args.shared) if args.shared else recipes.default_shared(), Path(args.work)
+    reused = {"voice": args.voice, "text": args.text, "face": args.face}
+    folders = recipes.run_stages(recipe, work, shared=shared, reused=reused)
+    plan = recipe["bundle"]
+    args.voice = args.voice or (os.fspath(folders[plan["voice"]]) if plan.get("voice") else None)
+    args.text = args.text or ([os.fspath(folders[plan["text"]])] if plan.get("text") else [])
+    args.face = args.face or (os.fspath(folders[plan["face"]]) if plan.get("face") else None)
+
+    def filled(text: str) -> str:
+        return recipes.fill(text, shared=shared, work=work)
+
+    args.face_data = args.face_data or (filled(plan["face_data"]) if args.face else None)
+    args.text_data = args.text_data or (filled(plan["text_data"]) if args.text else None)
+    args.voice_data = args.voice_data or [filled(d) for d in plan.get("voice_data", [])]
+    args.face_views = plan.get("face_views", args.face_views)
+    args.face_precision = plan.get("face_precision", args.face_precision)
+    args.face_dtype = args.face_dtype or plan.get("face_dtype")
+    return recipe
 
 
 def _not_shipped(folder: str, names: list[str]) -> list[str]:

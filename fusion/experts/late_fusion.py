@@ -49,7 +49,7 @@ class LateFusion:
         for modality, p in present.items():
             rows = ~np.isnan(p).any(1)
             log_p = calibrated_log_probabilities(p[rows], self.temperatures.get(modality, 1.0))
-            log_prior = self._log_prior(modality, shape[1])
+            log_prior = self.log_prior(modality, shape[1])
             w = self.weights.get(modality, 1.0)
             total[rows] += w * (log_p - log_prior)
             prior[rows] += w * log_prior
@@ -62,7 +62,14 @@ class LateFusion:
         pooled[~seen] = np.nan
         return pooled
 
-    def _log_prior(self, modality: str, n_classes: int) -> np.ndarray:
+    def pooled_prior(self, modalities, n_classes: int) -> np.ndarray:
+        """(n_classes,) the prior that pooling these modalities assumes: pi(c) above, normalised."""
+        weights = [self.weights.get(m, 1.0) for m in modalities]
+        log_pi = sum(w * self.log_prior(m, n_classes) for m, w in zip(modalities, weights)) / sum(weights)
+        pi = np.exp(log_pi - log_pi.max())
+        return pi / pi.sum()
+
+    def log_prior(self, modality: str, n_classes: int) -> np.ndarray:
         prior = np.asarray(self.priors.get(modality, np.full(n_classes, 1.0 / n_classes)), np.float64)
         if prior.shape != (n_classes,):
             raise ValueError(f"the {modality} prior has {prior.shape} classes, its probabilities {n_classes}")
@@ -122,7 +129,7 @@ def fit_weights(probabilities: Mapping[str, np.ndarray], labels: np.ndarray, *, 
     for name in names:
         p = probabilities[name]
         rows = ~np.isnan(p).any(1)
-        prior = fusion._log_prior(name, p.shape[1])
+        prior = fusion.log_prior(name, p.shape[1])
         filled = np.zeros_like(p, dtype=np.float64)
         filled[rows] = calibrated_log_probabilities(p[rows], fusion.temperatures.get(name, 1.0)) - prior
         evidence.append(filled)
