@@ -4,7 +4,7 @@
         --out benchmarks/results/voice_expert/states_cost.md
 
 The audio is the shared RAVDESS speech clips, decoded and joined end to end to the given length. The states are
-computed as fusion.features.FeatureExtractor computes them (encoders.whisper_states: the first `blocks` encoder
+computed as fusion.media.features.FeatureExtractor computes them (encoders.whisper_states: the first `blocks` encoder
 blocks, 30 s windows, no padding), after one warm-up window; the machine's torch threads as set by OMP_NUM_THREADS.
 """
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
 from encoders.text import Transcriber  # noqa: E402
 from encoders.whisper_states import WINDOW_SAMPLES, WhisperStates  # noqa: E402
-from fusion.media import AUDIO_SAMPLE_RATE, decode  # noqa: E402
+from fusion.media.decoding import AUDIO_SAMPLE_RATE, decode  # noqa: E402
 
 
 def main() -> None:

@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 
 from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
-from fusion.ablation import METRICS, AblationConfig, ablate
-from fusion.augment import AugmentConfig
-from fusion.cache import FeatureCache
-from fusion.datasets import DATA_KINDS, from_specs
 from fusion.errors import FusionError, ModelNotFoundError, check_writable
 from fusion.experts import EXPERTS
-from fusion.predictor import Predictor
-from fusion.score import ENGINES, ScoreOptions, score
-from fusion.train import TrainConfig, train_checkpoint
+from fusion.serving.batch import ENGINES, ScoreOptions, score_files
+from fusion.serving.predictor import Predictor
+from fusion.training.ablation import METRICS, AblationConfig, ablate
+from fusion.training.augment import AugmentConfig
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import DATA_KINDS, from_specs
+from fusion.training.train import TrainConfig, train_checkpoint
 
 FORMATS = ("table", "json", "csv")
 
@@ -232,7 +232,7 @@ def _score(args: argparse.Namespace) -> int:
         window_s=args.window,
         plots=args.plots,
     )
-    report = score(
+    report = score_files(
         args.inputs, args.out, options=options, workers=args.workers, engine=args.engine, progress=not args.quiet
     )
     print(report)

@@ -20,7 +20,7 @@ class FileError(FusionError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):  # pickled with its own arguments, to cross from the decoding process (fusion.streaming)
+    def __reduce__(self):  # pickled with its own arguments, to cross from the decoding process (fusion.media.streaming)
         return type(self), (self.path, self.reason), self.__dict__
 
 

@@ -1,4 +1,5 @@
-"""fusion.media.decode on the real av-clips, on re-encodings of one into other containers, and on broken files."""
+"""fusion.media.decoding.decode on the real av-clips, on re-encodings of one into other containers, and on broken
+files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from fusion.errors import MediaError
-from fusion.media import AUDIO_SAMPLE_RATE, Media, decode
+from fusion.media.decoding import AUDIO_SAMPLE_RATE, Media, decode
 
 CLIP_SECONDS = 2.0  # length of the re-encoded excerpts: enough to sample 10 frames, quick to encode on 2 cores
 SMALL = (320, 180)  # width, height of the re-encoded excerpts

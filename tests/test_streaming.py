@@ -9,10 +9,10 @@ import torch
 from benchmarks.long_input import concatenate, copies
 from encoders.face_detection import FaceDetector
 from encoders.vad import SpeechDetector
-from fusion import streaming
 from fusion.errors import MediaError
-from fusion.media import AUDIO_SAMPLE_RATE, decode
-from fusion.streaming import CUT_SEARCH_S, DecodeWorker, read_chunks
+from fusion.media import streaming
+from fusion.media.decoding import AUDIO_SAMPLE_RATE, decode
+from fusion.media.streaming import CUT_SEARCH_S, DecodeWorker, read_chunks
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_decode_worker_is_replaced_when_a_consumer_stops_part_way(one_minute):
 
 
 def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute, ravdess_clips):
-    from fusion.predictor import Predictor
+    from fusion.serving.predictor import Predictor
 
     whole = Predictor().predict(one_minute)
     chunked = Predictor(chunk_s=20.0).predict(one_minute)
@@ -122,8 +122,8 @@ def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatc
     """The CPU's small batches (memory) and the GPU's large ones (padding across chunks) give the same timeline
     (a cross-attention model's encoders; randomly initialised, for the arithmetic only)."""
     from fusion import checkpoint as checkpoints
-    from fusion import predictor as predictor_module
     from fusion.model import FusionConfig, FusionModel
+    from fusion.serving import predictor as predictor_module
 
     torch.manual_seed(0)
     names = checkpoints.EncoderNames("tiny.en", "sentence-transformers/all-MiniLM-L6-v2")

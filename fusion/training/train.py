@@ -29,13 +29,13 @@ from alignment import PaddedStreams
 from encoders.audio import FRAME_SECONDS
 from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, portable_name
 from encoders.runtime import autocast, pick_device
-from fusion.augment import AugmentConfig, augment_faces, augment_mel
-from fusion.cache import FeatureCache
 from fusion.checkpoint import Checkpoint, EncoderNames, save
-from fusion.datasets import from_specs, speaker_split
-from fusion.features import RecordingFeatures
-from fusion.metrics import Scores, score
+from fusion.media.features import RecordingFeatures
 from fusion.model import MODALITIES, FusionBatch, FusionConfig, FusionModel
+from fusion.training.augment import AugmentConfig, augment_faces, augment_mel
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import from_specs, speaker_split
+from fusion.training.metrics import Scores, score
 
 WHOLE_EXAMPLE = (0.0, math.inf)  # the segment of a training example: all of it, even when augmentation lengthens it
 
@@ -113,7 +113,7 @@ def fit(
             batch = FusionBatch.collate([streams[i] for i in rows], [segments[i] for i in rows])
             batch = keep_modalities(batch, modalities)
             batch = drop_modalities(batch, config.modality_dropout, generator=generator)
-            batch = augment(batch, config.augment, generator=generator).to(device)
+            batch = augment_batch(batch, config.augment, generator=generator).to(device)
             with autocast(device):
                 logits = model(batch)
             loss = F.cross_entropy(logits.float(), targets[rows].to(device))
@@ -182,8 +182,8 @@ def balanced_weights(labels: Sequence[str], groups: Sequence[str] | None = None)
     return torch.tensor(weights, dtype=torch.float64)
 
 
-def augment(batch: FusionBatch, config: AugmentConfig, *, generator: torch.Generator) -> FusionBatch:
-    """The batch with its log-mel frames and face crops augmented (see fusion.augment)."""
+def augment_batch(batch: FusionBatch, config: AugmentConfig, *, generator: torch.Generator) -> FusionBatch:
+    """The batch with its log-mel frames and face crops augmented (see fusion.training.augment)."""
     if not config.enabled:
         return batch
     mel, mel_mask = augment_mel(batch.audio.values, batch.audio.mask, config=config, generator=generator)

@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
 from fusion.errors import MediaError, NoModalityError, OutputError, check_writable
-from fusion.orphans import exit_with_parent
-from fusion.predictor import Predictor, model_id, resolve_checkpoint
+from fusion.media.orphans import exit_with_parent
+from fusion.serving.predictor import Predictor, model_id, resolve_checkpoint
 
 MEDIA_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .wmv .ts .wav .flac .mp3 .m4a .aac .ogg .opus".split()
@@ -184,13 +184,13 @@ def score_file(path: str, options: ScoreOptions) -> dict:
             prediction.plot(path=Path(options.plots) / plot_name(path))
         except Exception:  # a plot that fails does not lose the scores, but the file is reported
             return _error(path, "plot", traceback.format_exc())
-    timeline = prediction.timeline.assign(modalities=prediction.timeline["modalities"].fillna(""))
+    segments = prediction.segment_rows()
     summary = {
         "duration": prediction.duration,
         "label": prediction.summary["label"],
         **prediction.summary["probabilities"],
         "modalities": ",".join(prediction.summary["modalities"]),
-        "segments": len(timeline),
+        "segments": len(segments),
         # seconds that failed to decode, as "1.47-1.58 1.64-1.77" (see Prediction.damaged); empty when intact
         "damaged": " ".join(f"{start:.2f}-{end:.2f}" for start, end in prediction.damaged),
         **{c: sum(prediction.timings.get(s, 0.0) for s in stages) for c, stages in STAGE_COLUMNS.items()},
@@ -200,7 +200,7 @@ def score_file(path: str, options: ScoreOptions) -> dict:
         "file": path,
         "status": "ok",
         "summary": summary,
-        "segments": json.loads(timeline.to_json(orient="records")),  # NaN -> null: valid JSON
+        "segments": segments,
     }
 
 
@@ -208,7 +208,7 @@ def _error(path: str, stage: str, message: str) -> dict:
     return {"file": path, "status": "error", "stage": stage, "error": message.strip()}
 
 
-def score(
+def score_files(
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
@@ -295,7 +295,7 @@ def _run_local(files: list[str], options: ScoreOptions, workers: int) -> Iterato
 
 
 def _init_worker(threads: int) -> None:
-    """A pool worker: its share of the cores, and an exit when the scoring process dies (fusion.orphans)."""
+    """A pool worker: its share of the cores, and an exit when the scoring process dies (fusion.media.orphans)."""
     exit_with_parent()
     torch.set_num_threads(threads)
 
@@ -366,4 +366,4 @@ def _umask() -> int:
     return mask
 
 
-__all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score", "score_file"]
+__all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score_file", "score_files"]

@@ -23,10 +23,10 @@ from tqdm import tqdm
 from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, FACE_ENV, TEXT_ENV, WHISPER_ENV, choose_model
 from encoders.text import Utterance, Word
 from fusion.checkpoint import feature_parameters
-from fusion.datasets import IMAGE_SUFFIXES, Example
 from fusion.errors import FusionError
-from fusion.features import FeatureExtractor, RecordingFeatures, image_features
-from fusion.media import DEFAULT_FPS
+from fusion.media.decoding import DEFAULT_FPS
+from fusion.media.features import FeatureExtractor, RecordingFeatures, image_features
+from fusion.training.datasets import IMAGE_SUFFIXES, Example
 
 CACHE_VERSION = 1  # bump when the code computes different features from the same settings
 WORD_SECONDS = 0.3  # seconds per word given to a transcript without media: conversational English, ~200 words/min

@@ -4,7 +4,7 @@ For every non-empty subset of the modalities the data has (audio alone is the ba
 
 - retrain: a model is trained from the cached features seeing only that subset;
 - drop: the model trained on all of the data's modalities is evaluated with the others removed
-  (:func:`fusion.train.keep_modalities`: exactly the outputs of feeding the examples without them).
+  (:func:`fusion.training.train.keep_modalities`: exactly the outputs of feeding the examples without them).
 
 Every subset uses the same speaker-independent folds and the same training seeds, so runs are paired: the same
 test examples, the same validation speakers, the same initialisation seed. Per subset and mode, :func:`summarize`
@@ -35,14 +35,14 @@ import numpy as np
 import torch
 
 from encoders.runtime import pick_device
-from fusion.cache import FeatureCache
-from fusion.datasets import Example, from_specs, speaker_folds, speaker_split
-from fusion.features import RecordingFeatures
 from fusion.labels import EMOTIONS, MODALITIES
-from fusion.metrics import score
+from fusion.media.features import RecordingFeatures
+from fusion.media.orphans import exit_with_parent
 from fusion.model import FusionConfig
-from fusion.orphans import exit_with_parent
-from fusion.train import TrainConfig, fit, predict_proba
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import Example, from_specs, speaker_folds, speaker_split
+from fusion.training.metrics import score
+from fusion.training.train import TrainConfig, fit, predict_proba
 
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
 METRIC_NAMES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted F1"}
@@ -276,7 +276,7 @@ def confusion_counts(true: np.ndarray, predicted: np.ndarray, weights: np.ndarra
 
 
 def metrics_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """UA, WA, macro-F1 and weighted F1 of (..., K, K) confusion counts, as fusion.metrics.score computes them.
+    """UA, WA, macro-F1 and weighted F1 of (..., K, K) confusion counts, as fusion.training.metrics.score computes them.
 
     Classes absent from the true labels do not count in the macro averages; a class never predicted has
     precision 0. Returns arrays of shape (...).

@@ -25,8 +25,8 @@ from encoders.text import Transcriber, Utterance, Word, WordEncoder
 from encoders.vad import SpeechDetector, speech_within
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
-from fusion.media import DEFAULT_FPS, Media, decode
-from fusion.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunks
+from fusion.media.decoding import DEFAULT_FPS, Media, decode
+from fusion.media.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunks
 
 IMAGE_DURATION_S = 1 / DEFAULT_FPS  # seconds: a still image counts as one sampled video frame
 

@@ -11,11 +11,9 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +28,12 @@ from encoders.vad import speech_at
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
 from fusion.experts.bundle import ExpertBundle, bundle_digest, is_bundle, read_bundle_config
-from fusion.features import FeatureExtractor, RecordingFeatures
-from fusion.media import DEFAULT_FPS
-from fusion.memory import release_free_memory
+from fusion.media.decoding import DEFAULT_FPS
+from fusion.media.features import FeatureExtractor, RecordingFeatures
+from fusion.media.streaming import CHUNK_S
 from fusion.model import MODALITIES, FusionBatch, FusionModel, modalities_present
-from fusion.streaming import CHUNK_S
+from fusion.serving.memory import release_free_memory
+from fusion.serving.prediction import Prediction
 
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
@@ -45,66 +44,6 @@ AUDIO_CHUNK_FRAMES = 3000  # spectrogram frames (30 s) per audio CNN input, so m
 # 0.26 GB at 256; benchmarks/results/memory.md); a GPU wants large ones.
 AUDIO_CHUNK_BATCH = {"cpu": 1, "cuda": 8}  # 30 s audio chunks per audio CNN pass
 FACE_BATCH = {"cpu": 32, "cuda": 256}  # face crops per face CNN pass
-
-
-@dataclass
-class Prediction:
-    """The emotion timeline of one recording.
-
-    timeline: one row per segment with columns start, end (seconds), text, face_present (share of sampled
-        frames with a face; NaN without video), one probability column per emotion, label (top emotion) and
-        modalities (comma-separated, those with a token inside the segment). A segment with no modality at
-        all has NaN probabilities and an empty label.
-    summary: {"probabilities": {emotion: p}, "label": str, "modalities": [...]}, the duration-weighted mean
-        over the predicted segments.
-    damaged: (start, end) seconds of the recording that could not be decoded (damaged packets, skipped; audio
-        there is silence, and no frame was sampled from them); empty for an intact file.
-    """
-
-    file: str
-    duration: float
-    labels: tuple[str, ...]
-    timeline: pd.DataFrame
-    summary: dict
-    timings: dict[str, float] = field(default_factory=dict)
-    damaged: list[tuple[float, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        segments = []
-        for row in self.timeline.itertuples(index=False):
-            row = row._asdict()
-            segments.append(
-                {
-                    "start": row["start"],
-                    "end": row["end"],
-                    "text": row["text"],
-                    "modalities": row["modalities"].split(",") if row["modalities"] else [],
-                    "face_present": None if np.isnan(row["face_present"]) else row["face_present"],
-                    "probabilities": {e: None if np.isnan(row[e]) else row[e] for e in self.labels},
-                    "label": row["label"] or None,
-                }
-            )
-        return {
-            "file": self.file,
-            "duration": self.duration,
-            "segments": segments,
-            "summary": self.summary,
-            "damaged": [list(span) for span in self.damaged],
-            "timings": self.timings,
-        }
-
-    def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def to_csv(self, path: str | os.PathLike | None = None) -> str | None:
-        """The timeline as CSV: written to path, or returned as a string when path is None."""
-        return self.timeline.to_csv(path, index=False, float_format="%.6g")
-
-    def plot(self, *, path: str | os.PathLike | None = None, title: str | None = None):
-        """A matplotlib Figure of the timeline (see :func:`fusion.plot.plot_timeline`); saved to path when given."""
-        from fusion.plot import plot_timeline  # matplotlib loads only when a plot is asked for
-
-        return plot_timeline(self, path=path, title=title)
 
 
 class Predictor:
