@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from encoders.errors import FusionError
+
 WHISPER_ENV = "FUSION_WHISPER_MODEL"
 TEXT_ENV = "FUSION_TEXT_MODEL"
 FACE_ENV = "FUSION_FACE_MODEL"
@@ -18,8 +20,9 @@ DEFAULT_WHISPER_MODEL = "tiny.en"
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class ModelNotFoundError(RuntimeError):
-    """A pretrained model could not be loaded from a local path or downloaded by name."""
+class ModelNotFoundError(FusionError, RuntimeError):
+    """A pretrained model could not be loaded from a local path or downloaded by name (still a RuntimeError, as it
+    was before it joined :class:`FusionError`)."""
 
     def __init__(self, *, what: str, requested: str, env_var: str, argument: str, reason: str):
         self.what = what

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16_000  # Hz: the rate Silero VAD's 16 kHz model takes, and fusion.media.decoding's
+from encoders import SAMPLE_RATE
+
 FRAME_SAMPLES = 512  # samples per VAD frame at 16 kHz (32 ms): the frame size Silero VAD's 16 kHz model takes
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 SPEECH_THRESHOLD = 0.5  # speech probability above which a frame is speech (Silero's own default)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import whisper
-from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from whisper.audio import HOP_LENGTH, N_SAMPLES
+
+from encoders import SAMPLE_RATE
 
 STATE_SECONDS = 2 * HOP_LENGTH / SAMPLE_RATE  # 0.02 s: Whisper's second convolution halves the 10 ms mel frame rate
 WINDOW_SAMPLES = N_SAMPLES  # 30 s at 16 kHz: the longest input Whisper's positional embedding covers

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
-from fusion.errors import FusionError, ModelNotFoundError, check_writable
+from fusion.errors import FusionError, check_writable
 from fusion.experts import EXPERTS
 from fusion.serving.batch import ENGINES, ScoreOptions, score_files
 from fusion.serving.predictor import Predictor
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands_by_name[args.command](args)
-    except (FusionError, ModelNotFoundError) as error:
+    except FusionError as error:  # ModelNotFoundError included
         print(f"fusion: error: {error}", file=sys.stderr)
         return 1
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from encoders.errors import FusionError  # the root, defined where the encoders can raise under it too
 from encoders.loading import ModelNotFoundError
-
-
-class FusionError(Exception):
-    """Base class of the errors raised by :mod:`fusion` about a specific input or checkpoint."""
 
 
 class FileError(FusionError):

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from benchmarks.long_input import concatenate, copies
+from encoders import SAMPLE_RATE
 from encoders.face_detection import FaceDetector
 from encoders.vad import SpeechDetector
 from fusion.errors import MediaError
 from fusion.media import streaming
-from fusion.media.decoding import AUDIO_SAMPLE_RATE, decode
+from fusion.media.decoding import decode
 from fusion.media.streaming import CUT_SEARCH_S, DecodeWorker, read_chunks
 
 
@@ -34,7 +35,7 @@ def test_chunks_partition_the_recording_and_keep_every_sample_and_frame(one_minu
     # Each cut is at the quietest moment in the CUT_SEARCH_S seconds before the chunk's nominal end.
     for chunk in chunks[:-1]:
         assert 20.0 - CUT_SEARCH_S <= chunk.duration <= 20.0
-        assert len(chunk.audio) == pytest.approx(chunk.duration * AUDIO_SAMPLE_RATE, abs=1)
+        assert len(chunk.audio) == pytest.approx(chunk.duration * SAMPLE_RATE, abs=1)
     np.testing.assert_array_equal(np.concatenate([c.audio for c in chunks]), whole.audio)
     np.testing.assert_array_equal(np.concatenate([c.frame_times for c in chunks]), whole.frame_times)
     assert sum(len(c.faces) for c in chunks) == len(whole.frames)

@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 import torch
 
+from encoders import SAMPLE_RATE
 from encoders.face_detection import FaceDetector, FaceFinder, FrameFaces
 from encoders.vad import SpeechDetector
-from fusion.media.decoding import AUDIO_SAMPLE_RATE, AudioBlock, MediaReader
+from fusion.media.decoding import AudioBlock, MediaReader
 
 CHUNK_S = 300.0  # seconds of recording per chunk at most: about ten Whisper windows, some tens of MB of audio and faces
 # seconds: the first chunk is this short, and each next one twice as long up to CHUNK_S, so the models start after
@@ -149,12 +150,12 @@ class _ChunkBuffer:
         """The next full chunk, once the buffer reaches past its end (or the file has ended); else None."""
         target = self.start + self.chunk_s
         if self.has_audio:
-            audio_end = (self.start_sample + self.samples) / AUDIO_SAMPLE_RATE
+            audio_end = (self.start_sample + self.samples) / SAMPLE_RATE
             if audio_end < target:
                 return None
             if self.cut is None:  # chosen once per chunk, however long the video track takes to catch up
                 cut_sample = self._quietest_sample(target)
-                self.cut = cut_sample, (self.start_sample + cut_sample) / AUDIO_SAMPLE_RATE
+                self.cut = cut_sample, (self.start_sample + cut_sample) / SAMPLE_RATE
             cut_sample, cut = self.cut
             video_behind = self.has_video and self.video_time < cut and audio_end < cut + MAX_INTERLEAVE_S
             if video_behind and not ended:
@@ -173,9 +174,9 @@ class _ChunkBuffer:
         """The buffer offset (samples) of the middle of the quietest QUIET_FRAME_S in the CUT_SEARCH_S before target."""
         audio = np.concatenate(self.audio) if len(self.audio) > 1 else self.audio[0]
         self.audio = [audio]
-        end = round(target * AUDIO_SAMPLE_RATE) - self.start_sample
-        frame = round(QUIET_FRAME_S * AUDIO_SAMPLE_RATE)
-        first = max(0, end - round(CUT_SEARCH_S * AUDIO_SAMPLE_RATE))
+        end = round(target * SAMPLE_RATE) - self.start_sample
+        frame = round(QUIET_FRAME_S * SAMPLE_RATE)
+        first = max(0, end - round(CUT_SEARCH_S * SAMPLE_RATE))
         n_frames = (end - first) // frame
         if n_frames < 1:
             return end

@@ -103,10 +103,6 @@ class Predictor:
         """sha256 prefix of the loaded model's weights (and, for a bundle, its configs)."""
         return self.bundle.id if self.bundle is not None else self.checkpoint.id
 
-    @property
-    def model_path(self) -> Path | None:
-        return self.bundle.path if self.bundle is not None else self.checkpoint.path
-
     def predict(
         self, path: str | os.PathLike, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
     ) -> Prediction:

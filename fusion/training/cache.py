@@ -23,7 +23,7 @@ from tqdm import tqdm
 from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, FACE_ENV, TEXT_ENV, WHISPER_ENV, choose_model
 from encoders.text import Utterance, Word
 from fusion.checkpoint import feature_parameters
-from fusion.errors import FusionError
+from fusion.errors import FileError
 from fusion.media.decoding import DEFAULT_FPS
 from fusion.media.features import FeatureExtractor, RecordingFeatures, image_features
 from fusion.training.datasets import IMAGE_SUFFIXES, Example
@@ -96,7 +96,7 @@ class FeatureCache:
                     report.loaded += 1
                     continue
                 computed = self._compute(example)
-            except (FusionError, OSError) as error:
+            except (FileError, OSError) as error:  # this file's; a model that cannot load stops the build
                 report.skipped.append((example.path, str(error)))
                 features.append(None)
                 continue
