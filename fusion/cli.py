@@ -14,10 +14,11 @@ from fusion.errors import FusionError, check_writable
 from fusion.experts import EXPERTS
 from fusion.serving.batch import ENGINES, ScoreOptions, score_files
 from fusion.serving.predictor import Predictor
-from fusion.training.ablation import METRICS, AblationConfig, ablate
+from fusion.training.ablation import AblationConfig, ablate
 from fusion.training.augment import AugmentConfig
 from fusion.training.cache import FeatureCache
 from fusion.training.datasets import DATA_KINDS, from_specs
+from fusion.training.metrics import METRICS
 from fusion.training.train import TrainConfig, train_checkpoint
 
 FORMATS = ("table", "json", "csv")

@@ -16,18 +16,12 @@ from matplotlib.image import imread
 from fusion.labels import EMOTIONS, MODALITIES, ravdess_fields
 from fusion.media.features import RecordingFeatures
 from fusion.model import FusionConfig, FusionModel
-from fusion.training.ablation import (
-    METRICS,
-    AblationConfig,
-    ablate,
-    bootstrap,
-    confusion_counts,
-    metrics_from_confusion,
-)
+from fusion.training.ablation import AblationConfig, ablate
 from fusion.training.augment import AugmentConfig
 from fusion.training.cache import FeatureCache
 from fusion.training.datasets import ravdess, save_manifest
-from fusion.training.metrics import score
+from fusion.training.metrics import METRICS, metrics_from_confusion, score
+from fusion.training.statistics import bootstrap, confusion_counts
 from fusion.training.train import TrainConfig, predict_proba
 
 ACTORS = ("ravdess:01", "ravdess:02", "ravdess:03")
