@@ -45,7 +45,8 @@ import numpy as np, psutil, torch
 from alignment import Stream, pad_streams
 from encoders.face import face_pixels
 from fusion import checkpoint
-from fusion.serving.predictor import AUDIO_CHUNK_FRAMES, DEFAULT_CHECKPOINT
+from fusion.model import AUDIO_CHUNK_FRAMES
+from fusion.serving.predictor import DEFAULT_CHECKPOINT
 
 model = checkpoint.load(DEFAULT_CHECKPOINT, device="cpu").model
 inputs = np.load({inputs!r})
@@ -75,13 +76,14 @@ print(json.dumps({{"seconds": seconds, "activations_gb": (peak - before) / 1024*
 _CHUNKS = """
 import json, resource, threading, time
 import psutil
+import fusion.model
 import fusion.serving.predictor
 from fusion.serving.predictor import Predictor
 
 if not {release}:
     fusion.serving.predictor.release_free_memory = lambda: None
 for name, value in {batches!r}.items():
-    setattr(fusion.serving.predictor, name, value)
+    setattr(fusion.model, name, value)
 predictor = Predictor()
 process = psutil.Process()
 chunks, highest = [], [0]
@@ -124,7 +126,7 @@ def encoder_inputs(clips: list[Path], out: Path) -> None:
     from encoders.audio import log_mel
     from encoders.face_detection import FaceDetector, find_all_faces, main_face_crops
     from fusion.media.decoding import decode
-    from fusion.serving.predictor import AUDIO_CHUNK_FRAMES
+    from fusion.model import AUDIO_CHUNK_FRAMES
 
     detector = FaceDetector()
     mels, crops = [], []

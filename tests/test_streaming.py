@@ -123,6 +123,7 @@ def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatc
     """The CPU's small batches (memory) and the GPU's large ones (padding across chunks) give the same timeline
     (a cross-attention model's encoders; randomly initialised, for the arithmetic only)."""
     from fusion import checkpoint as checkpoints
+    from fusion import model as model_module
     from fusion.model import FusionConfig, FusionModel
     from fusion.serving import predictor as predictor_module
 
@@ -133,8 +134,8 @@ def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatc
     features = predictor.extractor(one_minute)  # 60 s: two 30 s audio CNN chunks, about 300 face crops
     results = []
     for audio_batch, face_batch in ((1, 7), (8, 256)):
-        monkeypatch.setattr(predictor_module, "AUDIO_CHUNK_BATCH", {"cpu": audio_batch, "cuda": audio_batch})
-        monkeypatch.setattr(predictor_module, "FACE_BATCH", {"cpu": face_batch, "cuda": face_batch})
+        monkeypatch.setattr(model_module, "AUDIO_CHUNK_BATCH", {"cpu": audio_batch, "cuda": audio_batch})
+        monkeypatch.setattr(model_module, "FACE_BATCH", {"cpu": face_batch, "cuda": face_batch})
         results.append(predictor.predict_features(features).timeline)
     assert len(results[0]) > 1
     probabilities = [r[list(predictor.labels)].to_numpy() for r in results]

@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments, pad_streams
-from encoders.audio import TOKEN_STRIDE
+from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments
 from encoders.loading import DEFAULT_WHISPER_MODEL, TEXT_ENV, WHISPER_ENV, choose_model
 from encoders.runtime import autocast, pick_device
 from encoders.vad import speech_at
@@ -38,12 +37,6 @@ from fusion.serving.prediction import Prediction
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
 SEGMENT_BATCH = 32  # segments fused per forward pass
-AUDIO_CHUNK_FRAMES = 3000  # spectrogram frames (30 s) per audio CNN input, so memory does not grow with duration
-# Items per encoder pass, by device type. On the CPU small batches run no slower than large ones and keep the
-# activations small (audio CNN: 0.02 GB at 1 chunk against 0.32 GB at 8; face CNN: 0.04 GB at 32 crops against
-# 0.26 GB at 256; benchmarks/results/memory.md); a GPU wants large ones.
-AUDIO_CHUNK_BATCH = {"cpu": 1, "cuda": 8}  # 30 s audio chunks per audio CNN pass
-FACE_BATCH = {"cpu": 32, "cuda": 256}  # face crops per face CNN pass
 
 
 class Predictor:
@@ -194,35 +187,15 @@ class Predictor:
         """Run the trainable encoders over a recording (or chunk) once: audio tokens and face embeddings."""
         inputs = features.streams()
         start = time.perf_counter()
-        audio = self._encode_audio(inputs["audio"])
+        audio = self.model.encode_audio_stream(inputs["audio"])
         if features.speech is not None:  # tokens away from detected speech do not speak for the voice
             audio.mask &= torch.from_numpy(speech_at(audio.times.numpy(), features.speech, features.start))
         _add(timings, "audio_cnn", start)
 
         start = time.perf_counter()
-        video = inputs["video"]
-        embeddings = torch.zeros(len(video), self.model.config.face_dim)
-        real = torch.nonzero(video.mask).flatten()
-        batch = _batch_size(FACE_BATCH, self.device)
-        for first in range(0, len(real), batch):
-            rows = real[first : first + batch]
-            embeddings[rows] = self.model.face_encoder(video.values[rows].to(self.device)).float().cpu()
+        video = self.model.encode_face_stream(inputs["video"])
         _add(timings, "face_cnn", start)
-        return {"audio": audio, "text": inputs["text"], "video": Stream(embeddings, video.times, video.mask)}
-
-    def _encode_audio(self, mel: Stream) -> Stream:
-        """Log-mel frames -> audio tokens, in 30 s chunks batched AUDIO_CHUNK_BATCH at a time."""
-        batch = _batch_size(AUDIO_CHUNK_BATCH, self.device)
-        chunk = AUDIO_CHUNK_FRAMES - AUDIO_CHUNK_FRAMES % TOKEN_STRIDE
-        pieces = [mel[i : i + chunk] for i in range(0, len(mel), chunk)]
-        values, times = [torch.zeros(0, self.model.config.audio_dim)], [torch.zeros(0)]
-        for first in range(0, len(pieces), batch):
-            encoded = self.model.encode_audio(pad_streams(pieces[first : first + batch]).to(self.device))
-            keep = encoded.mask.cpu()
-            values.append(encoded.values.float().cpu()[keep])
-            times.append(encoded.times.cpu()[keep])
-        values, times = torch.cat(values), torch.cat(times)
-        return Stream(values, times, torch.ones(len(times), dtype=torch.bool))
+        return {"audio": audio, "text": inputs["text"], "video": video}
 
     def _fuse(self, tokens: dict[str, Stream], timeline: list[Segment], timings: dict[str, float]) -> pd.DataFrame:
         """The timeline rows of segments whose context (context_s either side) is inside tokens."""
@@ -282,11 +255,6 @@ def _concat(first: Stream, second: Stream) -> Stream:
         torch.cat([first.times, second.times]),
         torch.cat([first.mask, second.mask]),
     )
-
-
-def _batch_size(sizes: dict[str, int], device: torch.device) -> int:
-    """The batch size for device from {device type: size}; any accelerator other than CUDA counts as CUDA."""
-    return sizes[device.type] if device.type in sizes else sizes["cuda"]
 
 
 def _add(timings: dict[str, float], stage: str, since: float) -> None:
