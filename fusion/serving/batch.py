@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
+from encoders.loading import EncoderSources
 from fusion.errors import MediaError, NoModalityError, OutputError, check_writable
 from fusion.media.orphans import exit_with_parent
 from fusion.serving.predictor import Predictor, model_id, resolve_checkpoint
@@ -80,9 +81,7 @@ class ScoreOptions:
     """Everything a worker needs to build its predictor and score a file (plain values, so it pickles)."""
 
     checkpoint: str | None = None
-    whisper_model: str | None = None
-    text_model: str | None = None
-    face_model: str | None = None
+    sources: EncoderSources = EncoderSources()  # as chosen; each worker's predictor resolves it with the checkpoint
     device: str | None = None
     segments: str = "utterance"
     window_s: float = DEFAULT_WINDOW_S
@@ -152,13 +151,7 @@ def plot_name(path: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _predictor(options: ScoreOptions) -> Predictor:
     """This process's predictor: loaded on its first file, reused for every later one."""
-    return Predictor(
-        options.checkpoint,
-        whisper_model=options.whisper_model,
-        text_model=options.text_model,
-        face_model=options.face_model,
-        device=options.device,
-    )
+    return Predictor(options.checkpoint, sources=options.sources, device=options.device)
 
 
 def score_file(path: str, options: ScoreOptions) -> dict:

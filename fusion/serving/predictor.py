@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments
-from encoders.loading import DEFAULT_WHISPER_MODEL, TEXT_ENV, WHISPER_ENV, choose_model
+from encoders.loading import EncoderSources
 from encoders.runtime import autocast, pick_device
 from encoders.vad import speech_at
 from fusion import checkpoint as checkpoints
@@ -42,29 +42,30 @@ SEGMENT_BATCH = 32  # segments fused per forward pass
 class Predictor:
     """Loads a checkpoint and the frozen encoders once; :meth:`predict` then scores any number of files.
 
-    Whisper and the text model default to the ones named in the checkpoint; the arguments or the environment
-    variables FUSION_WHISPER_MODEL / FUSION_TEXT_MODEL / FUSION_FACE_MODEL point at local copies.
+    sources: the frozen models (:class:`encoders.loading.EncoderSources`), resolved here once: those it leaves
+    unchosen come from the environment variables FUSION_WHISPER_MODEL / FUSION_TEXT_MODEL / FUSION_FACE_MODEL, else
+    from the checkpoint (Whisper and the text model it names; an experts bundle's text expert names its own), else
+    the defaults.
     """
 
     def __init__(
         self,
         checkpoint: str | os.PathLike | None = None,
         *,
-        whisper_model: str | os.PathLike | None = None,
-        text_model: str | os.PathLike | None = None,
-        face_model: str | os.PathLike | None = None,
+        sources: EncoderSources | None = None,
         device: str | torch.device | None = None,
         chunk_s: float = CHUNK_S,
     ):
+        chosen = sources or EncoderSources()
         self.device = pick_device(device)
         self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
         path = resolve_checkpoint(checkpoint)
         if is_bundle(path):  # the experts fused late (the shipped default model)
-            self.bundle: ExpertBundle | None = ExpertBundle.load(path, text_model=text_model, device=self.device)
+            # the text expert resolves its own base model: the one chosen, $FUSION_TEXT_MODEL, the one it names
+            self.bundle: ExpertBundle | None = ExpertBundle.load(path, text_model=chosen.text, device=self.device)
             self.checkpoint, self.model = None, None
             self.extractor = FeatureExtractor(
-                whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL),
-                face_model=face_model,
+                sources=chosen.resolve(),
                 fps=DEFAULT_FPS,
                 device=self.device,
                 whisper_blocks=self.bundle.whisper_block,
@@ -74,10 +75,9 @@ class Predictor:
         self.bundle = None
         self.checkpoint = checkpoints.load(path, device=self.device)
         self.model: FusionModel = self.checkpoint.model
+        named = EncoderSources(whisper=self.checkpoint.encoders.whisper, text=self.checkpoint.encoders.text)
         self.extractor = FeatureExtractor(
-            whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=self.checkpoint.encoders.whisper),
-            text_model=choose_model(text_model, env_var=TEXT_ENV, default=self.checkpoint.encoders.text),
-            face_model=face_model,
+            sources=chosen.resolve(named),
             fps=self.checkpoint.fps,
             device=self.device,
         )
@@ -298,14 +298,23 @@ def model_id(checkpoint: str | os.PathLike) -> str:
     return checkpoints.load(path).id
 
 
-def load(checkpoint: str | os.PathLike | None = None, **options) -> Predictor:
-    """A :class:`Predictor` with every model loaded once; options as for :class:`Predictor`."""
-    return Predictor(checkpoint, **options)
+def load(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    whisper_model: str | os.PathLike | None = None,
+    text_model: str | os.PathLike | None = None,
+    face_model: str | os.PathLike | None = None,
+    **options,
+) -> Predictor:
+    """A :class:`Predictor` with every model loaded once. whisper_model, text_model, face_model: a name or local
+    path for each frozen model (its :class:`EncoderSources`); options (device, chunk_s) as for :class:`Predictor`."""
+    sources = EncoderSources(whisper=whisper_model, text=text_model, face=face_model)
+    return Predictor(checkpoint, sources=sources, **options)
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_predictor(checkpoint: str | None, options: tuple) -> Predictor:
-    return Predictor(checkpoint, **dict(options))
+    return load(checkpoint, **dict(options))
 
 
 def predict(
@@ -319,7 +328,7 @@ def predict(
     """Predict the emotion timeline of one recording.
 
     The models are loaded on the first call and reused by later calls with the same checkpoint and options.
-    options: whisper_model, text_model, face_model, device (see :class:`Predictor`).
+    options: whisper_model, text_model, face_model, device (see :func:`load`).
     """
     key = None if checkpoint is None else os.fspath(checkpoint)
     options = tuple(sorted((k, None if v is None else str(v)) for k, v in options.items()))

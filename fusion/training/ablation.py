@@ -33,6 +33,7 @@ from statistics import mean, stdev
 import numpy as np
 import torch
 
+from encoders.loading import EncoderSources
 from encoders.runtime import pick_device
 from fusion.labels import EMOTIONS, MODALITIES
 from fusion.media.features import RecordingFeatures
@@ -315,15 +316,16 @@ def ablate(
     config: AblationConfig,
     device: str | torch.device | None = None,
     command: str | None = None,
+    sources: EncoderSources | None = None,
 ) -> list[dict]:
     """Run the ablation on corpora given as KIND=PATH specs and write ablation.md, .json and .png to `out`.
 
-    Features come from (and go to) the cache; examples whose features cannot be computed are reported and left
-    out. Returns the summary rows (see :func:`summarize`).
+    Features come from (and go to) the cache, extracted with sources (see :class:`FeatureCache`); examples whose
+    features cannot be computed are reported and left out. Returns the summary rows (see :func:`summarize`).
     """
     started = time.perf_counter()
     manifest = from_specs(data)  # the adapters warn about every file they skip
-    features, report = FeatureCache(cache_dir).build(manifest.examples)
+    features, report = FeatureCache(cache_dir, sources=sources).build(manifest.examples)
     print(report, file=sys.stderr)
     usable = [i for i, f in enumerate(features) if f is not None]
     examples = [manifest.examples[i] for i in usable]

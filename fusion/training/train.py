@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from alignment import PaddedStreams
 from encoders.audio import FRAME_SECONDS
-from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, portable_name
+from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, EncoderSources, portable_name
 from encoders.runtime import autocast, pick_device
 from fusion.checkpoint import Checkpoint, EncoderNames, save
 from fusion.media.features import RecordingFeatures
@@ -264,14 +264,16 @@ def train_checkpoint(
     train_config: TrainConfig | None = None,
     device: str | torch.device | None = None,
     weights_dtype: torch.dtype = torch.float32,
+    sources: EncoderSources | None = None,
 ) -> tuple[Path, TrainResult]:
     """Train on corpora given as KIND=PATH specs and write a checkpoint folder with a training.json beside it.
 
-    Features come from (and go to) the cache. Each corpus is split by speaker into training and validation, so
-    no speaker is in both; the validation UA over the union picks the epoch that is kept.
+    Features come from (and go to) the cache, extracted with sources (see :class:`FeatureCache`). Each corpus is
+    split by speaker into training and validation, so no speaker is in both; the validation UA over the union picks
+    the epoch that is kept.
     """
     examples = from_specs(data).examples  # the adapters warn about every file they skip
-    cache = FeatureCache(cache_dir)
+    cache = FeatureCache(cache_dir, sources=sources)
     features, report = cache.build(examples)
     print(report, file=sys.stderr)
     usable = [i for i, f in enumerate(features) if f is not None]
@@ -293,8 +295,8 @@ def train_checkpoint(
         progress=True,
     )
     names = EncoderNames(
-        whisper=portable_name(cache.whisper_model, default=DEFAULT_WHISPER_MODEL),
-        text=portable_name(cache.text_model, default=DEFAULT_TEXT_MODEL),
+        whisper=portable_name(cache.sources.whisper, default=DEFAULT_WHISPER_MODEL),
+        text=portable_name(cache.sources.text, default=DEFAULT_TEXT_MODEL),
     )
     folder = save(Checkpoint(result.model, names, fps=cache.fps), out, dtype=weights_dtype)
     summary = {
