@@ -26,6 +26,26 @@ FORMATS = ("table", "json", "csv")
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands_by_name = {
+        "predict": _predict,
+        "features": _features,
+        "train": _train,
+        "ablate": _ablate,
+        "score": _score,
+        "train-expert": lambda args: importlib.import_module(f"fusion.experts.{args.modality}").run(args),
+        "bundle": lambda args: importlib.import_module("fusion.experts.bundle").run(args),
+    }
+    try:
+        return commands_by_name[args.command](args)
+    except FusionError as error:  # ModelNotFoundError included
+        print(f"fusion: error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `fusion` command line: one subcommand per task (predict, score, features, train, ablate, train-expert,
+    bundle)."""
     parser = argparse.ArgumentParser(prog="fusion", description="Multimodal emotion recognition from recordings.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -93,22 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--plots", help="folder for one PNG per file: probabilities over time and the transcript")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_prediction_options(score)
-
-    args = parser.parse_args(argv)
-    commands_by_name = {
-        "predict": _predict,
-        "features": _features,
-        "train": _train,
-        "ablate": _ablate,
-        "score": _score,
-        "train-expert": lambda args: importlib.import_module(f"fusion.experts.{args.modality}").run(args),
-        "bundle": lambda args: importlib.import_module("fusion.experts.bundle").run(args),
-    }
-    try:
-        return commands_by_name[args.command](args)
-    except FusionError as error:  # ModelNotFoundError included
-        print(f"fusion: error: {error}", file=sys.stderr)
-        return 1
+    return parser
 
 
 def positive_int(text: str) -> int:

@@ -35,7 +35,7 @@ from fusion.serving.memory import release_free_memory
 from fusion.serving.prediction import Prediction
 
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
+DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "default"  # fusion/checkpoints/: package data
 SEGMENT_BATCH = 32  # segments fused per forward pass
 
 
