@@ -1,4 +1,5 @@
-"""Modality ablations for the committed results: `fusion ablate` (fusion/ablation.py) under the benchmarks' roof.
+"""Modality ablations for the committed results: `fusion ablate` (fusion/training/ablation.py) under the
+benchmarks' roof.
 
     python benchmarks/ablation.py ravdess=../shared/data/ravdess-speech-16k --cache ../cache --folds 3 --seeds 3 \
         --epochs 7 --workers 2 --out benchmarks/results/ravdess_speech

@@ -34,7 +34,6 @@ from alignment import make_segments
 from benchmarks.child import describe_machine, write_results
 from benchmarks.face_expert import baselines as face_baselines
 from benchmarks.meld_text_expert import logistic_regression
-from fusion.datasets import from_spec, image_folder, meld
 from fusion.experts import bundle as bundle_module
 from fusion.experts import face as face_expert
 from fusion.experts import text as text_expert
@@ -42,8 +41,9 @@ from fusion.experts.bundle import BUNDLE_FILE, ExpertBundle
 from fusion.experts.late_fusion import expected_calibration_error
 from fusion.experts.recipe import read_recipe
 from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, label_indices, ravdess_fields
-from fusion.metrics import score
 from fusion.model import MODALITIES
+from fusion.training.datasets import from_spec, image_folder, meld
+from fusion.training.metrics import score
 
 VOICE_RECIPE = Path("benchmarks/results/voice_expert/ravdess_ensemble/results.json")
 
@@ -173,7 +173,7 @@ def score_text(bundle: ExpertBundle, train, dev) -> dict:
 def score_clips(folder: Path, clips: Path) -> dict:
     """Every RAVDESS-named clip through fusion.Predictor.predict, and the clip label of each subset of the experts
     (segment probabilities pooled over the subset, then averaged over the clip weighted by segment duration)."""
-    from fusion.predictor import Predictor
+    from fusion.serving.predictor import Predictor
 
     paths = sorted(p for p in clips.rglob("*.mp4") if p.name.count("-") == 6)
     predictor = Predictor(folder)

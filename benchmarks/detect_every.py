@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fusion  # noqa: E402  (first: it sets the OpenMP wait policy before torch starts)
 from encoders import face_detection as face  # noqa: E402
-from fusion.media import decode  # noqa: E402
-from fusion.streaming import MediaChunk  # noqa: E402
+from fusion.media.decoding import decode  # noqa: E402
+from fusion.media.streaming import MediaChunk  # noqa: E402
 
 
 class CountingDetector(face.FaceDetector):

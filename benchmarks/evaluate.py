@@ -1,7 +1,7 @@
 """Score a cross-attention checkpoint (`fusion train`) on labelled corpora: UA, WA, macro-F1, weighted F1 and recall
 per class. The default model, an experts bundle, is scored by benchmarks/default_model.py.
 
-    python benchmarks/evaluate.py --checkpoint runs/model --cache ~/.cache/fusion/features \
+    python benchmarks/evaluate.py --checkpoint runs/model --cache ~/.cache/fusion/media/features \
         --data fer2013=../shared/data/fer2013/validation --data meld=../shared/data/meld-text/dev_sent_emo.csv \
         --clips ../shared/data/av-clips --out runs/evaluation.json
 
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from fusion.cache import FeatureCache
-from fusion.datasets import from_spec
 from fusion.labels import EMOTIONS, ravdess_label
-from fusion.metrics import score
-from fusion.predictor import Predictor
-from fusion.train import predict_proba
+from fusion.serving.predictor import Predictor
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import from_spec
+from fusion.training.metrics import score
+from fusion.training.train import predict_proba
 
 MEDIA_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".flv", ".wav", ".flac")
 

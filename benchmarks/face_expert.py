@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from benchmarks.child import describe_machine, write_results
-from fusion.datasets import image_folder
 from fusion.experts import face as expert
 from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, ravdess_fields
-from fusion.metrics import score
+from fusion.training.datasets import image_folder
+from fusion.training.metrics import score
 
 # the published training command of the face expert this benchmark reports (README, model card)
 TRAIN_COMMAND = "fusion train-expert face --data fer2013=../shared/data/fer2013/train --out runs/face"
@@ -162,7 +162,7 @@ def baselines(train_images, train_labels, fit_rows, held_rows, test_images, test
 
 def clips(model: expert.FaceExpert, folder: Path, *, views: str) -> dict:
     """Per-frame and per-clip accuracy of the expert on the main-face crops of every RAVDESS-named clip."""
-    from fusion.features import FeatureExtractor
+    from fusion.media.features import FeatureExtractor
 
     paths = sorted(p for p in folder.rglob("*.mp4") if p.name.count("-") == 6)
     if not paths:

@@ -4,8 +4,8 @@ autocast, channels-last vs not. What chose the face expert's backbone (fusion.ex
     python -m benchmarks.face_speed --out benchmarks/results/face_expert/speed.md
 
 Training: forward, backward and an AdamW step on random 48x48 crops with a 7-way head, batch --batch (the face
-expert's); the first steps are warm-up and not timed. Inference: the predictor's CPU batch (fusion.predictor
-FACE_BATCH, 32 crops), no gradient. The machine should be otherwise idle.
+expert's); the first steps are warm-up and not timed. Inference: the predictor's CPU batch (fusion.model FACE_BATCH,
+32 crops), no gradient. The machine should be otherwise idle.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 from benchmarks.child import describe_machine
 from encoders.face import FaceCNN
 from encoders.face_lite import LiteFaceNet
-from fusion.predictor import FACE_BATCH
+from fusion.model import FACE_BATCH
 
 CANDIDATES = {
     "FaceCNN (today's fusion face CNN, VGG-style, 1.2M parameters)": lambda: FaceCNN(),

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from benchmarks.child import describe_machine, write_results
-from fusion.datasets import meld
 from fusion.experts import text as expert
 from fusion.labels import EMOTIONS
-from fusion.metrics import score
+from fusion.training.datasets import meld
+from fusion.training.metrics import score
 
 # Settings that differ from TextExpertConfig's defaults. --shipped names the one trained with every seed; --compare
 # the ones trained with the first seed only. They are compared on the validation part of MELD train, never on dev.

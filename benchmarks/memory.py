@@ -8,7 +8,7 @@
    the clips' log-mel frames and main-face crops, repeated to that count.
 2. Chunk by chunk. ``Predictor.predict`` on a recording built from the clips (copied one after another, not kept),
    in its own process, three ways: without releasing freed memory and with the former batch sizes (audio 8,
-   face 256); releasing freed memory after each chunk (:func:`fusion.memory.release_free_memory`) with those
+   face 256); releasing freed memory after each chunk (:func:`fusion.serving.memory.release_free_memory`) with those
    batch sizes; and as shipped. For each chunk: the RSS right after its Whisper and BERT, and the highest RSS
    sampled (every RSS_SAMPLE_S) while it was processed.
 
@@ -45,7 +45,8 @@ import numpy as np, psutil, torch
 from alignment import Stream, pad_streams
 from encoders.face import face_pixels
 from fusion import checkpoint
-from fusion.predictor import AUDIO_CHUNK_FRAMES, DEFAULT_CHECKPOINT
+from fusion.model import AUDIO_CHUNK_FRAMES
+from fusion.serving.predictor import DEFAULT_CHECKPOINT
 
 model = checkpoint.load(DEFAULT_CHECKPOINT, device="cpu").model
 inputs = np.load({inputs!r})
@@ -75,13 +76,14 @@ print(json.dumps({{"seconds": seconds, "activations_gb": (peak - before) / 1024*
 _CHUNKS = """
 import json, resource, threading, time
 import psutil
-import fusion.predictor
-from fusion.predictor import Predictor
+import fusion.model
+import fusion.serving.predictor
+from fusion.serving.predictor import Predictor
 
 if not {release}:
-    fusion.predictor.release_free_memory = lambda: None
+    fusion.serving.predictor.release_free_memory = lambda: None
 for name, value in {batches!r}.items():
-    setattr(fusion.predictor, name, value)
+    setattr(fusion.model, name, value)
 predictor = Predictor()
 process = psutil.Process()
 chunks, highest = [], [0]
@@ -123,8 +125,8 @@ def encoder_inputs(clips: list[Path], out: Path) -> None:
     """The clips' log-mel frames and main-face crops, repeated to AUDIO_CHUNKS x 30 s and FACE_CROPS, saved to out."""
     from encoders.audio import log_mel
     from encoders.face_detection import FaceDetector, find_all_faces, main_face_crops
-    from fusion.media import decode
-    from fusion.predictor import AUDIO_CHUNK_FRAMES
+    from fusion.media.decoding import decode
+    from fusion.model import AUDIO_CHUNK_FRAMES
 
     detector = FaceDetector()
     mels, crops = [], []

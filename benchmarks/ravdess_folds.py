@@ -28,7 +28,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
 from benchmarks.voice_baselines import mfcc_svm, pooled_probe  # noqa: E402
-from fusion.datasets import nemo, ravdess, speaker_folds  # noqa: E402
 from fusion.experts.audio import (  # noqa: E402
     VOICE_LABELS,
     SpeechCache,
@@ -40,8 +39,9 @@ from fusion.experts.audio import (  # noqa: E402
     voice_label,
 )
 from fusion.labels import EMOTIONS, RAVDESS_NATIVE, canonical  # noqa: E402
-from fusion.media import decode  # noqa: E402
-from fusion.metrics import score  # noqa: E402
+from fusion.media.decoding import decode  # noqa: E402
+from fusion.training.datasets import nemo, ravdess, speaker_folds  # noqa: E402
+from fusion.training.metrics import score  # noqa: E402
 
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
 PROBE_BLOCK = 3  # the block whose pooled states the probe reads: its best in benchmarks/results/whisper_blocks.md

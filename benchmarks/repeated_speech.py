@@ -22,7 +22,7 @@ from benchmarks.child import describe_machine
 from benchmarks.long_input import concatenate
 from benchmarks.long_input import copies as copies_of
 from encoders.text import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcriber, keep_window
-from fusion.media import decode
+from fusion.media.decoding import decode
 
 WORDS_PER_CLIP = 6  # "Kids are talking by the door" / "Dogs are sitting by the door" (RAVDESS statements 01, 02)
 

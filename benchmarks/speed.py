@@ -94,7 +94,7 @@ RSS_SAMPLE_S = 0.1
 
 _EXTRACT = """
 import time
-from fusion.features import FeatureExtractor
+from fusion.media.features import FeatureExtractor
 CHILD = False
 extractor = FeatureExtractor()
 start = time.perf_counter()

@@ -19,9 +19,9 @@ import torch
 
 from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL
 from fusion import checkpoint as checkpoints
-from fusion.media import DEFAULT_FPS
+from fusion.media.decoding import DEFAULT_FPS
 from fusion.model import FusionConfig, FusionModel
-from fusion.predictor import Predictor
+from fusion.serving.predictor import Predictor
 
 # stages in pipeline order; a cross-attention checkpoint runs the CNNs and fusion, an experts bundle
 # (the default model) the Whisper states and the experts

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.child import describe_machine
 from encoders.vad import FRAME_SAMPLES, SpeechDetector
-from fusion.media import decode
+from fusion.media.decoding import decode
 
 WEBRTC_FRAME = 480  # samples: webrtcvad takes 10, 20 or 30 ms frames; 30 ms at 16 kHz
 WEBRTC_MODE = 3  # its most aggressive setting: the fewest non-speech frames called speech

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from fusion.labels import RAVDESS_NATIVE
-from fusion.metrics import Scores, score
+from fusion.training.metrics import Scores, score
 
 N_MFCC = 40
 PROBE_C = 1.0  # scikit-learn's default inverse regularisation strength

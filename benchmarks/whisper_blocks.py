@@ -26,9 +26,9 @@ from benchmarks.child import describe_machine  # noqa: E402
 from benchmarks.voice_baselines import PROBE_C, mfcc_svm, pooled_probe  # noqa: E402
 from encoders.text import Transcriber  # noqa: E402
 from encoders.whisper_states import WhisperStates  # noqa: E402
-from fusion.datasets import ravdess, speaker_folds  # noqa: E402
 from fusion.labels import ravdess_native  # noqa: E402
-from fusion.media import decode  # noqa: E402
+from fusion.media.decoding import decode  # noqa: E402
+from fusion.training.datasets import ravdess, speaker_folds  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
         --out benchmarks/results/voice_expert/states_cost.md
 
 The audio is the shared RAVDESS speech clips, decoded and joined end to end to the given length. The states are
-computed as fusion.features.FeatureExtractor computes them (encoders.whisper_states: the first `blocks` encoder
+computed as fusion.media.features.FeatureExtractor computes them (encoders.whisper_states: the first `blocks` encoder
 blocks, 30 s windows, no padding), after one warm-up window; the machine's torch threads as set by OMP_NUM_THREADS.
 """
 
@@ -20,9 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
+from encoders import SAMPLE_RATE
 from encoders.text import Transcriber  # noqa: E402
 from encoders.whisper_states import WINDOW_SAMPLES, WhisperStates  # noqa: E402
-from fusion.media import AUDIO_SAMPLE_RATE, decode  # noqa: E402
+from fusion.media.decoding import decode  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="markdown file to write")
     args = parser.parse_args()
 
-    needed = int(args.minutes * 60 * AUDIO_SAMPLE_RATE)
+    needed = int(args.minutes * 60 * SAMPLE_RATE)
     pieces, total = [], 0
     for path in sorted(p for p in Path(args.clips).rglob("*") if p.suffix in {".flac", ".wav", ".mp4"}):
         pieces.append(decode(path).audio)
@@ -49,7 +50,7 @@ def main() -> None:
         started = time.perf_counter()
         encoded, _ = states(audio)
         seconds.append(time.perf_counter() - started)
-    duration = len(audio) / AUDIO_SAMPLE_RATE
+    duration = len(audio) / SAMPLE_RATE
     median = float(np.median(seconds))
     lines = [
         "# Whisper encoder states at inference",

@@ -8,7 +8,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-SAMPLE_RATE = 16_000  # Hz
+from encoders import SAMPLE_RATE
+
 N_FFT = 400  # samples: 25 ms analysis window
 HOP_LENGTH = 160  # samples: 10 ms between spectrogram frames
 N_MELS = 64  # mel bands between 0 Hz and the Nyquist frequency

@@ -2,7 +2,7 @@
 
 Detection uses OpenCV's YuNet (an ONNX file, configured with ``FUSION_FACE_MODEL`` or the ``model`` argument)
 and falls back to OpenCV 4's bundled Haar cascade when no model is configured. Nothing here needs torch, so the
-decoding process (fusion.streaming.DecodeWorker) stays light; the face CNN is in :mod:`encoders.face`.
+decoding process (fusion.media.streaming.DecodeWorker) stays light; the face CNN is in :mod:`encoders.face`.
 """
 
 from __future__ import annotations

@@ -2,13 +2,17 @@
 
 Every encoder that needs pretrained weights asks :func:`choose_model` which model to load and raises
 :class:`ModelNotFoundError` when that model cannot be had, so a missing model always reads the same way:
-which model, what was tried, and how to point at a local copy.
+which model, what was tried, and how to point at a local copy. The three frozen models a recording's features
+come from travel together as one :class:`EncoderSources`, resolved once by whoever loads them.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from encoders.errors import FusionError
 
 WHISPER_ENV = "FUSION_WHISPER_MODEL"
 TEXT_ENV = "FUSION_TEXT_MODEL"
@@ -18,8 +22,9 @@ DEFAULT_WHISPER_MODEL = "tiny.en"
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class ModelNotFoundError(RuntimeError):
-    """A pretrained model could not be loaded from a local path or downloaded by name."""
+class ModelNotFoundError(FusionError, RuntimeError):
+    """A pretrained model could not be loaded from a local path or downloaded by name (still a RuntimeError, as it
+    was before it joined :class:`FusionError`)."""
 
     def __init__(self, *, what: str, requested: str, env_var: str, argument: str, reason: str):
         self.what = what
@@ -28,6 +33,37 @@ class ModelNotFoundError(RuntimeError):
             f"{what} '{requested}' could not be loaded: {reason}. "
             f"Point at a local copy with the environment variable {env_var}=/path/to/model "
             f"or the argument {argument}=..., or connect to the internet so it can be downloaded by name."
+        )
+
+
+@dataclass(frozen=True)
+class EncoderSources:
+    """The frozen models behind a recording's features, each a name or a path: Whisper, the text (BERT) model and
+    the face detector (a YuNet .onnx; None: OpenCV's Haar cascade).
+
+    As given (by arguments, command-line flags), a field left None is not chosen; :meth:`resolve` fills every field
+    once, and what it returns is what gets loaded.
+    """
+
+    whisper: str | None = None
+    text: str | None = None
+    face: str | None = None
+
+    def __post_init__(self):
+        for name in ("whisper", "text", "face"):  # paths are kept as strings: the value is hashed, pickled, compared
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, os.fspath(value))
+
+    def resolve(self, checkpoint: EncoderSources | None = None) -> EncoderSources:
+        """Each model: the one chosen here, else its environment variable (FUSION_WHISPER_MODEL, FUSION_TEXT_MODEL,
+        FUSION_FACE_MODEL), else the one the checkpoint names, else the default (tiny.en, all-MiniLM-L6-v2, Haar).
+        A resolved value resolves to itself."""
+        named = checkpoint or EncoderSources()
+        return EncoderSources(
+            whisper=choose_model(self.whisper, env_var=WHISPER_ENV, default=named.whisper or DEFAULT_WHISPER_MODEL),
+            text=choose_model(self.text, env_var=TEXT_ENV, default=named.text or DEFAULT_TEXT_MODEL),
+            face=choose_model(self.face, env_var=FACE_ENV, default=named.face),
         )
 
 

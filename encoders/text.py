@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import whisper
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from whisper.audio import SAMPLE_RATE  # 16000 Hz: what Whisper expects, and what fusion.media decodes to
 
+from encoders import SAMPLE_RATE
 from encoders.loading import (
     DEFAULT_TEXT_MODEL,
     DEFAULT_WHISPER_MODEL,

@@ -4,7 +4,7 @@ the voice.
 Silero VAD (MIT licence), read from the file that PyPI's ``silero-vad`` package ships inside itself; nothing is
 downloaded. Measured on this project's 2-core CPU (one thread; benchmarks/results/vad.md): about 3.9 s per 10
 minutes of audio, and it found no speech in 30 s of white noise, where webrtcvad (mode 3, its most aggressive)
-called every frame speech. It runs in the decoding process (:mod:`fusion.streaming`), beside the models rather
+called every frame speech. It runs in the decoding process (:mod:`fusion.media.streaming`), beside the models rather
 than in their way.
 """
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16_000  # Hz: the rate Silero VAD's 16 kHz model takes, and fusion.media's
+from encoders import SAMPLE_RATE
+
 FRAME_SAMPLES = 512  # samples per VAD frame at 16 kHz (32 ms): the frame size Silero VAD's 16 kHz model takes
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 SPEECH_THRESHOLD = 0.5  # speech probability above which a frame is speech (Silero's own default)

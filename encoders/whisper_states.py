@@ -20,7 +20,9 @@ import contextlib
 import numpy as np
 import torch
 import whisper
-from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from whisper.audio import HOP_LENGTH, N_SAMPLES
+
+from encoders import SAMPLE_RATE
 
 from encoders.runtime import autocast
 

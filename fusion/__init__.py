@@ -10,7 +10,7 @@
 import os
 
 # Idle OpenMP threads (torch's) sleep at once instead of spinning for a while, because the decoding process
-# (fusion.streaming.DecodeWorker) needs the core they would spin on; on a 2-core machine spinning threads slowed
+# (fusion.media.streaming.DecodeWorker) needs the core they would spin on; on a 2-core machine spinning threads slowed
 # Whisper down markedly while it ran. It only takes effect if torch is not imported yet; a value already set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -28,10 +28,10 @@ _PREDICTOR_NAMES = ("Prediction", "Predictor", "load", "predict")
 
 
 def __getattr__(name: str):
-    # fusion.predictor (torch, Whisper, transformers) is imported on first use, so that a process that needs only
-    # a light module, such as the decoding process (fusion.decode_worker), does not pay seconds to import it
+    # fusion.serving.predictor (torch, Whisper, transformers) is imported on first use, so that a process that needs
+    # only a light module, such as the decoding process (fusion.media.decode_worker), does not pay seconds to import it
     if name in _PREDICTOR_NAMES:
-        from fusion import predictor
+        from fusion.serving import predictor
 
         return getattr(predictor, name)
     raise AttributeError(f"module 'fusion' has no attribute {name!r}")

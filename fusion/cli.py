@@ -10,20 +10,42 @@ from pathlib import Path
 import torch
 
 from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
-from fusion.ablation import METRICS, AblationConfig, ablate
-from fusion.augment import AugmentConfig
-from fusion.cache import FeatureCache
-from fusion.datasets import DATA_KINDS, from_specs
-from fusion.errors import FusionError, ModelNotFoundError, check_writable
+from encoders.loading import EncoderSources
+from fusion.errors import FusionError, check_writable
 from fusion.experts import EXPERTS
-from fusion.predictor import Predictor
-from fusion.score import ENGINES, ScoreOptions, score
-from fusion.train import TrainConfig, train_checkpoint
+from fusion.serving.batch import ENGINES, ScoreOptions, score_files
+from fusion.serving.predictor import Predictor
+from fusion.training.ablation import AblationConfig, ablate
+from fusion.training.augment import AugmentConfig
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import DATA_KINDS, from_specs
+from fusion.training.metrics import METRICS
+from fusion.training.train import TrainConfig, train_checkpoint
 
 FORMATS = ("table", "json", "csv")
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands_by_name = {
+        "predict": _predict,
+        "features": _features,
+        "train": _train,
+        "ablate": _ablate,
+        "score": _score,
+        "train-expert": lambda args: importlib.import_module(f"fusion.experts.{args.modality}").run(args),
+        "bundle": lambda args: importlib.import_module("fusion.experts.bundle").run(args),
+    }
+    try:
+        return commands_by_name[args.command](args)
+    except FusionError as error:  # ModelNotFoundError included
+        print(f"fusion: error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `fusion` command line: one subcommand per task (predict, score, features, train, ablate, train-expert,
+    bundle)."""
     parser = argparse.ArgumentParser(prog="fusion", description="Multimodal emotion recognition from recordings.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -37,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     features = commands.add_parser("features", help="compute and cache the features of corpora (resumable)")
     features.add_argument("--data", action="append", required=True, help=data_help)
     features.add_argument("--cache", required=True, help="feature cache folder")
+    _add_model_options(features)
 
     train = commands.add_parser("train", help="train a checkpoint on corpora (features from the cache)")
     train.add_argument("--data", action="append", required=True, help=data_help)
@@ -51,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=TrainConfig.seed)
     train.add_argument("--half", action="store_true", help="store the weights in float16 (half the file size)")
     train.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    _add_model_options(train)
 
     ablate = commands.add_parser("ablate", help="modality ablation: retrain and drop each subset of modalities")
     ablate.add_argument("data", nargs="+", help="corpora as KIND=PATH: " + ", ".join(DATA_KINDS))
@@ -66,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ablate.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ablate.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
     ablate.add_argument("--out", required=True, help="folder for ablation.md, ablation.json, ablation.png")
+    _add_model_options(ablate)
 
     expert = commands.add_parser("train-expert", help="train one modality's expert alone (resumable)")
     experts = expert.add_subparsers(dest="modality", required=True)
@@ -88,22 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--plots", help="folder for one PNG per file: probabilities over time and the transcript")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_prediction_options(score)
-
-    args = parser.parse_args(argv)
-    commands_by_name = {
-        "predict": _predict,
-        "features": _features,
-        "train": _train,
-        "ablate": _ablate,
-        "score": _score,
-        "train-expert": lambda args: importlib.import_module(f"fusion.experts.{args.modality}").run(args),
-        "bundle": lambda args: importlib.import_module("fusion.experts.bundle").run(args),
-    }
-    try:
-        return commands_by_name[args.command](args)
-    except (FusionError, ModelNotFoundError) as error:
-        print(f"fusion: error: {error}", file=sys.stderr)
-        return 1
+    return parser
 
 
 def positive_int(text: str) -> int:
@@ -144,21 +154,26 @@ def _add_prediction_options(command: argparse.ArgumentParser) -> None:
         help=f"window length in seconds for silence and --segments window (default {DEFAULT_WINDOW_S})",
     )
     command.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    _add_model_options(command)
+
+
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    """The options of every command that extracts features: which frozen models (see _sources)."""
     command.add_argument("--whisper-model", help="Whisper name or checkpoint path (default: $FUSION_WHISPER_MODEL)")
     command.add_argument("--text-model", help="text model name or folder (default: $FUSION_TEXT_MODEL)")
     command.add_argument("--face-model", help="YuNet .onnx path (default: $FUSION_FACE_MODEL, else Haar cascade)")
 
 
+def _sources(args: argparse.Namespace) -> EncoderSources:
+    """The frozen models chosen on the command line; the rest are resolved where they load (environment, checkpoint,
+    default)."""
+    return EncoderSources(whisper=args.whisper_model, text=args.text_model, face=args.face_model)
+
+
 def _predict(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)  # before any model loads
-    predictor = Predictor(
-        args.checkpoint,
-        whisper_model=args.whisper_model,
-        text_model=args.text_model,
-        face_model=args.face_model,
-        device=args.device,
-    )
+    predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device)
     result = predictor.predict(args.file, segments=args.segments, window_s=args.window)
     if args.format == "json":
         text = result.to_json() + "\n"
@@ -176,7 +191,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _features(args: argparse.Namespace) -> int:
     manifest = from_specs(args.data)
-    _, report = FeatureCache(args.cache).build(manifest.examples)
+    _, report = FeatureCache(args.cache, sources=_sources(args)).build(manifest.examples)
     print(report)
     return 0 if not (report.skipped or manifest.skipped) else 1
 
@@ -198,6 +213,7 @@ def _train(args: argparse.Namespace) -> int:
         train_config=config,
         device=args.device,
         weights_dtype=torch.float16 if args.half else torch.float32,
+        sources=_sources(args),
     )
     best = result.history[result.best_epoch - 1]
     print(f"wrote {folder} (best epoch {result.best_epoch}: validation UA {best.get('ua', float('nan')):.3f})")
@@ -216,7 +232,7 @@ def _ablate(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(enabled=not args.no_augment)
         ),
     )
-    ablate(args.data, cache_dir=args.cache, out=args.out, config=config, device=args.device)
+    ablate(args.data, cache_dir=args.cache, out=args.out, config=config, device=args.device, sources=_sources(args))
     print((Path(args.out) / "ablation.md").read_text())
     return 0
 
@@ -224,15 +240,13 @@ def _ablate(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     options = ScoreOptions(
         checkpoint=args.checkpoint,
-        whisper_model=args.whisper_model,
-        text_model=args.text_model,
-        face_model=args.face_model,
+        sources=_sources(args),
         device=args.device,
         segments=args.segments,
         window_s=args.window,
         plots=args.plots,
     )
-    report = score(
+    report = score_files(
         args.inputs, args.out, options=options, workers=args.workers, engine=args.engine, progress=not args.quiet
     )
     print(report)

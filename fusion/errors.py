@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from encoders.errors import FusionError  # the root, defined where the encoders can raise under it too
 from encoders.loading import ModelNotFoundError
-
-
-class FusionError(Exception):
-    """Base class of the errors raised by :mod:`fusion` about a specific input or checkpoint."""
 
 
 class FileError(FusionError):
@@ -20,7 +17,7 @@ class FileError(FusionError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):  # pickled with its own arguments, to cross from the decoding process (fusion.streaming)
+    def __reduce__(self):  # pickled with its own arguments, to cross from the decoding process (fusion.media.streaming)
         return type(self), (self.path, self.reason), self.__dict__
 
 

@@ -6,6 +6,10 @@ modality, the present modalities are averaged, and a linear head gives one logit
 
 Absent modalities and padding are masked everywhere: a recording with no face, or no speech, is predicted
 from what it has, and the values under a mask never reach the output.
+
+The model also encodes a whole recording (or chunk of one) in memory that does not grow with its length
+(:meth:`FusionModel.encode_audio_stream`, :meth:`FusionModel.encode_face_stream`), which prediction uses; training
+encodes its padded batches of short examples in :meth:`FusionModel.forward`, with gradients, as before.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from alignment import PaddedStreams, Stream, in_segments, near_in_time, pad_stre
 from encoders.audio import TOKEN_SECONDS, TOKEN_STRIDE, SpectrogramCNN
 from encoders.face import FaceCNN
 from fusion.labels import EMOTIONS, MODALITIES
+
+AUDIO_CHUNK_FRAMES = 3000  # spectrogram frames (30 s) per audio CNN input, so memory does not grow with duration
+# Items per encoder pass of a whole recording, by device type. On the CPU small batches run no slower than large
+# ones and keep the activations small (audio CNN: 0.02 GB at 1 chunk against 0.32 GB at 8; face CNN: 0.04 GB at
+# 32 crops against 0.26 GB at 256; benchmarks/results/memory.md); a GPU wants large ones.
+AUDIO_CHUNK_BATCH = {"cpu": 1, "cuda": 8}  # 30 s audio chunks per audio CNN pass
+FACE_BATCH = {"cpu": 32, "cuda": 256}  # face crops per face CNN pass
 
 
 @dataclass
@@ -113,6 +124,34 @@ class FusionModel(nn.Module):
             embeddings[faces.mask] = self.face_encoder(faces.values[faces.mask]).to(embeddings.dtype)
         return PaddedStreams(embeddings, faces.times, faces.mask)
 
+    def encode_audio_stream(self, mel: Stream) -> Stream:
+        """One recording's log-mel frames (T_mel, N_MELS) -> its audio tokens (T_mel / 4, audio_dim), float32 on the
+        CPU, in memory that does not grow with its length: 30 s chunks, AUDIO_CHUNK_BATCH of them per pass."""
+        device = self.head.weight.device
+        batch = _batch_size(AUDIO_CHUNK_BATCH, device)
+        chunk = AUDIO_CHUNK_FRAMES - AUDIO_CHUNK_FRAMES % TOKEN_STRIDE
+        pieces = [mel[i : i + chunk] for i in range(0, len(mel), chunk)]
+        values, times = [torch.zeros(0, self.config.audio_dim)], [torch.zeros(0)]
+        for first in range(0, len(pieces), batch):
+            encoded = self.encode_audio(pad_streams(pieces[first : first + batch]).to(device))
+            keep = encoded.mask.cpu()
+            values.append(encoded.values.float().cpu()[keep])
+            times.append(encoded.times.cpu()[keep])
+        values, times = torch.cat(values), torch.cat(times)
+        return Stream(values, times, torch.ones(len(times), dtype=torch.bool))
+
+    def encode_face_stream(self, faces: Stream) -> Stream:
+        """One recording's face pixels (T, 1, 48, 48) -> embeddings (T, face_dim), float32 on the CPU and zero where
+        no face was found; the CNN runs on real faces only, FACE_BATCH at a time."""
+        device = self.head.weight.device
+        embeddings = torch.zeros(len(faces), self.config.face_dim)
+        real = torch.nonzero(faces.mask).flatten()
+        batch = _batch_size(FACE_BATCH, device)
+        for first in range(0, len(real), batch):
+            rows = real[first : first + batch]
+            embeddings[rows] = self.face_encoder(faces.values[rows].to(device)).float().cpu()
+        return Stream(embeddings, faces.times, faces.mask)
+
     def forward(self, batch: FusionBatch) -> torch.Tensor:
         """Encoder inputs -> (B, n_labels) logits for each example's segment."""
         tokens = {
@@ -144,6 +183,11 @@ class FusionModel(nn.Module):
         if values.shape[1] == 0:
             return values.new_zeros(*values.shape[:2], self.config.dim)
         return self.project[modality](values) + self.modality_embedding[modality]
+
+
+def _batch_size(sizes: dict[str, int], device: torch.device) -> int:
+    """The batch size for device from {device type: size}; any accelerator other than CUDA counts as CUDA."""
+    return sizes[device.type] if device.type in sizes else sizes["cuda"]
 
 
 def modalities_present(tokens: dict[str, PaddedStreams], segments: torch.Tensor) -> torch.Tensor:

@@ -13,15 +13,16 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from fusion.ablation import METRICS, AblationConfig, ablate, bootstrap, confusion_counts, metrics_from_confusion
-from fusion.augment import AugmentConfig
-from fusion.cache import FeatureCache
-from fusion.datasets import ravdess, save_manifest
-from fusion.features import RecordingFeatures
 from fusion.labels import EMOTIONS, MODALITIES, ravdess_fields
-from fusion.metrics import score
+from fusion.media.features import RecordingFeatures
 from fusion.model import FusionConfig, FusionModel
-from fusion.train import TrainConfig, predict_proba
+from fusion.training.ablation import AblationConfig, ablate
+from fusion.training.augment import AugmentConfig
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import ravdess, save_manifest
+from fusion.training.metrics import METRICS, metrics_from_confusion, score
+from fusion.training.statistics import bootstrap, confusion_counts
+from fusion.training.train import TrainConfig, predict_proba
 
 ACTORS = ("ravdess:01", "ravdess:02", "ravdess:03")
 ARGUMENTS = ["--folds", "3", "--seeds", "1", "--epochs", "2", "--batch-size", "8", "--no-augment"]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from encoders.audio import FRAME_SECONDS, N_MELS, SAMPLE_RATE, TOKEN_SECONDS, SpectrogramCNN, log_mel
-from fusion.media import decode
+from fusion.media.decoding import decode
 
 
 def test_log_mel_of_real_speech(shared):

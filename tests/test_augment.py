@@ -10,8 +10,8 @@ import torch
 
 from encoders.audio import N_MELS, log_mel
 from encoders.face_detection import FACE_SIZE
-from fusion.augment import AugmentConfig, augment_faces, augment_mel
-from fusion.media import decode
+from fusion.media.decoding import decode
+from fusion.training.augment import AugmentConfig, augment_faces, augment_mel
 
 # Every op off: tests switch on the one they check.
 AUDIO_OFF = AugmentConfig(speed_probability=0.0, gain_db=(0.0, 0.0), noise_probability=0.0, time_masks=0, freq_masks=0)

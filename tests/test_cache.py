@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion.cache import FeatureCache
-from fusion.datasets import Example, image_folder, meld, ravdess
-from fusion.features import FeatureExtractor
+from fusion.media.features import FeatureExtractor
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import Example, image_folder, meld, ravdess
 
 
 @pytest.fixture(scope="module")

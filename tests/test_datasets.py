@@ -1,4 +1,4 @@
-"""fusion.datasets on the real corpora in ../shared (RAVDESS, FER2013, MELD), on CREMA-D-named empty files, and
+"""fusion.training.datasets on the real corpora in ../shared (RAVDESS, FER2013, MELD), on CREMA-D-named empty files, and
 the one label table of fusion.labels."""
 
 from __future__ import annotations
@@ -9,7 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fusion.datasets import (
+from fusion.labels import (
+    EMOTIONS,
+    LABEL_MAPS,
+    RAVDESS_CODES,
+    RAVDESS_NATIVE,
+    canonical,
+    ravdess_actor,
+    ravdess_label,
+)
+from fusion.training.datasets import (
     MODALITIES,
     Example,
     Manifest,
@@ -22,15 +31,6 @@ from fusion.datasets import (
     save_manifest,
     speaker_folds,
     speaker_split,
-)
-from fusion.labels import (
-    EMOTIONS,
-    LABEL_MAPS,
-    RAVDESS_CODES,
-    RAVDESS_NATIVE,
-    canonical,
-    ravdess_actor,
-    ravdess_label,
 )
 
 # Per RAVDESS actor: neutral has no strong intensity, so 2 statements x 2 repetitions = 4 clips; the seven other

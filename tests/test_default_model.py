@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import fusion
-from fusion.datasets import image_folder, meld
 from fusion.experts import face as face_expert
 from fusion.experts.bundle import BUNDLE_FILE, FOLDERS, ExpertBundle
 from fusion.labels import EMOTIONS
-from fusion.metrics import score
-from fusion.predictor import DEFAULT_CHECKPOINT
+from fusion.serving.predictor import DEFAULT_CHECKPOINT
+from fusion.training.datasets import image_folder, meld
+from fusion.training.metrics import score
 
 MAX_BYTES = 10_000_000  # the shipped model's size limit
 

@@ -15,11 +15,11 @@ import pytest
 
 import fusion
 from fusion import checkpoint as checkpoints
-from fusion.features import FeatureExtractor
 from fusion.labels import EMOTIONS, ravdess_label
+from fusion.media.features import FeatureExtractor
 from fusion.model import FusionConfig
-from fusion.predictor import _cached_predictor
-from fusion.train import TrainConfig, fit
+from fusion.serving.predictor import _cached_predictor
+from fusion.training.train import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_command_line_reports_bad_input_without_traceback(trained_checkpoint, tm
 
 def test_predict_without_any_checkpoint_says_so(monkeypatch, tmp_path):
     monkeypatch.delenv("FUSION_CHECKPOINT", raising=False)
-    monkeypatch.setattr("fusion.predictor.DEFAULT_CHECKPOINT", tmp_path / "not-installed")
+    monkeypatch.setattr("fusion.serving.predictor.DEFAULT_CHECKPOINT", tmp_path / "not-installed")
     with pytest.raises(fusion.CheckpointError, match="No checkpoint given"):
         fusion.load()
 

@@ -18,7 +18,7 @@ MAX_PARAMETERS = 2_500_000
 
 
 def sample_frames(path: Path, step: int = FRAME_STEP) -> np.ndarray:
-    """mp4 -> (n, H, W, 3) uint8 BGR, every step-th frame; independent of fusion.media."""
+    """mp4 -> (n, H, W, 3) uint8 BGR, every step-th frame; independent of fusion.media.decoding."""
     with av.open(str(path)) as container:
         frames = [
             frame.to_ndarray(format="bgr24") for i, frame in enumerate(container.decode(video=0)) if i % step == 0

@@ -16,11 +16,11 @@ from encoders.face_lite import (
     imagenet_weights_path,
     load_imagenet_weights,
 )
-from fusion.augment import FaceImageAugment, augment_face_images
-from fusion.datasets import image_folder
 from fusion.experts import face
 from fusion.experts.face import FaceConfig, FaceExpert, FaceTrainConfig, fit, predict_proba, read_faces
 from fusion.labels import EMOTIONS
+from fusion.training.augment import FaceImageAugment, augment_face_images
+from fusion.training.datasets import image_folder
 
 # one cosine epoch, then one epoch of weight averaging (a snapshot every 2 of its 6 steps)
 QUICK = FaceTrainConfig(epochs=1, average_epochs=1, average_every=2, batch_size=32, warmup_fraction=0.1)

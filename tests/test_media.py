@@ -1,4 +1,5 @@
-"""fusion.media.decode on the real av-clips, on re-encodings of one into other containers, and on broken files."""
+"""fusion.media.decoding.decode on the real av-clips, on re-encodings of one into other containers, and on broken
+files."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import av
 import numpy as np
 import pytest
 
+from encoders import SAMPLE_RATE
 from fusion.errors import MediaError
-from fusion.media import AUDIO_SAMPLE_RATE, Media, decode
+from fusion.media.decoding import Media, decode
 
 CLIP_SECONDS = 2.0  # length of the re-encoded excerpts: enough to sample 10 frames, quick to encode on 2 cores
 SMALL = (320, 180)  # width, height of the re-encoded excerpts
@@ -42,7 +44,7 @@ def check_media(media: Media, path: Path) -> None:
     assert abs(media.duration - container_duration(path)) < TOLERANCE
     if media.has_audio:
         assert media.audio.ndim == 1 and media.audio.dtype == np.float32
-        assert abs(len(media.audio) / AUDIO_SAMPLE_RATE - media.duration) < TOLERANCE
+        assert abs(len(media.audio) / SAMPLE_RATE - media.duration) < TOLERANCE
         assert np.abs(media.audio).max() <= 1.0
     if media.has_video:
         times = media.frame_times
@@ -139,7 +141,7 @@ def test_cover_art_is_not_video(shared: Path, tmp_path: Path) -> None:
     source = next((shared / "data/ravdess-speech-16k").glob("Actor_01/*.flac"))
     dest = tmp_path / "cover.flac"
     with av.open(str(source)) as inp, av.open(str(dest), "w") as out:
-        audio = out.add_stream("flac", rate=AUDIO_SAMPLE_RATE, layout="mono")
+        audio = out.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
         cover = out.add_stream("mjpeg")
         cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
         cover.disposition = av.stream.Disposition.attached_pic
@@ -300,7 +302,7 @@ def test_damaged_packets_are_skipped_and_reported(ravdess_clips: list[Path], tmp
     assert sum(end - start for start, end in media.damaged) < 0.5
     # the rest decodes: all the audio (the damaged packets as silence, so later samples keep their time) and
     # nearly every sampled frame
-    assert media.duration == intact.duration and abs(len(media.audio) - len(intact.audio)) < 0.01 * AUDIO_SAMPLE_RATE
-    late = slice(-AUDIO_SAMPLE_RATE, None)  # the last second, after the damage: the same sound at the same time
+    assert media.duration == intact.duration and abs(len(media.audio) - len(intact.audio)) < 0.01 * SAMPLE_RATE
+    late = slice(-SAMPLE_RATE, None)  # the last second, after the damage: the same sound at the same time
     assert np.corrcoef(media.audio[late], intact.audio[late])[0, 1] > 0.99
     assert len(media.frames) >= len(intact.frames) - 2

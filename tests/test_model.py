@@ -13,7 +13,7 @@ from encoders.face_detection import FACE_SIZE
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError
 from fusion.model import FusionBatch, FusionConfig, FusionModel
-from fusion.train import drop_modalities
+from fusion.training.train import drop_modalities
 
 TINY = FusionConfig(dim=32, heads=2, layers=2, audio_dim=16, text_dim=8, face_dim=16, dropout=0.0)
 

@@ -14,7 +14,7 @@ import pytest
 
 from fusion.cli import main
 from fusion.errors import CheckpointError, OutputError, check_writable
-from fusion.score import ScoreOptions, output_lock, score
+from fusion.serving.batch import ScoreOptions, output_lock, score_files
 
 UNWRITABLE = "/sys/fusion-test.csv"  # sysfs: no file can be created there, not even by root
 
@@ -39,7 +39,7 @@ def test_score_to_an_unwritable_place_fails_before_any_model_loads(ravdess_clips
     output = target if target.startswith("/") else str(tmp_path / target)
     with pytest.raises(OutputError, match="cannot write here"):
         # a checkpoint that does not exist: had the output not been checked first, its error would come instead
-        score([str(ravdess_clips[0])], output, options=ScoreOptions(checkpoint=str(tmp_path / "no-checkpoint")))
+        score_files([str(ravdess_clips[0])], output, options=ScoreOptions(checkpoint=str(tmp_path / "no-checkpoint")))
     run = _fusion("score", str(ravdess_clips[0]), "--out", output, "--quiet")
     assert run.returncode == 1 and "cannot write here" in run.stderr and "Traceback" not in run.stderr
 
@@ -74,7 +74,7 @@ def test_bad_numbers_are_refused_by_the_parser(args, capsys):
 def test_tables_get_the_usual_permissions(ravdess_clips, tmp_path):
     mask = os.umask(0o022)
     try:
-        report = score([str(ravdess_clips[0])], tmp_path / "scores.csv", progress=False)
+        report = score_files([str(ravdess_clips[0])], tmp_path / "scores.csv", progress=False)
     finally:
         os.umask(mask)
     assert report.ok
@@ -89,16 +89,16 @@ def test_a_second_writer_on_the_same_out_is_refused(ravdess_clips, tmp_path):
     missing = ScoreOptions(checkpoint=str(tmp_path / "no-checkpoint"))  # reached only once the lock is taken
     with output_lock(out):
         with pytest.raises(OutputError, match="another fusion score is writing to it"):
-            score([str(ravdess_clips[0])], out, options=missing)
+            score_files([str(ravdess_clips[0])], out, options=missing)
         run = _fusion("score", str(ravdess_clips[0]), "--out", str(out), "--quiet")
         assert run.returncode == 1 and "another fusion score" in run.stderr and "Traceback" not in run.stderr
     with pytest.raises(CheckpointError):  # the lock is free again: the run gets as far as loading its checkpoint
-        score([str(ravdess_clips[0])], out, options=missing)
+        score_files([str(ravdess_clips[0])], out, options=missing)
 
 
 def test_a_killed_score_leaves_no_worker_behind(ravdess_clips, tmp_path):
     """kill -9 of `fusion score --workers 2` while its pool workers and their decoding processes run: every one of
-    them exits within a few seconds (fusion.orphans), instead of finishing its file alone."""
+    them exits within a few seconds (fusion.media.orphans), instead of finishing its file alone."""
     import psutil
 
     parent = subprocess.Popen(
@@ -110,7 +110,7 @@ def test_a_killed_score_leaves_no_worker_behind(ravdess_clips, tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             family = psutil.Process(parent.pid).children(recursive=True)
-            decoders = [p for p in family if "fusion.decode_worker" in " ".join(p.cmdline())]
+            decoders = [p for p in family if "fusion.media.decode_worker" in " ".join(p.cmdline())]
             if len(decoders) >= 2:
                 break
             assert parent.poll() is None, "the run ended before its workers were seen"

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.long_input import concatenate
 from fusion.labels import EMOTIONS
-from fusion.score import STAGE_COLUMNS, ScoreOptions, plot_name, score
+from fusion.serving.batch import STAGE_COLUMNS, ScoreOptions, plot_name, score_files
 
 SEGMENT_COLUMNS = ["file", "start", "end", "text", "face_present", *EMOTIONS, "label", "modalities"]
 FILE_COLUMNS = [
@@ -87,7 +87,7 @@ def test_a_killed_run_resumes_and_every_file_appears_once(ravdess_clips, tmp_pat
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
 def test_output_schema(ravdess_clips, tmp_path, suffix):
     out = tmp_path / f"scores{suffix}"
-    report = score([str(p) for p in ravdess_clips[:2]], out, progress=False)
+    report = score_files([str(p) for p in ravdess_clips[:2]], out, progress=False)
     assert report.ok and report.scored == 2
     segments = _read(out)
     assert list(segments.columns) == SEGMENT_COLUMNS
@@ -106,10 +106,10 @@ def test_output_schema(ravdess_clips, tmp_path, suffix):
 def test_ray_engine_gives_the_same_rows_as_local(ravdess_clips, tmp_path):
     ray = pytest.importorskip("ray")
     inputs = [str(p) for p in ravdess_clips[:3]]
-    score(inputs, tmp_path / "local.parquet", progress=False)
+    score_files(inputs, tmp_path / "local.parquet", progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local Ray instance, started here
     try:
-        report = score(inputs, tmp_path / "ray.parquet", engine="ray", progress=False)
+        report = score_files(inputs, tmp_path / "ray.parquet", engine="ray", progress=False)
     finally:
         ray.shutdown()
     assert report.ok and report.scored == 3
@@ -118,7 +118,7 @@ def test_ray_engine_gives_the_same_rows_as_local(ravdess_clips, tmp_path):
 
 
 def test_plots_one_png_per_file(ravdess_clips, tmp_path):
-    score([str(ravdess_clips[0])], tmp_path / "s.csv", options=ScoreOptions(plots=str(tmp_path / "plots")))
+    score_files([str(ravdess_clips[0])], tmp_path / "s.csv", options=ScoreOptions(plots=str(tmp_path / "plots")))
     png = tmp_path / "plots" / plot_name(str(ravdess_clips[0]))
     assert png.name.startswith(ravdess_clips[0].stem)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -142,7 +142,7 @@ def test_three_minutes_in_bounded_memory(ravdess_clips, tmp_path):
         try:
             family = [root, *root.children(recursive=True)]
             sizes = {p.pid: p.memory_info().rss for p in family}
-            decoders = [p.pid for p in family if "fusion.decode_worker" in " ".join(p.cmdline())]
+            decoders = [p.pid for p in family if "fusion.media.decode_worker" in " ".join(p.cmdline())]
         except psutil.NoSuchProcess:  # a process ended between listing and reading it
             continue
         peak_tree = max(peak_tree, sum(sizes.values()))
@@ -160,8 +160,8 @@ def test_three_minutes_in_bounded_memory(ravdess_clips, tmp_path):
 
 def test_worker_processes_give_the_same_rows_as_one_process(ravdess_clips, tmp_path):
     inputs = [str(p) for p in ravdess_clips[3:5]]
-    score(inputs, tmp_path / "one.parquet", progress=False)
-    report = score(inputs, tmp_path / "two.parquet", workers=2, progress=False)
+    score_files(inputs, tmp_path / "one.parquet", progress=False)
+    report = score_files(inputs, tmp_path / "two.parquet", workers=2, progress=False)
     assert report.ok and report.scored == 2
     one, two = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("one", "two"))
     pd.testing.assert_frame_equal(one, two, atol=1e-5)

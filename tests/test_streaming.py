@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from benchmarks.long_input import concatenate, copies
+from encoders import SAMPLE_RATE
 from encoders.face_detection import FaceDetector
 from encoders.vad import SpeechDetector
-from fusion import streaming
 from fusion.errors import MediaError
-from fusion.media import AUDIO_SAMPLE_RATE, decode
-from fusion.streaming import CUT_SEARCH_S, DecodeWorker, read_chunks
+from fusion.media import streaming
+from fusion.media.decoding import decode
+from fusion.media.streaming import CUT_SEARCH_S, DecodeWorker, read_chunks
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_chunks_partition_the_recording_and_keep_every_sample_and_frame(one_minu
     # Each cut is at the quietest moment in the CUT_SEARCH_S seconds before the chunk's nominal end.
     for chunk in chunks[:-1]:
         assert 20.0 - CUT_SEARCH_S <= chunk.duration <= 20.0
-        assert len(chunk.audio) == pytest.approx(chunk.duration * AUDIO_SAMPLE_RATE, abs=1)
+        assert len(chunk.audio) == pytest.approx(chunk.duration * SAMPLE_RATE, abs=1)
     np.testing.assert_array_equal(np.concatenate([c.audio for c in chunks]), whole.audio)
     np.testing.assert_array_equal(np.concatenate([c.frame_times for c in chunks]), whole.frame_times)
     assert sum(len(c.faces) for c in chunks) == len(whole.frames)
@@ -98,7 +99,7 @@ def test_decode_worker_is_replaced_when_a_consumer_stops_part_way(one_minute):
 
 
 def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute, ravdess_clips):
-    from fusion.predictor import Predictor
+    from fusion.serving.predictor import Predictor
 
     whole = Predictor().predict(one_minute)
     chunked = Predictor(chunk_s=20.0).predict(one_minute)
@@ -122,8 +123,9 @@ def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatc
     """The CPU's small batches (memory) and the GPU's large ones (padding across chunks) give the same timeline
     (a cross-attention model's encoders; randomly initialised, for the arithmetic only)."""
     from fusion import checkpoint as checkpoints
-    from fusion import predictor as predictor_module
+    from fusion import model as model_module
     from fusion.model import FusionConfig, FusionModel
+    from fusion.serving import predictor as predictor_module
 
     torch.manual_seed(0)
     names = checkpoints.EncoderNames("tiny.en", "sentence-transformers/all-MiniLM-L6-v2")
@@ -132,8 +134,8 @@ def test_encoder_batch_sizes_do_not_change_the_prediction(one_minute, monkeypatc
     features = predictor.extractor(one_minute)  # 60 s: two 30 s audio CNN chunks, about 300 face crops
     results = []
     for audio_batch, face_batch in ((1, 7), (8, 256)):
-        monkeypatch.setattr(predictor_module, "AUDIO_CHUNK_BATCH", {"cpu": audio_batch, "cuda": audio_batch})
-        monkeypatch.setattr(predictor_module, "FACE_BATCH", {"cpu": face_batch, "cuda": face_batch})
+        monkeypatch.setattr(model_module, "AUDIO_CHUNK_BATCH", {"cpu": audio_batch, "cuda": audio_batch})
+        monkeypatch.setattr(model_module, "FACE_BATCH", {"cpu": face_batch, "cuda": face_batch})
         results.append(predictor.predict_features(features).timeline)
     assert len(results[0]) > 1
     probabilities = [r[list(predictor.labels)].to_numpy() for r in results]

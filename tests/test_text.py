@@ -22,7 +22,8 @@ QUIET_TAKE = "data/ravdess-speech-16k/Actor_09/03-01-04-01-02-02-09.flac"  # "Do
 
 
 def load_audio(path: Path) -> np.ndarray:
-    """A file's (mp4 or flac) audio as (samples,) float32 mono 16 kHz, without fusion.media (written alongside)."""
+    """A file's (mp4 or flac) audio as (samples,) float32 mono 16 kHz, without fusion.media.decoding (written
+    alongside)."""
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     with av.open(str(path)) as container:
         frames = [out for frame in container.decode(audio=0) for out in resampler.resample(frame)]
@@ -186,7 +187,7 @@ def test_a_speaker_who_repeats_a_sentence_keeps_its_words(transcriber, ravdess_c
     repetitive (gzip ratio far above 2.4) but confidently decoded, so its words are kept, not dropped as a loop.
     tiny.en writes the sentence once too often here (42 words for 36 said), hence the upper bound's slack."""
     from benchmarks.long_input import concatenate
-    from fusion.media import decode
+    from fusion.media.decoding import decode
 
     take = concatenate([ravdess_clips[0]], tmp_path / "one.mp4", seconds=1e-3)  # one copy: its duration
     path = tmp_path / "six.mp4"

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from encoders.loading import DEFAULT_TEXT_MODEL, TEXT_ENV, ModelNotFoundError
 from encoders.text import Utterance, Word, WordEncoder
 from fusion.cli import main as fusion_main
-from fusion.datasets import meld
 from fusion.experts import text as expert
 from fusion.labels import EMOTIONS
+from fusion.training.datasets import meld
 
 ROWS = 240  # MELD train rows: dialogues 0-22, about 2 s per epoch on one core
 CONFIG = expert.TextExpertConfig(epochs=2, batch_size=16, validation_fraction=0.2, seed=0)

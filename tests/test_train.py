@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from fusion import checkpoint as checkpoints
-from fusion.augment import AugmentConfig
-from fusion.cache import FeatureCache
-from fusion.datasets import image_folder, meld, save_manifest
 from fusion.labels import EMOTIONS
-from fusion.metrics import score
 from fusion.model import FusionConfig
-from fusion.train import TrainConfig, balanced_weights, fit, predict_proba
+from fusion.training.augment import AugmentConfig
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import image_folder, meld, save_manifest
+from fusion.training.metrics import score
+from fusion.training.train import TrainConfig, balanced_weights, fit, predict_proba
 
 
 @pytest.fixture(scope="module")

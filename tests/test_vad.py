@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from encoders.vad import FRAME_SECONDS, HANGOVER_SECONDS, SpeechDetector, speech_at
-from fusion.media import decode
+from fusion.media.decoding import decode
 
 
 @pytest.fixture(scope="module")

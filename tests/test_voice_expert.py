@@ -12,7 +12,6 @@ import whisper
 
 from encoders.text import Transcriber
 from encoders.whisper_states import STATE_SECONDS, WhisperStates
-from fusion.datasets import nemo, ravdess
 from fusion.experts import audio as voice
 from fusion.experts.audio import (
     VOICE_LABELS,
@@ -26,7 +25,8 @@ from fusion.experts.audio import (
     voice_label,
 )
 from fusion.labels import EMOTIONS
-from fusion.media import decode
+from fusion.media.decoding import decode
+from fusion.training.datasets import nemo, ravdess
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def test_streamed_chunks_give_the_whole_recordings_states_up_to_window_context(w
     this input), 0.9998 at the start, where both read the same window."""
     from benchmarks.long_input import concatenate
     from encoders.face_detection import FaceDetector
-    from fusion.streaming import read_chunks
+    from fusion.media.streaming import read_chunks
 
     path = tmp_path / "long.mp4"
     concatenate(ravdess_clips, path, seconds=75)
@@ -243,7 +243,7 @@ def test_a_damaged_voice_checkpoint_raises_checkpoint_error(tmp_path):
 
 
 def test_the_feature_extractor_keeps_the_states_on_the_recordings_timeline(ravdess_clips):
-    from fusion.features import FeatureExtractor
+    from fusion.media.features import FeatureExtractor
 
     extractor = FeatureExtractor(whisper_blocks=3)
     try:

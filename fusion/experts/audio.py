@@ -32,8 +32,6 @@ from tqdm import tqdm
 from encoders.audio import N_MELS, VoiceEncoder, log_mel
 from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, choose_model, portable_name
 from encoders.runtime import autocast, pick_device
-from fusion.augment import AugmentConfig, augment_mel
-from fusion.cache import CacheReport, read_entry
 from fusion.errors import CheckpointError, FusionError, MediaError
 from fusion.experts.state import (
     load_training_state,
@@ -43,7 +41,9 @@ from fusion.experts.state import (
     write_atomic,
 )
 from fusion.labels import EMOTIONS
-from fusion.metrics import score
+from fusion.training.augment import AugmentConfig, augment_mel
+from fusion.training.cache import CacheReport, read_entry
+from fusion.training.metrics import score
 
 # The voice expert's classes: the seven canonical emotions and RAVDESS's calm, kept apart so that RAVDESS's 8 classes
 # can be scored; for the 7 canonical emotions calm's probability is added to neutral's (as fusion.labels maps it).
@@ -118,7 +118,7 @@ class SpeechCache:
         return features, report
 
     def _compute(self, path: str) -> SpeechFeatures:
-        from fusion.media import decode  # PyAV; imported when a file is really decoded
+        from fusion.media.decoding import decode  # PyAV; imported when a file is really decoded
 
         audio = decode(path).audio
         if audio is None:
@@ -333,7 +333,7 @@ def fit(
     groups: one name per example (its corpus): each corpus gets an equal share of every epoch, its classes balanced.
     resume: continue from state_dir's saved state (same data and settings), so a run cut short loses one epoch at most.
     """
-    from fusion.train import balanced_weights, warmup_cosine
+    from fusion.training.train import balanced_weights, warmup_cosine
 
     model_config = model_config or VoiceConfig()
     config = train_config or VoiceTrainConfig()
@@ -471,7 +471,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.datasets import from_specs, speaker_split
+    from fusion.training.datasets import from_specs, speaker_split
 
     examples = [e for e in from_specs(args.data).examples if "audio" in e.modalities]
     cache = SpeechCache(args.cache, whisper_model=args.whisper_model)

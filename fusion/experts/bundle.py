@@ -365,7 +365,7 @@ def _mean_calibrated(probabilities: np.ndarray, temperature: float) -> list[floa
 def _sampler_prior(examples: Sequence) -> list[float]:
     """The canonical class mix that the voice expert's sampler (fusion.train.balanced_weights by corpus) draws."""
     from fusion.experts.audio import VOICE_LABELS, voice_label
-    from fusion.train import balanced_weights
+    from fusion.training.train import balanced_weights
 
     labels = [voice_label(e.dataset, e.label, e.native_label) for e in examples]
     weights = balanced_weights(labels, [e.dataset for e in examples]).numpy()
@@ -427,7 +427,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from fusion.datasets import from_spec
+    from fusion.training.datasets import from_spec
 
     recipe = None
     if args.recipe:

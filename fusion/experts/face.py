@@ -34,7 +34,6 @@ from tqdm import tqdm
 from encoders.face_detection import FACE_SIZE
 from encoders.face_lite import LiteFaceNet, load_imagenet_weights
 from encoders.runtime import autocast, pick_device
-from fusion.augment import FaceImageAugment, augment_face_images
 from fusion.errors import CheckpointError, MediaError
 from fusion.experts.state import (
     load_training_state,
@@ -44,7 +43,8 @@ from fusion.experts.state import (
     write_atomic,
 )
 from fusion.labels import EMOTIONS
-from fusion.metrics import score
+from fusion.training.augment import FaceImageAugment, augment_face_images
+from fusion.training.metrics import score
 
 STATE_FILE = "train_state.pt"  # the resumable training state, beside the checkpoint it is writing
 WEIGHTS_FILE = "model.safetensors"
@@ -184,7 +184,7 @@ def fit(
     resume: continue from state_dir's saved state (same data and settings): a run cut short loses one epoch at most.
     imagenet_weights: the Lite0 ImageNet file (default: the installed package's); unused with pretrained=False.
     """
-    from fusion.train import warmup_cosine
+    from fusion.training.train import warmup_cosine
 
     model_config = model_config or FaceConfig()
     config = train_config or FaceTrainConfig()
@@ -395,7 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.datasets import from_specs
+    from fusion.training.datasets import from_specs
 
     examples = [e for e in from_specs(args.data).examples if e.modalities == ("video",)]
     if not examples:

@@ -507,7 +507,7 @@ def train_text_expert(
     no other data is looked at. State is saved after every epoch; resume=True continues from it.
     """
     from encoders.text import _load_bert
-    from fusion.metrics import score
+    from fusion.training.metrics import score
 
     config = config or TextExpertConfig()
     out = Path(out)
@@ -691,7 +691,7 @@ def config_from_args(args: argparse.Namespace) -> TextExpertConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.datasets import from_specs
+    from fusion.training.datasets import from_specs
 
     manifest = from_specs(args.data)
     for skipped in manifest.skipped:

@@ -11,128 +11,61 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments, pad_streams
-from encoders.audio import TOKEN_STRIDE
-from encoders.loading import DEFAULT_WHISPER_MODEL, TEXT_ENV, WHISPER_ENV, choose_model
+from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments
+from encoders.loading import EncoderSources
 from encoders.runtime import autocast, pick_device
 from encoders.vad import speech_at
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
 from fusion.experts.bundle import ExpertBundle, bundle_digest, is_bundle, read_bundle_config
-from fusion.features import FeatureExtractor, RecordingFeatures
-from fusion.media import DEFAULT_FPS
-from fusion.memory import release_free_memory
+from fusion.media.decoding import DEFAULT_FPS
+from fusion.media.features import FeatureExtractor, RecordingFeatures
+from fusion.media.streaming import CHUNK_S
 from fusion.model import MODALITIES, FusionBatch, FusionModel, modalities_present
-from fusion.streaming import CHUNK_S
+from fusion.serving.memory import release_free_memory
+from fusion.serving.prediction import Prediction
 
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
+DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "default"  # fusion/checkpoints/: package data
 SEGMENT_BATCH = 32  # segments fused per forward pass
-AUDIO_CHUNK_FRAMES = 3000  # spectrogram frames (30 s) per audio CNN input, so memory does not grow with duration
-# Items per encoder pass, by device type. On the CPU small batches run no slower than large ones and keep the
-# activations small (audio CNN: 0.02 GB at 1 chunk against 0.32 GB at 8; face CNN: 0.04 GB at 32 crops against
-# 0.26 GB at 256; benchmarks/results/memory.md); a GPU wants large ones.
-AUDIO_CHUNK_BATCH = {"cpu": 1, "cuda": 8}  # 30 s audio chunks per audio CNN pass
-FACE_BATCH = {"cpu": 32, "cuda": 256}  # face crops per face CNN pass
-
-
-@dataclass
-class Prediction:
-    """The emotion timeline of one recording.
-
-    timeline: one row per segment with columns start, end (seconds), text, face_present (share of sampled
-        frames with a face; NaN without video), one probability column per emotion, label (top emotion) and
-        modalities (comma-separated, those with a token inside the segment). A segment with no modality at
-        all has NaN probabilities and an empty label.
-    summary: {"probabilities": {emotion: p}, "label": str, "modalities": [...]}, the duration-weighted mean
-        over the predicted segments.
-    damaged: (start, end) seconds of the recording that could not be decoded (damaged packets, skipped; audio
-        there is silence, and no frame was sampled from them); empty for an intact file.
-    """
-
-    file: str
-    duration: float
-    labels: tuple[str, ...]
-    timeline: pd.DataFrame
-    summary: dict
-    timings: dict[str, float] = field(default_factory=dict)
-    damaged: list[tuple[float, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        segments = []
-        for row in self.timeline.itertuples(index=False):
-            row = row._asdict()
-            segments.append(
-                {
-                    "start": row["start"],
-                    "end": row["end"],
-                    "text": row["text"],
-                    "modalities": row["modalities"].split(",") if row["modalities"] else [],
-                    "face_present": None if np.isnan(row["face_present"]) else row["face_present"],
-                    "probabilities": {e: None if np.isnan(row[e]) else row[e] for e in self.labels},
-                    "label": row["label"] or None,
-                }
-            )
-        return {
-            "file": self.file,
-            "duration": self.duration,
-            "segments": segments,
-            "summary": self.summary,
-            "damaged": [list(span) for span in self.damaged],
-            "timings": self.timings,
-        }
-
-    def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def to_csv(self, path: str | os.PathLike | None = None) -> str | None:
-        """The timeline as CSV: written to path, or returned as a string when path is None."""
-        return self.timeline.to_csv(path, index=False, float_format="%.6g")
-
-    def plot(self, *, path: str | os.PathLike | None = None, title: str | None = None):
-        """A matplotlib Figure of the timeline (see :func:`fusion.plot.plot_timeline`); saved to path when given."""
-        from fusion.plot import plot_timeline  # matplotlib loads only when a plot is asked for
-
-        return plot_timeline(self, path=path, title=title)
 
 
 class Predictor:
     """Loads a checkpoint and the frozen encoders once; :meth:`predict` then scores any number of files.
 
-    Whisper and the text model default to the ones named in the checkpoint; the arguments or the environment
-    variables FUSION_WHISPER_MODEL / FUSION_TEXT_MODEL / FUSION_FACE_MODEL point at local copies.
+    sources: the frozen models (:class:`encoders.loading.EncoderSources`), resolved here once: those it leaves
+    unchosen come from the environment variables FUSION_WHISPER_MODEL / FUSION_TEXT_MODEL / FUSION_FACE_MODEL, else
+    from the checkpoint (Whisper and the text model it names; an experts bundle's text expert names its own), else
+    the defaults.
     """
 
     def __init__(
         self,
         checkpoint: str | os.PathLike | None = None,
         *,
-        whisper_model: str | os.PathLike | None = None,
-        text_model: str | os.PathLike | None = None,
-        face_model: str | os.PathLike | None = None,
+        sources: EncoderSources | None = None,
         device: str | torch.device | None = None,
         chunk_s: float = CHUNK_S,
     ):
+        chosen = sources or EncoderSources()
         self.device = pick_device(device)
         self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
         path = resolve_checkpoint(checkpoint)
         if is_bundle(path):  # the experts fused late (the shipped default model)
-            self.bundle: ExpertBundle | None = ExpertBundle.load(path, text_model=text_model, device=self.device)
+            # the text expert resolves its own base model: the one chosen, $FUSION_TEXT_MODEL, the one it names
+            self.bundle: ExpertBundle | None = ExpertBundle.load(path, text_model=chosen.text, device=self.device)
             self.checkpoint, self.model = None, None
             self.extractor = FeatureExtractor(
-                whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL),
-                face_model=face_model,
+                sources=chosen.resolve(),
                 fps=DEFAULT_FPS,
                 device=self.device,
                 whisper_blocks=self.bundle.whisper_block,
@@ -142,10 +75,9 @@ class Predictor:
         self.bundle = None
         self.checkpoint = checkpoints.load(path, device=self.device)
         self.model: FusionModel = self.checkpoint.model
+        named = EncoderSources(whisper=self.checkpoint.encoders.whisper, text=self.checkpoint.encoders.text)
         self.extractor = FeatureExtractor(
-            whisper_model=choose_model(whisper_model, env_var=WHISPER_ENV, default=self.checkpoint.encoders.whisper),
-            text_model=choose_model(text_model, env_var=TEXT_ENV, default=self.checkpoint.encoders.text),
-            face_model=face_model,
+            sources=chosen.resolve(named),
             fps=self.checkpoint.fps,
             device=self.device,
         )
@@ -163,10 +95,6 @@ class Predictor:
     def model_id(self) -> str:
         """sha256 prefix of the loaded model's weights (and, for a bundle, its configs)."""
         return self.bundle.id if self.bundle is not None else self.checkpoint.id
-
-    @property
-    def model_path(self) -> Path | None:
-        return self.bundle.path if self.bundle is not None else self.checkpoint.path
 
     def predict(
         self, path: str | os.PathLike, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
@@ -259,35 +187,15 @@ class Predictor:
         """Run the trainable encoders over a recording (or chunk) once: audio tokens and face embeddings."""
         inputs = features.streams()
         start = time.perf_counter()
-        audio = self._encode_audio(inputs["audio"])
+        audio = self.model.encode_audio_stream(inputs["audio"])
         if features.speech is not None:  # tokens away from detected speech do not speak for the voice
             audio.mask &= torch.from_numpy(speech_at(audio.times.numpy(), features.speech, features.start))
         _add(timings, "audio_cnn", start)
 
         start = time.perf_counter()
-        video = inputs["video"]
-        embeddings = torch.zeros(len(video), self.model.config.face_dim)
-        real = torch.nonzero(video.mask).flatten()
-        batch = _batch_size(FACE_BATCH, self.device)
-        for first in range(0, len(real), batch):
-            rows = real[first : first + batch]
-            embeddings[rows] = self.model.face_encoder(video.values[rows].to(self.device)).float().cpu()
+        video = self.model.encode_face_stream(inputs["video"])
         _add(timings, "face_cnn", start)
-        return {"audio": audio, "text": inputs["text"], "video": Stream(embeddings, video.times, video.mask)}
-
-    def _encode_audio(self, mel: Stream) -> Stream:
-        """Log-mel frames -> audio tokens, in 30 s chunks batched AUDIO_CHUNK_BATCH at a time."""
-        batch = _batch_size(AUDIO_CHUNK_BATCH, self.device)
-        chunk = AUDIO_CHUNK_FRAMES - AUDIO_CHUNK_FRAMES % TOKEN_STRIDE
-        pieces = [mel[i : i + chunk] for i in range(0, len(mel), chunk)]
-        values, times = [torch.zeros(0, self.model.config.audio_dim)], [torch.zeros(0)]
-        for first in range(0, len(pieces), batch):
-            encoded = self.model.encode_audio(pad_streams(pieces[first : first + batch]).to(self.device))
-            keep = encoded.mask.cpu()
-            values.append(encoded.values.float().cpu()[keep])
-            times.append(encoded.times.cpu()[keep])
-        values, times = torch.cat(values), torch.cat(times)
-        return Stream(values, times, torch.ones(len(times), dtype=torch.bool))
+        return {"audio": audio, "text": inputs["text"], "video": video}
 
     def _fuse(self, tokens: dict[str, Stream], timeline: list[Segment], timings: dict[str, float]) -> pd.DataFrame:
         """The timeline rows of segments whose context (context_s either side) is inside tokens."""
@@ -349,11 +257,6 @@ def _concat(first: Stream, second: Stream) -> Stream:
     )
 
 
-def _batch_size(sizes: dict[str, int], device: torch.device) -> int:
-    """The batch size for device from {device type: size}; any accelerator other than CUDA counts as CUDA."""
-    return sizes[device.type] if device.type in sizes else sizes["cuda"]
-
-
 def _add(timings: dict[str, float], stage: str, since: float) -> None:
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - since
 
@@ -395,14 +298,23 @@ def model_id(checkpoint: str | os.PathLike) -> str:
     return checkpoints.load(path).id
 
 
-def load(checkpoint: str | os.PathLike | None = None, **options) -> Predictor:
-    """A :class:`Predictor` with every model loaded once; options as for :class:`Predictor`."""
-    return Predictor(checkpoint, **options)
+def load(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    whisper_model: str | os.PathLike | None = None,
+    text_model: str | os.PathLike | None = None,
+    face_model: str | os.PathLike | None = None,
+    **options,
+) -> Predictor:
+    """A :class:`Predictor` with every model loaded once. whisper_model, text_model, face_model: a name or local
+    path for each frozen model (its :class:`EncoderSources`); options (device, chunk_s) as for :class:`Predictor`."""
+    sources = EncoderSources(whisper=whisper_model, text=text_model, face=face_model)
+    return Predictor(checkpoint, sources=sources, **options)
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_predictor(checkpoint: str | None, options: tuple) -> Predictor:
-    return Predictor(checkpoint, **dict(options))
+    return load(checkpoint, **dict(options))
 
 
 def predict(
@@ -416,7 +328,7 @@ def predict(
     """Predict the emotion timeline of one recording.
 
     The models are loaded on the first call and reused by later calls with the same checkpoint and options.
-    options: whisper_model, text_model, face_model, device (see :class:`Predictor`).
+    options: whisper_model, text_model, face_model, device (see :func:`load`).
     """
     key = None if checkpoint is None else os.fspath(checkpoint)
     options = tuple(sorted((k, None if v is None else str(v)) for k, v in options.items()))

@@ -43,9 +43,10 @@ import torch
 from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
+from encoders.loading import EncoderSources
 from fusion.errors import MediaError, NoModalityError, OutputError, check_writable
-from fusion.orphans import exit_with_parent
-from fusion.predictor import Predictor, model_id, resolve_checkpoint
+from fusion.media.orphans import exit_with_parent
+from fusion.serving.predictor import Predictor, model_id, resolve_checkpoint
 
 MEDIA_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .wmv .ts .wav .flac .mp3 .m4a .aac .ogg .opus".split()
@@ -80,9 +81,7 @@ class ScoreOptions:
     """Everything a worker needs to build its predictor and score a file (plain values, so it pickles)."""
 
     checkpoint: str | None = None
-    whisper_model: str | None = None
-    text_model: str | None = None
-    face_model: str | None = None
+    sources: EncoderSources = EncoderSources()  # as chosen; each worker's predictor resolves it with the checkpoint
     device: str | None = None
     segments: str = "utterance"
     window_s: float = DEFAULT_WINDOW_S
@@ -152,13 +151,7 @@ def plot_name(path: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _predictor(options: ScoreOptions) -> Predictor:
     """This process's predictor: loaded on its first file, reused for every later one."""
-    return Predictor(
-        options.checkpoint,
-        whisper_model=options.whisper_model,
-        text_model=options.text_model,
-        face_model=options.face_model,
-        device=options.device,
-    )
+    return Predictor(options.checkpoint, sources=options.sources, device=options.device)
 
 
 def score_file(path: str, options: ScoreOptions) -> dict:
@@ -184,13 +177,13 @@ def score_file(path: str, options: ScoreOptions) -> dict:
             prediction.plot(path=Path(options.plots) / plot_name(path))
         except Exception:  # a plot that fails does not lose the scores, but the file is reported
             return _error(path, "plot", traceback.format_exc())
-    timeline = prediction.timeline.assign(modalities=prediction.timeline["modalities"].fillna(""))
+    segments = prediction.segment_rows()
     summary = {
         "duration": prediction.duration,
         "label": prediction.summary["label"],
         **prediction.summary["probabilities"],
         "modalities": ",".join(prediction.summary["modalities"]),
-        "segments": len(timeline),
+        "segments": len(segments),
         # seconds that failed to decode, as "1.47-1.58 1.64-1.77" (see Prediction.damaged); empty when intact
         "damaged": " ".join(f"{start:.2f}-{end:.2f}" for start, end in prediction.damaged),
         **{c: sum(prediction.timings.get(s, 0.0) for s in stages) for c, stages in STAGE_COLUMNS.items()},
@@ -200,7 +193,7 @@ def score_file(path: str, options: ScoreOptions) -> dict:
         "file": path,
         "status": "ok",
         "summary": summary,
-        "segments": json.loads(timeline.to_json(orient="records")),  # NaN -> null: valid JSON
+        "segments": segments,
     }
 
 
@@ -208,7 +201,7 @@ def _error(path: str, stage: str, message: str) -> dict:
     return {"file": path, "status": "error", "stage": stage, "error": message.strip()}
 
 
-def score(
+def score_files(
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
@@ -295,7 +288,7 @@ def _run_local(files: list[str], options: ScoreOptions, workers: int) -> Iterato
 
 
 def _init_worker(threads: int) -> None:
-    """A pool worker: its share of the cores, and an exit when the scoring process dies (fusion.orphans)."""
+    """A pool worker: its share of the cores, and an exit when the scoring process dies (fusion.media.orphans)."""
     exit_with_parent()
     torch.set_num_threads(threads)
 
@@ -366,4 +359,4 @@ def _umask() -> int:
     return mask
 
 
-__all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score", "score_file"]
+__all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score_file", "score_files"]

@@ -1,7 +1,9 @@
-"""Classification metrics under their usual names in emotion recognition.
+"""Classification metrics under their usual names in emotion recognition, defined here once.
 
 UA (unweighted accuracy) = macro-averaged recall; WA (weighted accuracy) = plain accuracy; macro-F1; weighted F1
-(F1 per class weighted by its support, MELD's headline metric).
+(F1 per class weighted by its support, MELD's headline metric). :func:`score` computes them from labels;
+:func:`metrics_from_confusion` computes the same from confusion counts, vectorised over many confusion matrices
+(the bootstrap of :mod:`fusion.training.statistics`); a test holds the two to agreement.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+METRICS = ("ua", "wa", "macro_f1", "weighted_f1")  # the keys of metrics_from_confusion, fields of Scores
 
 
 @dataclass(frozen=True)
@@ -44,3 +48,27 @@ def score(true: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) 
         labels=tuple(labels),
         n=len(true),
     )
+
+
+def metrics_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """UA, WA, macro-F1 and weighted F1 of (..., K, K) confusion counts, as fusion.training.metrics.score computes them.
+
+    Classes absent from the true labels do not count in the macro averages; a class never predicted has
+    precision 0. Returns arrays of shape (...).
+    """
+    support = confusion.sum(-1)  # (..., K) true examples per class
+    predicted = confusion.sum(-2)
+    hits = np.diagonal(confusion, axis1=-2, axis2=-1)
+    present = support > 0
+    total = support.sum(-1)
+    recall = np.divide(hits, support, out=np.zeros_like(hits, dtype=np.float64), where=present)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits, dtype=np.float64), where=predicted > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
+    n_present = present.sum(-1)
+    return {
+        "ua": (recall * present).sum(-1) / n_present,
+        "wa": hits.sum(-1) / total,
+        "macro_f1": (f1 * present).sum(-1) / n_present,
+        "weighted_f1": (f1 * support).sum(-1) / total,
+    }

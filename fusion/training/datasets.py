@@ -10,7 +10,7 @@ other files (notes, checksums) are not candidates.
 Labels are canonical (:data:`fusion.labels.EMOTIONS`), with the corpus's own label kept beside them, and
 speakers are namespaced by corpus so that a split over several corpora never merges two people. Modalities are
 what the corpus says a file carries, not what decoding finds: a RAVDESS ``01-`` clip re-encoded without its audio
-still lists audio, and :class:`fusion.features.RecordingFeatures` reports what is really there.
+still lists audio, and :class:`fusion.media.features.RecordingFeatures` reports what is really there.
 """
 
 from __future__ import annotations

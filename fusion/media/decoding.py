@@ -15,9 +15,9 @@ from math import floor
 import av
 import numpy as np
 
+from encoders import SAMPLE_RATE
 from fusion.errors import MediaError
 
-AUDIO_SAMPLE_RATE = 16_000  # Hz, what Whisper and the log-mel front end expect
 DEFAULT_FPS = 5.0  # video frames sampled per second of recording
 MIN_COVERAGE = 0.9  # fraction of a declared duration that must decode, below which the file is truncated
 # Packets that fail to decode are skipped (audio: replaced by silence of their length, so later audio keeps its
@@ -35,7 +35,7 @@ class Media:
 
     path: str
     duration: float  # seconds
-    audio: np.ndarray | None  # (samples,) float32 mono at AUDIO_SAMPLE_RATE, in [-1, 1]; None: no audio decoded
+    audio: np.ndarray | None  # (samples,) float32 mono at SAMPLE_RATE, in [-1, 1]; None: no audio decoded
     frames: np.ndarray | None  # (n_frames, height, width, 3) uint8 BGR (OpenCV order); None: no frame decoded
     frame_times: np.ndarray | None  # (n_frames,) float64 seconds, each sampled frame's real presentation time
     damaged: tuple[tuple[float, float], ...] = ()  # (start, end) seconds of packets that failed to decode, skipped
@@ -55,7 +55,7 @@ class Media:
 class AudioBlock:
     """Decoded audio that follows the previous block without a gap."""
 
-    samples: np.ndarray  # (n,) float32 mono at AUDIO_SAMPLE_RATE, in [-1, 1]
+    samples: np.ndarray  # (n,) float32 mono at SAMPLE_RATE, in [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _declared(stream: av.stream.Stream) -> float | None:
 
 
 class MediaReader:
-    """Streams one recording: the first audio track (resampled to mono AUDIO_SAMPLE_RATE) and the first video track
+    """Streams one recording: the first audio track (resampled to mono SAMPLE_RATE) and the first video track
     (sampled at fps), in one demux pass.
 
         with MediaReader("interview.mp4") as reader:
@@ -167,7 +167,7 @@ class MediaReader:
 
     def __iter__(self) -> Iterator[AudioBlock | SampledFrame]:
         streams = [s for s in (self._audio_stream, self._video_stream) if s is not None]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         sampler = None
         if self._video_stream is not None:
             self._video_stream.thread_type = "AUTO"
@@ -185,7 +185,7 @@ class MediaReader:
                 except av.error.InvalidDataError:  # a damaged packet: skipped, its span reported
                     seconds = self._skip(packet)
                     if packet.stream.type == "audio" and seconds > 0:
-                        silence = np.zeros(round(seconds * AUDIO_SAMPLE_RATE), np.float32)
+                        silence = np.zeros(round(seconds * SAMPLE_RATE), np.float32)
                         samples += len(silence)
                         yield AudioBlock(silence)
                     continue
@@ -229,7 +229,7 @@ class MediaReader:
         """Raise MediaError("truncated") if the decoded audio or video falls short; else the duration (s)."""
         covered: list[float] = []
         if self._audio_stream is not None:
-            covered.append(samples / AUDIO_SAMPLE_RATE)
+            covered.append(samples / SAMPLE_RATE)
             _check_coverage(self.path, covered[-1], _declared(self._audio_stream))
         if sampler is not None:
             covered.append(float(sampler.end))

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from fusion.predictor import Prediction
+    from fusion.serving.prediction import Prediction
 
 # One colour per canonical emotion, chosen to read as the emotion does in most charts (anger red, sadness blue).
 COLOURS = {

@@ -27,15 +27,15 @@ from tqdm import tqdm
 
 from alignment import PaddedStreams
 from encoders.audio import FRAME_SECONDS
-from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, portable_name
+from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, EncoderSources, portable_name
 from encoders.runtime import autocast, pick_device
-from fusion.augment import AugmentConfig, augment_faces, augment_mel
-from fusion.cache import FeatureCache
 from fusion.checkpoint import Checkpoint, EncoderNames, save
-from fusion.datasets import from_specs, speaker_split
-from fusion.features import RecordingFeatures
-from fusion.metrics import Scores, score
+from fusion.media.features import RecordingFeatures
 from fusion.model import MODALITIES, FusionBatch, FusionConfig, FusionModel
+from fusion.training.augment import AugmentConfig, augment_faces, augment_mel
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import from_specs, speaker_split
+from fusion.training.metrics import Scores, score
 
 WHOLE_EXAMPLE = (0.0, math.inf)  # the segment of a training example: all of it, even when augmentation lengthens it
 
@@ -113,7 +113,7 @@ def fit(
             batch = FusionBatch.collate([streams[i] for i in rows], [segments[i] for i in rows])
             batch = keep_modalities(batch, modalities)
             batch = drop_modalities(batch, config.modality_dropout, generator=generator)
-            batch = augment(batch, config.augment, generator=generator).to(device)
+            batch = augment_batch(batch, config.augment, generator=generator).to(device)
             with autocast(device):
                 logits = model(batch)
             loss = F.cross_entropy(logits.float(), targets[rows].to(device))
@@ -182,8 +182,8 @@ def balanced_weights(labels: Sequence[str], groups: Sequence[str] | None = None)
     return torch.tensor(weights, dtype=torch.float64)
 
 
-def augment(batch: FusionBatch, config: AugmentConfig, *, generator: torch.Generator) -> FusionBatch:
-    """The batch with its log-mel frames and face crops augmented (see fusion.augment)."""
+def augment_batch(batch: FusionBatch, config: AugmentConfig, *, generator: torch.Generator) -> FusionBatch:
+    """The batch with its log-mel frames and face crops augmented (see fusion.training.augment)."""
     if not config.enabled:
         return batch
     mel, mel_mask = augment_mel(batch.audio.values, batch.audio.mask, config=config, generator=generator)
@@ -264,14 +264,16 @@ def train_checkpoint(
     train_config: TrainConfig | None = None,
     device: str | torch.device | None = None,
     weights_dtype: torch.dtype = torch.float32,
+    sources: EncoderSources | None = None,
 ) -> tuple[Path, TrainResult]:
     """Train on corpora given as KIND=PATH specs and write a checkpoint folder with a training.json beside it.
 
-    Features come from (and go to) the cache. Each corpus is split by speaker into training and validation, so
-    no speaker is in both; the validation UA over the union picks the epoch that is kept.
+    Features come from (and go to) the cache, extracted with sources (see :class:`FeatureCache`). Each corpus is
+    split by speaker into training and validation, so no speaker is in both; the validation UA over the union picks
+    the epoch that is kept.
     """
     examples = from_specs(data).examples  # the adapters warn about every file they skip
-    cache = FeatureCache(cache_dir)
+    cache = FeatureCache(cache_dir, sources=sources)
     features, report = cache.build(examples)
     print(report, file=sys.stderr)
     usable = [i for i, f in enumerate(features) if f is not None]
@@ -293,8 +295,8 @@ def train_checkpoint(
         progress=True,
     )
     names = EncoderNames(
-        whisper=portable_name(cache.whisper_model, default=DEFAULT_WHISPER_MODEL),
-        text=portable_name(cache.text_model, default=DEFAULT_TEXT_MODEL),
+        whisper=portable_name(cache.sources.whisper, default=DEFAULT_WHISPER_MODEL),
+        text=portable_name(cache.sources.text, default=DEFAULT_TEXT_MODEL),
     )
     folder = save(Checkpoint(result.model, names, fps=cache.fps), out, dtype=weights_dtype)
     summary = {

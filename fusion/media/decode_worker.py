@@ -1,4 +1,5 @@
-"""The decoding process of :class:`fusion.streaming.DecodeWorker`: ``python -m fusion.decode_worker '[FPS, MODEL]'``.
+"""The decoding process of :class:`fusion.media.streaming.DecodeWorker`:
+``python -m fusion.media.decode_worker '[FPS, MODEL]'``.
 
 Requests arrive pickled on standard input and chunks leave pickled on standard output, which is therefore kept for
 them alone: anything a library prints goes to standard error instead.
@@ -8,8 +9,8 @@ import json
 import os
 import sys
 
-from fusion.orphans import exit_with_parent
-from fusion.streaming import serve
+from fusion.media.orphans import exit_with_parent
+from fusion.media.streaming import serve
 
 
 def main() -> None:

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from encoders.loading import DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL, FACE_ENV, TEXT_ENV, WHISPER_ENV, choose_model
+from encoders.loading import EncoderSources
 from encoders.text import Utterance, Word
 from fusion.checkpoint import feature_parameters
-from fusion.datasets import IMAGE_SUFFIXES, Example
-from fusion.errors import FusionError
-from fusion.features import FeatureExtractor, RecordingFeatures, image_features
-from fusion.media import DEFAULT_FPS
+from fusion.errors import FileError
+from fusion.media.decoding import DEFAULT_FPS
+from fusion.media.features import FeatureExtractor, RecordingFeatures, image_features
+from fusion.training.datasets import IMAGE_SUFFIXES, Example
 
 CACHE_VERSION = 1  # bump when the code computes different features from the same settings
 WORD_SECONDS = 0.3  # seconds per word given to a transcript without media: conversational English, ~200 words/min
@@ -52,7 +52,7 @@ class CacheReport:
 class FeatureCache:
     """Features of labelled examples, computed on first use and read from `directory` afterwards.
 
-    The frozen models are loaded only when an entry is missing. Model choices follow the usual order: argument,
+    The frozen models are loaded only when an entry is missing. Model choices follow the usual order: sources,
     then FUSION_WHISPER_MODEL / FUSION_TEXT_MODEL / FUSION_FACE_MODEL, then the default names.
     """
 
@@ -60,24 +60,18 @@ class FeatureCache:
         self,
         directory: str | os.PathLike,
         *,
-        whisper_model: str | os.PathLike | None = None,
-        text_model: str | os.PathLike | None = None,
-        face_model: str | os.PathLike | None = None,
+        sources: EncoderSources | None = None,
         fps: float = DEFAULT_FPS,
     ):
         self.directory = Path(directory)
-        self.whisper_model = choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL)
-        self.text_model = choose_model(text_model, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL)
-        self.face_model = choose_model(face_model, env_var=FACE_ENV, default=None)
+        self.sources = (sources or EncoderSources()).resolve()
         self.fps = fps
         self._extractor: FeatureExtractor | None = None
 
     @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
-            self._extractor = FeatureExtractor(
-                whisper_model=self.whisper_model, text_model=self.text_model, face_model=self.face_model, fps=self.fps
-            )
+            self._extractor = FeatureExtractor(sources=self.sources, fps=self.fps)
         return self._extractor
 
     def build(
@@ -96,7 +90,7 @@ class FeatureCache:
                     report.loaded += 1
                     continue
                 computed = self._compute(example)
-            except (FusionError, OSError) as error:
+            except (FileError, OSError) as error:  # this file's; a model that cannot load stops the build
                 report.skipped.append((example.path, str(error)))
                 features.append(None)
                 continue
@@ -116,16 +110,16 @@ class FeatureCache:
     def _entry(self, example: Example) -> Path:
         if _is_transcript_only(example):
             kind, content = "text", f"{example.text}\n{_transcript_duration(example)}".encode()
-            settings = {"text_model": self.text_model}
+            settings = {"text_model": self.sources.text}
         elif Path(example.path).suffix.lower() in IMAGE_SUFFIXES:
             kind, content = "image", Path(example.path).read_bytes()
             settings = {"face": feature_parameters()["face"]}
         else:
             kind, content = "media", Path(example.path).read_bytes()
             settings = {
-                "whisper_model": self.whisper_model,
-                "text_model": self.text_model,
-                "face_model": self.face_model or "haar",
+                "whisper_model": self.sources.whisper,
+                "text_model": self.sources.text,
+                "face_model": self.sources.face or "haar",
                 "fps": self.fps,
                 "features": feature_parameters(),
             }

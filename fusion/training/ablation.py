@@ -4,48 +4,48 @@ For every non-empty subset of the modalities the data has (audio alone is the ba
 
 - retrain: a model is trained from the cached features seeing only that subset;
 - drop: the model trained on all of the data's modalities is evaluated with the others removed
-  (:func:`fusion.train.keep_modalities`: exactly the outputs of feeding the examples without them).
+  (:func:`fusion.training.train.keep_modalities`: exactly the outputs of feeding the examples without them).
 
 Every subset uses the same speaker-independent folds and the same training seeds, so runs are paired: the same
 test examples, the same validation speakers, the same initialisation seed. Per subset and mode, :func:`summarize`
 gives UA (macro recall), WA (accuracy), macro-F1 and weighted F1 as mean ± standard deviation over seeds and
 folds; per-class recall; and the paired difference to audio alone with a percentile bootstrap confidence interval
-over test examples. The same seeds give the same numbers on the same machine and thread count.
+over test examples (:mod:`fusion.training.statistics`). The same seeds give the same numbers on the same machine
+and thread count. :func:`ablate` writes the record of a run with :mod:`fusion.training.ablation_report`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import platform
 import shlex
-import statistics
 import sys
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
+from statistics import mean, stdev
 
 import numpy as np
 import torch
 
+from encoders.loading import EncoderSources
 from encoders.runtime import pick_device
-from fusion.cache import FeatureCache
-from fusion.datasets import Example, from_specs, speaker_folds, speaker_split
-from fusion.features import RecordingFeatures
 from fusion.labels import EMOTIONS, MODALITIES
-from fusion.metrics import score
+from fusion.media.features import RecordingFeatures
+from fusion.media.orphans import exit_with_parent
 from fusion.model import FusionConfig
-from fusion.orphans import exit_with_parent
-from fusion.train import TrainConfig, fit, predict_proba
+from fusion.training.ablation_report import write
+from fusion.training.cache import FeatureCache
+from fusion.training.datasets import Example, from_specs, speaker_folds, speaker_split
+from fusion.training.metrics import METRICS, score
+from fusion.training.statistics import bootstrap
+from fusion.training.train import TrainConfig, fit, predict_proba
 
-METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
-METRIC_NAMES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted F1"}
 MODES = ("retrain", "drop")
 BASELINE = ("audio",)
 
@@ -264,80 +264,6 @@ def _run_job(
     )
 
 
-def confusion_counts(true: np.ndarray, predicted: np.ndarray, weights: np.ndarray, n_labels: int) -> np.ndarray:
-    """Confusion matrices of resampled test sets.
-
-    true, predicted: (N,) label indices; weights: (B, N) how often each example is drawn in each of B resamples
-    returns (B, n_labels, n_labels) counts, rows true label, columns predicted
-    """
-    cells = np.zeros((len(true), n_labels * n_labels), dtype=np.float64)
-    cells[np.arange(len(true)), true * n_labels + predicted] = 1.0
-    return (weights @ cells).reshape(-1, n_labels, n_labels)
-
-
-def metrics_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """UA, WA, macro-F1 and weighted F1 of (..., K, K) confusion counts, as fusion.metrics.score computes them.
-
-    Classes absent from the true labels do not count in the macro averages; a class never predicted has
-    precision 0. Returns arrays of shape (...).
-    """
-    support = confusion.sum(-1)  # (..., K) true examples per class
-    predicted = confusion.sum(-2)
-    hits = np.diagonal(confusion, axis1=-2, axis2=-1)
-    present = support > 0
-    total = support.sum(-1)
-    recall = np.divide(hits, support, out=np.zeros_like(hits, dtype=np.float64), where=present)
-    precision = np.divide(hits, predicted, out=np.zeros_like(hits, dtype=np.float64), where=predicted > 0)
-    both = precision + recall
-    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
-    n_present = present.sum(-1)
-    return {
-        "ua": (recall * present).sum(-1) / n_present,
-        "wa": hits.sum(-1) / total,
-        "macro_f1": (f1 * present).sum(-1) / n_present,
-        "weighted_f1": (f1 * support).sum(-1) / total,
-    }
-
-
-def bootstrap(
-    true: np.ndarray,
-    predicted: np.ndarray,
-    reference: np.ndarray | None = None,
-    *,
-    n_labels: int,
-    resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Each metric of `predicted` (minus that of `reference`, if given) with a percentile bootstrap interval.
-
-    true: (N,) label indices; predicted, reference: (S, N) label indices, one row per training seed. A metric is
-    computed over all N examples (pooled) and averaged over the S seeds. A resample draws N examples with
-    replacement and uses the same draw for every seed and for both systems, so with a reference the interval is
-    that of the paired difference. Returns {metric: {"value", "low", "high"}}.
-    """
-    draws = np.random.default_rng(seed).multinomial(len(true), np.full(len(true), 1 / len(true)), size=resamples)
-    weights = np.concatenate([np.ones((1, len(true))), draws])  # row 0: the test set as it is
-    values = _seed_mean_metrics(true, predicted, weights, n_labels)
-    if reference is not None:
-        reference_values = _seed_mean_metrics(true, reference, weights, n_labels)
-        values = {m: values[m] - reference_values[m] for m in METRICS}
-    tail = 100 * (1 - confidence) / 2
-    out = {}
-    for m in METRICS:
-        low, high = np.percentile(values[m][1:], [tail, 100 - tail])
-        out[m] = {"value": float(values[m][0]), "low": float(low), "high": float(high)}
-    return out
-
-
-def _seed_mean_metrics(
-    true: np.ndarray, predicted: np.ndarray, weights: np.ndarray, n_labels: int
-) -> dict[str, np.ndarray]:
-    """predicted (S, N), weights (B, N) -> {metric: (B,)} each resample's metric, averaged over the S seeds."""
-    per_seed = [metrics_from_confusion(confusion_counts(true, row, weights, n_labels)) for row in predicted]
-    return {m: np.mean([values[m] for values in per_seed], axis=0) for m in METRICS}
-
-
 def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
     """One row per mode and subset: metrics over runs, pooled metrics and the difference to the baseline, with CIs.
 
@@ -363,12 +289,12 @@ def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
                 {
                     "mode": mode,
                     "subset": subset_name(subset),
-                    "mean": {m: statistics.mean(s[m] for s in runs) for m in METRICS},
+                    "mean": {m: mean(s[m] for s in runs) for m in METRICS},
                     "std": {m: _std([s[m] for s in runs]) for m in METRICS},
                     "pooled": pooled,
                     "difference_to_audio": difference,
                     "recall": {
-                        label: statistics.mean(s["recall"][label] for s in runs if label in s["recall"])
+                        label: mean(s["recall"][label] for s in runs if label in s["recall"])
                         for label in ablation.labels
                         if any(label in s["recall"] for s in runs)
                     },
@@ -379,7 +305,7 @@ def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
 
 
 def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    return stdev(values) if len(values) > 1 else 0.0
 
 
 def ablate(
@@ -390,15 +316,16 @@ def ablate(
     config: AblationConfig,
     device: str | torch.device | None = None,
     command: str | None = None,
+    sources: EncoderSources | None = None,
 ) -> list[dict]:
     """Run the ablation on corpora given as KIND=PATH specs and write ablation.md, .json and .png to `out`.
 
-    Features come from (and go to) the cache; examples whose features cannot be computed are reported and left
-    out. Returns the summary rows (see :func:`summarize`).
+    Features come from (and go to) the cache, extracted with sources (see :class:`FeatureCache`); examples whose
+    features cannot be computed are reported and left out. Returns the summary rows (see :func:`summarize`).
     """
     started = time.perf_counter()
     manifest = from_specs(data)  # the adapters warn about every file they skip
-    features, report = FeatureCache(cache_dir).build(manifest.examples)
+    features, report = FeatureCache(cache_dir, sources=sources).build(manifest.examples)
     print(report, file=sys.stderr)
     usable = [i for i, f in enumerate(features) if f is not None]
     examples = [manifest.examples[i] for i in usable]
@@ -461,153 +388,3 @@ def machine(config: AblationConfig, device: str | torch.device | None) -> str:
         f"{platform.machine()} {where}, {os.cpu_count()} cores, {config.workers} training process(es) with"
         f" {threads}, torch {torch.__version__}"
     )
-
-
-def write(record: dict, out: str | os.PathLike) -> None:
-    """ablation.json (everything), ablation.md (the tables, command, machine, wall time), ablation.png (bars)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / "ablation.md").write_text(markdown(record))
-    plot(record, out / "ablation.png")
-
-
-def markdown(record: dict) -> str:
-    metric = METRIC_NAMES[record["metric"]]
-    data, config = record["data"], record["config"]
-    confidence = f"{config['confidence'] * 100:.0f}%"
-    trainings = {(r["trained_on"], r["seed"], r["fold"]): r for r in record["runs"]}.values()
-    cpu_minutes = sum(r["train_cpu_seconds"] for r in trainings) / 60
-    lines = [
-        f"# Modality ablation: {', '.join(data['specs'])}",
-        "",
-        f"Command: `{record['command']}`",
-        "",
-        f"Machine: {record['machine']}. Wall time {record['wall_seconds'] / 60:.1f} min: features from the cache"
-        f" and {len(trainings)} trainings, which used {cpu_minutes:.1f} CPU-minutes in all.",
-        "",
-        f"Data: {data['examples']} examples from {data['speakers']} speakers; classes "
-        + ", ".join(f"{label} {data['class_counts'][label]}" for label in data["labels"])
-        + f"; modalities ablated: {', '.join(data['modalities'])}. {len(data['folds'])} speaker-independent folds"
-        " (no speaker in both training and test), the same for every subset; seeds "
-        + ", ".join(map(str, config["seeds"]))
-        + f"; {config['train']['epochs']} epochs"
-        + (
-            f", keeping the epoch with the best UA on {config['validation_fraction']:.0%} of the training speakers."
-            if config["validation_fraction"] > 0
-            else ", no validation split (the last epoch is kept)."
-        ),
-        "",
-        "Test speakers per fold (examples): " + "; ".join(_fold_summary(fold) for fold in data["folds"]),
-        "",
-        *_legend(record),
-        "",
-        f"| mode | modalities | UA | WA | macro-F1 | weighted F1 | pooled {metric} [{confidence} CI] |"
-        f" Δ {metric} vs audio [{confidence} CI] |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in record["rows"]:
-        cells = " | ".join(f"{row['mean'][m] * 100:.1f} ± {row['std'][m] * 100:.1f}" for m in METRICS)
-        pooled = _interval(row["pooled"][record["metric"]], signed=False)
-        lines.append(f"| {row['mode']} | {row['subset']} | {cells} | {pooled} | {_difference(row, record['metric'])} |")
-    labels = data["labels"]
-    lines += [
-        "",
-        "Recall per class, % (mean over runs; a class counts in a run when its fold tests it):",
-        "",
-        "| mode | modalities | " + " | ".join(labels) + " |",
-        "|---|---|" + "---|" * len(labels),
-    ]
-    for row in record["rows"]:
-        cells = " | ".join(f"{row['recall'][label] * 100:.1f}" if label in row["recall"] else "-" for label in labels)
-        lines.append(f"| {row['mode']} | {row['subset']} | {cells} |")
-    lines += ["", "Every fold and seed, the pooled metrics and all predictions: `ablation.json`; bars: `ablation.png`."]
-    return "\n".join(lines) + "\n"
-
-
-def _legend(record: dict) -> list[str]:
-    """What the modes and columns of the table mean, as markdown bullets."""
-    metric = METRIC_NAMES[record["metric"]]
-    config = record["config"]
-    confidence = f"{config['confidence'] * 100:.0f}%"
-    legend = ["- **retrain**: a model trained and tested with only these modalities."]
-    if any(row["mode"] == "drop" for row in record["rows"]):
-        legend.append(
-            f"- **drop**: the model trained on {'+'.join(record['data']['modalities'])}, tested with only these"
-            " modalities."
-        )
-    legend += [
-        "- UA = macro recall, WA = accuracy, macro-F1, weighted F1 (F1 per class weighted by support); in %, mean ±"
-        " standard deviation over the seed x fold runs, each scored on its fold's test examples.",
-        f"- pooled {metric}: each seed's out-of-fold predictions (every example tested once) scored over all"
-        f" examples, averaged over seeds, [with a {confidence} percentile bootstrap interval over test examples,"
-        f" {config['bootstrap']} resamples].",
-    ]
-    if "audio" in record["data"]["modalities"]:
-        legend.append(
-            f"- Δ {metric}: pooled {metric} minus audio alone's in the same mode, [{confidence} paired bootstrap"
-            " interval: the same resampled examples for both]. Pooled over folds, it can differ slightly from the"
-            " difference of the means."
-        )
-    else:
-        legend.append(f"- Δ {metric}: none, since the data has no audio to compare with.")
-    return legend
-
-
-def _short_spec(spec: str) -> str:
-    """ "meld=../data/train_sent_emo.csv:../clips" -> "meld=train_sent_emo.csv"."""
-    kind, _, path = spec.partition("=")
-    return f"{kind}={Path(path.partition(':')[0]).name}"
-
-
-def _fold_summary(fold: dict, *, most: int = 12) -> str:
-    """ "0: ravdess:03, ravdess:07 (120)", or the number of speakers when there are more than `most`."""
-    speakers = fold["test_speakers"]
-    named = ", ".join(speakers) if len(speakers) <= most else f"{len(speakers)} speakers"
-    return f"{fold['fold']}: {named} ({fold['examples']})"
-
-
-def _difference(row: dict, metric: str) -> str:
-    difference = row["difference_to_audio"]
-    if difference is None:
-        return "baseline" if row["subset"] == subset_name(BASELINE) else "-"
-    return _interval(difference[metric], signed=True)
-
-
-def _interval(estimate: dict[str, float], *, signed: bool) -> str:
-    """{"value", "low", "high"} fractions -> "+4.2 [-1.0, +9.8]" in points."""
-    style = "+.1f" if signed else ".1f"
-    value, low, high = (format(estimate[k] * 100, style) for k in ("value", "low", "high"))
-    return f"{value} [{low}, {high}]"
-
-
-def plot(record: dict, path: str | os.PathLike) -> None:
-    """Bars of each row's pooled metric and, where there is an audio-alone baseline, of the difference to it,
-    both with their bootstrap intervals."""
-    metric = record["metric"]
-    rows = record["rows"]
-    names = [f"{row['mode']}: {row['subset']}" for row in rows]
-    colours = ["tab:blue" if row["mode"] == "retrain" else "tab:orange" for row in rows]
-    panels = [("pooled", f"{METRIC_NAMES[metric]} (%), pooled out-of-fold")]
-    if any(row["difference_to_audio"] is not None for row in rows):
-        panels.append(("difference_to_audio", f"Δ {METRIC_NAMES[metric]} vs audio alone (points)"))
-    from matplotlib.figure import Figure  # imported here, so that commands without plots do not load matplotlib
-
-    figure = Figure(figsize=(5.5 * len(panels), 0.45 * len(rows) + 1.8), layout="constrained")
-    axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for axes, (key, title) in zip(axes_list, panels):
-        present = [(i, row[key][metric]) for i, row in enumerate(rows) if row[key] is not None]
-        positions = [i for i, _ in present]
-        values = np.array([v["value"] for _, v in present]) * 100
-        errors = np.array([[v["value"] - v["low"], v["high"] - v["value"]] for _, v in present]).T * 100
-        axes.barh(positions, values, xerr=errors.reshape(2, -1), color=[colours[i] for i in positions], capsize=3)
-        axes.set_title(title, fontsize=10)
-        axes.axvline(0, color="black", linewidth=0.8)
-        axes.grid(axis="x", alpha=0.3)
-    axes_list[0].set_yticks(range(len(rows)), names)
-    axes_list[0].invert_yaxis()
-    confidence = record["config"]["confidence"] * 100
-    corpora = ", ".join(_short_spec(spec) for spec in record["data"]["specs"])
-    title = f"{corpora}: bars with {confidence:.0f}% bootstrap intervals over test examples"
-    figure.suptitle("\n".join(textwrap.wrap(title, width=60 * len(panels))), fontsize=9)
-    figure.savefig(path, dpi=120)

@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 import torch
 
+from encoders import SAMPLE_RATE
 from encoders.face_detection import FaceDetector, FaceFinder, FrameFaces
 from encoders.vad import SpeechDetector
-from fusion.media import AUDIO_SAMPLE_RATE, AudioBlock, MediaReader
+from fusion.media.decoding import AudioBlock, MediaReader
 
 CHUNK_S = 300.0  # seconds of recording per chunk at most: about ten Whisper windows, some tens of MB of audio and faces
 # seconds: the first chunk is this short, and each next one twice as long up to CHUNK_S, so the models start after
@@ -51,8 +52,8 @@ class MediaChunk:
     audio: np.ndarray | None  # (samples,) float32 mono 16 kHz; None when the file has no audio track
     frame_times: np.ndarray | None  # (n_frames,) float64 seconds of the sampled frames; None: no video track
     faces: list[FrameFaces]  # per sampled frame, the faces in it
-    # (start, end) seconds of the recording's packets that failed to decode and were skipped (fusion.media); given
-    # with the last chunk, once the whole file has been read
+    # (start, end) seconds of the recording's packets that failed to decode and were skipped (fusion.media.decoding);
+    # given with the last chunk, once the whole file has been read
     damaged: tuple[tuple[float, float], ...] = ()
     # (len(audio) // 512,) bool: speech in each 32 ms frame from start (encoders.vad); None when not detected
     speech: np.ndarray | None = None
@@ -149,12 +150,12 @@ class _ChunkBuffer:
         """The next full chunk, once the buffer reaches past its end (or the file has ended); else None."""
         target = self.start + self.chunk_s
         if self.has_audio:
-            audio_end = (self.start_sample + self.samples) / AUDIO_SAMPLE_RATE
+            audio_end = (self.start_sample + self.samples) / SAMPLE_RATE
             if audio_end < target:
                 return None
             if self.cut is None:  # chosen once per chunk, however long the video track takes to catch up
                 cut_sample = self._quietest_sample(target)
-                self.cut = cut_sample, (self.start_sample + cut_sample) / AUDIO_SAMPLE_RATE
+                self.cut = cut_sample, (self.start_sample + cut_sample) / SAMPLE_RATE
             cut_sample, cut = self.cut
             video_behind = self.has_video and self.video_time < cut and audio_end < cut + MAX_INTERLEAVE_S
             if video_behind and not ended:
@@ -173,9 +174,9 @@ class _ChunkBuffer:
         """The buffer offset (samples) of the middle of the quietest QUIET_FRAME_S in the CUT_SEARCH_S before target."""
         audio = np.concatenate(self.audio) if len(self.audio) > 1 else self.audio[0]
         self.audio = [audio]
-        end = round(target * AUDIO_SAMPLE_RATE) - self.start_sample
-        frame = round(QUIET_FRAME_S * AUDIO_SAMPLE_RATE)
-        first = max(0, end - round(CUT_SEARCH_S * AUDIO_SAMPLE_RATE))
+        end = round(target * SAMPLE_RATE) - self.start_sample
+        frame = round(QUIET_FRAME_S * SAMPLE_RATE)
+        first = max(0, end - round(CUT_SEARCH_S * SAMPLE_RATE))
         n_frames = (end - first) // frame
         if n_frames < 1:
             return end
@@ -216,7 +217,7 @@ class DecodeWorker:
 
     A process rather than a thread, because the two then share no interpreter lock: Whisper's decoding loop and the
     frame loop are both Python, and as threads of one process they slowed each other down (benchmarks/speed.py,
-    --compare-background). It runs ``python -m fusion.decode_worker`` and speaks pickle over its standard input
+    --compare-background). It runs ``python -m fusion.media.decode_worker`` and speaks pickle over its standard input
     and output, rather than using multiprocessing, whose spawned children re-run the caller's main script: a user's
     script calling fusion.predict() needs no ``if __name__ == "__main__"`` guard. Started on first use, it serves
     file after file, and is replaced if a consumer stops reading a file part-way.
@@ -258,7 +259,7 @@ class DecodeWorker:
     def _start(self) -> subprocess.Popen:
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "fusion.decode_worker", json.dumps([self.fps, self.face_model])],
+                [sys.executable, "-m", "fusion.media.decode_worker", json.dumps([self.fps, self.face_model])],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
@@ -281,7 +282,7 @@ class DecodeWorker:
     def _stopped(process: subprocess.Popen) -> RuntimeError:
         process.kill()
         return RuntimeError(
-            f"the decoding process (python -m fusion.decode_worker) stopped unexpectedly (exit code "
+            f"the decoding process (python -m fusion.media.decode_worker) stopped unexpectedly (exit code "
             f"{process.wait()}); its error, if any, is on standard error above"
         )
 

@@ -21,12 +21,13 @@ from alignment import Stream
 from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
 from encoders.face import face_pixels
 from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
+from encoders.loading import EncoderSources
 from encoders.text import Transcriber, Utterance, Word, WordEncoder
 from encoders.vad import SpeechDetector, speech_within
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
-from fusion.media import DEFAULT_FPS, Media, decode
-from fusion.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunks
+from fusion.media.decoding import DEFAULT_FPS, Media, decode
+from fusion.media.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunks
 
 IMAGE_DURATION_S = 1 / DEFAULT_FPS  # seconds: a still image counts as one sampled video frame
 
@@ -107,16 +108,15 @@ class RecordingFeatures:
 class FeatureExtractor:
     """Holds the frozen models (Whisper, BERT, face detector), each loaded once, and extracts features per file.
 
-    Models are chosen by argument, else by the environment variables FUSION_WHISPER_MODEL, FUSION_TEXT_MODEL and
-    FUSION_FACE_MODEL, else by name (downloaded when online).
+    sources: the models (:class:`encoders.loading.EncoderSources`); those it leaves unchosen come from the
+    environment variables FUSION_WHISPER_MODEL, FUSION_TEXT_MODEL and FUSION_FACE_MODEL, else by name (downloaded
+    when online).
     """
 
     def __init__(
         self,
         *,
-        whisper_model: str | os.PathLike | None = None,
-        text_model: str | os.PathLike | None = None,
-        face_model: str | os.PathLike | None = None,
+        sources: EncoderSources | None = None,
         fps: float = DEFAULT_FPS,
         device: str | torch.device | None = None,
         whisper_blocks: int | None = None,
@@ -125,12 +125,13 @@ class FeatureExtractor:
         """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed).
         embed_words: False loads no text model and gives word_embeddings of width 0, one row per word (an experts
         bundle reads the words themselves, with its own text expert)."""
-        self.transcriber = Transcriber(whisper_model, device=device)
+        self.sources = (sources or EncoderSources()).resolve()
+        self.transcriber = Transcriber(self.sources.whisper, device=device)
         self.whisper_states = (
             None if whisper_blocks is None else WhisperStates(self.transcriber.model, blocks=whisper_blocks, bf16=True)
         )
-        self.word_encoder = WordEncoder(text_model, device=device) if embed_words else None
-        self.face_detector = FaceDetector(face_model)
+        self.word_encoder = WordEncoder(self.sources.text, device=device) if embed_words else None
+        self.face_detector = FaceDetector(self.sources.face)
         self.fps = fps
         self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
         self._vad: SpeechDetector | None = None  # loaded by the first stream() that decodes in this process

@@ -1,0 +1,169 @@
+"""The report of a modality ablation: ablation.json (the whole record), ablation.md (tables) and ablation.png (bars).
+
+Everything here reads the record that :func:`fusion.training.ablation.ablate` builds (plain JSON values), so a
+report can be redrawn from an ablation.json alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from fusion.training.metrics import METRICS
+
+METRIC_NAMES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted F1"}
+
+
+def write(record: dict, out: str | os.PathLike) -> None:
+    """ablation.json (everything), ablation.md (the tables, command, machine, wall time), ablation.png (bars)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "ablation.md").write_text(markdown(record))
+    plot(record, out / "ablation.png")
+
+
+def markdown(record: dict) -> str:
+    metric = METRIC_NAMES[record["metric"]]
+    data, config = record["data"], record["config"]
+    confidence = f"{config['confidence'] * 100:.0f}%"
+    trainings = {(r["trained_on"], r["seed"], r["fold"]): r for r in record["runs"]}.values()
+    cpu_minutes = sum(r["train_cpu_seconds"] for r in trainings) / 60
+    lines = [
+        f"# Modality ablation: {', '.join(data['specs'])}",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Machine: {record['machine']}. Wall time {record['wall_seconds'] / 60:.1f} min: features from the cache"
+        f" and {len(trainings)} trainings, which used {cpu_minutes:.1f} CPU-minutes in all.",
+        "",
+        f"Data: {data['examples']} examples from {data['speakers']} speakers; classes "
+        + ", ".join(f"{label} {data['class_counts'][label]}" for label in data["labels"])
+        + f"; modalities ablated: {', '.join(data['modalities'])}. {len(data['folds'])} speaker-independent folds"
+        " (no speaker in both training and test), the same for every subset; seeds "
+        + ", ".join(map(str, config["seeds"]))
+        + f"; {config['train']['epochs']} epochs"
+        + (
+            f", keeping the epoch with the best UA on {config['validation_fraction']:.0%} of the training speakers."
+            if config["validation_fraction"] > 0
+            else ", no validation split (the last epoch is kept)."
+        ),
+        "",
+        "Test speakers per fold (examples): " + "; ".join(_fold_summary(fold) for fold in data["folds"]),
+        "",
+        *_legend(record),
+        "",
+        f"| mode | modalities | UA | WA | macro-F1 | weighted F1 | pooled {metric} [{confidence} CI] |"
+        f" Δ {metric} vs audio [{confidence} CI] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        cells = " | ".join(f"{row['mean'][m] * 100:.1f} ± {row['std'][m] * 100:.1f}" for m in METRICS)
+        pooled = _interval(row["pooled"][record["metric"]], signed=False)
+        difference = _difference(row, record["metric"], record["baseline"])
+        lines.append(f"| {row['mode']} | {row['subset']} | {cells} | {pooled} | {difference} |")
+    labels = data["labels"]
+    lines += [
+        "",
+        "Recall per class, % (mean over runs; a class counts in a run when its fold tests it):",
+        "",
+        "| mode | modalities | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for row in record["rows"]:
+        cells = " | ".join(f"{row['recall'][label] * 100:.1f}" if label in row["recall"] else "-" for label in labels)
+        lines.append(f"| {row['mode']} | {row['subset']} | {cells} |")
+    lines += ["", "Every fold and seed, the pooled metrics and all predictions: `ablation.json`; bars: `ablation.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def _legend(record: dict) -> list[str]:
+    """What the modes and columns of the table mean, as markdown bullets."""
+    metric = METRIC_NAMES[record["metric"]]
+    config = record["config"]
+    confidence = f"{config['confidence'] * 100:.0f}%"
+    legend = ["- **retrain**: a model trained and tested with only these modalities."]
+    if any(row["mode"] == "drop" for row in record["rows"]):
+        legend.append(
+            f"- **drop**: the model trained on {'+'.join(record['data']['modalities'])}, tested with only these"
+            " modalities."
+        )
+    legend += [
+        "- UA = macro recall, WA = accuracy, macro-F1, weighted F1 (F1 per class weighted by support); in %, mean ±"
+        " standard deviation over the seed x fold runs, each scored on its fold's test examples.",
+        f"- pooled {metric}: each seed's out-of-fold predictions (every example tested once) scored over all"
+        f" examples, averaged over seeds, [with a {confidence} percentile bootstrap interval over test examples,"
+        f" {config['bootstrap']} resamples].",
+    ]
+    if "audio" in record["data"]["modalities"]:
+        legend.append(
+            f"- Δ {metric}: pooled {metric} minus audio alone's in the same mode, [{confidence} paired bootstrap"
+            " interval: the same resampled examples for both]. Pooled over folds, it can differ slightly from the"
+            " difference of the means."
+        )
+    else:
+        legend.append(f"- Δ {metric}: none, since the data has no audio to compare with.")
+    return legend
+
+
+def _short_spec(spec: str) -> str:
+    """ "meld=../data/train_sent_emo.csv:../clips" -> "meld=train_sent_emo.csv"."""
+    kind, _, path = spec.partition("=")
+    return f"{kind}={Path(path.partition(':')[0]).name}"
+
+
+def _fold_summary(fold: dict, *, most: int = 12) -> str:
+    """ "0: ravdess:03, ravdess:07 (120)", or the number of speakers when there are more than `most`."""
+    speakers = fold["test_speakers"]
+    named = ", ".join(speakers) if len(speakers) <= most else f"{len(speakers)} speakers"
+    return f"{fold['fold']}: {named} ({fold['examples']})"
+
+
+def _difference(row: dict, metric: str, baseline: str) -> str:
+    difference = row["difference_to_audio"]
+    if difference is None:
+        return "baseline" if row["subset"] == baseline else "-"
+    return _interval(difference[metric], signed=True)
+
+
+def _interval(estimate: dict[str, float], *, signed: bool) -> str:
+    """{"value", "low", "high"} fractions -> "+4.2 [-1.0, +9.8]" in points."""
+    style = "+.1f" if signed else ".1f"
+    value, low, high = (format(estimate[k] * 100, style) for k in ("value", "low", "high"))
+    return f"{value} [{low}, {high}]"
+
+
+def plot(record: dict, path: str | os.PathLike) -> None:
+    """Bars of each row's pooled metric and, where there is an audio-alone baseline, of the difference to it,
+    both with their bootstrap intervals."""
+    metric = record["metric"]
+    rows = record["rows"]
+    names = [f"{row['mode']}: {row['subset']}" for row in rows]
+    colours = ["tab:blue" if row["mode"] == "retrain" else "tab:orange" for row in rows]
+    panels = [("pooled", f"{METRIC_NAMES[metric]} (%), pooled out-of-fold")]
+    if any(row["difference_to_audio"] is not None for row in rows):
+        panels.append(("difference_to_audio", f"Δ {METRIC_NAMES[metric]} vs audio alone (points)"))
+    from matplotlib.figure import Figure  # imported here, so that commands without plots do not load matplotlib
+
+    figure = Figure(figsize=(5.5 * len(panels), 0.45 * len(rows) + 1.8), layout="constrained")
+    axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for axes, (key, title) in zip(axes_list, panels):
+        present = [(i, row[key][metric]) for i, row in enumerate(rows) if row[key] is not None]
+        positions = [i for i, _ in present]
+        values = np.array([v["value"] for _, v in present]) * 100
+        errors = np.array([[v["value"] - v["low"], v["high"] - v["value"]] for _, v in present]).T * 100
+        axes.barh(positions, values, xerr=errors.reshape(2, -1), color=[colours[i] for i in positions], capsize=3)
+        axes.set_title(title, fontsize=10)
+        axes.axvline(0, color="black", linewidth=0.8)
+        axes.grid(axis="x", alpha=0.3)
+    axes_list[0].set_yticks(range(len(rows)), names)
+    axes_list[0].invert_yaxis()
+    confidence = record["config"]["confidence"] * 100
+    corpora = ", ".join(_short_spec(spec) for spec in record["data"]["specs"])
+    title = f"{corpora}: bars with {confidence:.0f}% bootstrap intervals over test examples"
+    figure.suptitle("\n".join(textwrap.wrap(title, width=60 * len(panels))), fontsize=9)
+    figure.savefig(path, dpi=120)
