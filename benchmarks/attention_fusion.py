@@ -41,13 +41,13 @@ import numpy as np
 import torch
 
 from benchmarks.child import describe_machine, write_results
-from fusion.datasets import image_folder, meld
 from fusion.experts import attention
 from fusion.experts import face as face_expert
 from fusion.experts import text as text_expert
 from fusion.experts.bundle import ExpertBundle
 from fusion.labels import EMOTIONS, MODALITIES, RAVDESS_CODES, canonical, label_indices, ravdess_fields
-from fusion.metrics import score
+from fusion.training.datasets import image_folder, meld
+from fusion.training.metrics import score
 
 PAIRS = 4000  # paired examples per subset of modalities, validation and test
 PAIR_SEED = {"validation": 1000, "test": 2000}  # the fixed pairs' draws, apart from every training seed

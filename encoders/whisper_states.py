@@ -23,7 +23,6 @@ import whisper
 from whisper.audio import HOP_LENGTH, N_SAMPLES
 
 from encoders import SAMPLE_RATE
-
 from encoders.runtime import autocast
 
 STATE_SECONDS = 2 * HOP_LENGTH / SAMPLE_RATE  # 0.02 s: Whisper's second convolution halves the 10 ms mel frame rate

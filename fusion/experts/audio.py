@@ -32,7 +32,7 @@ from tqdm import tqdm
 from encoders.audio import N_MELS, VoiceEncoder, log_mel
 from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, choose_model, portable_name
 from encoders.runtime import autocast, pick_device
-from fusion.errors import CheckpointError, FusionError, MediaError
+from fusion.errors import CheckpointError, FileError, MediaError
 from fusion.experts.state import (
     load_training_state,
     load_weights,
@@ -108,7 +108,7 @@ class SpeechCache:
                     report.loaded += 1
                     continue
                 computed = self._compute(path)
-            except (FusionError, OSError) as error:
+            except (FileError, OSError) as error:  # this file's; a model that cannot load stops the build
                 report.skipped.append((str(path), str(error)))
                 features.append(None)
                 continue

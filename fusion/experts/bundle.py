@@ -116,7 +116,7 @@ class ExpertBundle:
 
     def segment_probabilities(self, piece, segments: Sequence[Segment]) -> dict[str, np.ndarray]:
         """{modality: (len(segments), len(EMOTIONS)) probabilities, NaN rows where the segment lacks it} for a
-        fusion.features.RecordingFeatures piece (whisper_states computed when there is a voice expert)."""
+        fusion.media.features.RecordingFeatures piece (whisper_states computed when there is a voice expert)."""
         n = len(segments)
         out = {m: np.full((n, len(EMOTIONS)), np.nan, np.float32) for m in FOLDERS}
         if not n:
@@ -262,8 +262,9 @@ def build(
     """Calibrate expert checkpoints and write them as one bundle to out; -> what was fitted, for the record.
 
     Each expert's temperature is fitted on its own validation data, recomputed from its training data as its
-    training drew it: face_examples (fusion.datasets Examples of the face expert's training images; its stratified
-    held-out share), text_examples (the text expert's training utterances; its dialogue-disjoint held-out share).
+    training drew it: face_examples (fusion.training.datasets Examples of the face expert's training images; its
+    stratified held-out share), text_examples (the text expert's training utterances; its dialogue-disjoint held-out
+    share).
     The voice expert's recipe holds no speakers out, so its temperature is given (voice_temperature: fitted on the
     recipe's out-of-fold outputs, benchmarks/voice_calibration.py), else 1. Each expert's prior is the mean of
     its calibrated probabilities on that validation data; the voice expert's is the class mix its training sampler
@@ -363,7 +364,8 @@ def _mean_calibrated(probabilities: np.ndarray, temperature: float) -> list[floa
 
 
 def _sampler_prior(examples: Sequence) -> list[float]:
-    """The canonical class mix that the voice expert's sampler (fusion.train.balanced_weights by corpus) draws."""
+    """The canonical class mix that the voice expert's sampler draws (fusion.training.train.balanced_weights by
+    corpus)."""
     from fusion.experts.audio import VOICE_LABELS, voice_label
     from fusion.training.train import balanced_weights
 

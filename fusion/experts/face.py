@@ -4,8 +4,8 @@
 
 The CNN is EfficientNet-Lite0 adapted to 48x48 grey crops (:class:`encoders.face_lite.LiteFaceNet`), initialised
 from its ImageNet weights (the ``[train]`` extra) and fine-tuned end to end with a fixed recipe: AdamW, linear
-warm-up then cosine decay, label smoothing, and :class:`fusion.augment.FaceImageAugment`, then stochastic weight
-averaging over a few more epochs at a constant learning rate. A stratified share of the training images
+warm-up then cosine decay, label smoothing, and :class:`fusion.training.augment.FaceImageAugment`, then stochastic
+weight averaging over a few more epochs at a constant learning rate. A stratified share of the training images
 (``--validation-fraction``, fixed by the seed) is scored after every epoch for the record; it chooses nothing, the
 averaged weights are kept. Test images (FER2013 PublicTest) are never seen by training.
 A run saves its full state after every epoch and ``--resume`` continues it. The checkpoint is a safetensors file of

@@ -121,7 +121,8 @@ class Item:
 
 
 def items_from_examples(examples: Sequence, *, context: bool) -> list[Item]:
-    """fusion.datasets Examples with text -> Items; MELD's "dia{D}_utt{U}" ids give dialogues and previous turns."""
+    """fusion.training.datasets Examples with text -> Items; MELD's "dia{D}_utt{U}" ids give dialogues and previous
+    turns."""
     by_id = {(e.dataset, e.split, e.utterance_id): e for e in examples if e.utterance_id}
     items = []
     for number, example in enumerate(examples):
@@ -501,7 +502,7 @@ def train_text_expert(
     cache: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train on labelled fusion.datasets Examples with text; the best epoch's checkpoint is written to out.
+    """Train on labelled fusion.training.datasets Examples with text; the best epoch's checkpoint is written to out.
 
     The epoch is chosen by weighted F1 on a dialogue-disjoint validation part of examples (config.seed draws it);
     no other data is looked at. State is saved after every epoch; resume=True continues from it.
