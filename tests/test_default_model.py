@@ -116,7 +116,7 @@ def test_fusion_bundle_reuses_trained_experts_and_calibrates_them(shared, tmp_pa
     command = [sys.executable, "-m", "fusion.cli", "bundle", "--out", str(out)]
     command += ["--voice", str(DEFAULT_CHECKPOINT / "voice"), "--face", str(DEFAULT_CHECKPOINT / "face")]
     command += ["--text", *sorted(str(p.parent) for p in (DEFAULT_CHECKPOINT / "text").rglob("model.safetensors"))]
-    command += ["--face-data", f"fer2013={fer}", "--text-data", f"meld={meld_csv}"]
+    command += ["--face-data", f"fer2013={fer}", "--text-data", f"meld={meld_csv}", "--face-dtype", "int8"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     config = json.loads((out / BUNDLE_FILE).read_text())
@@ -124,6 +124,9 @@ def test_fusion_bundle_reuses_trained_experts_and_calibrates_them(shared, tmp_pa
     assert set(temperatures) == {"video", "text", "audio"} and temperatures["audio"] == 1.0, "the voice's is given"
     assert all(0.05 < t < 20 for t in temperatures.values())
     assert config["experts"]["voice"] == str(DEFAULT_CHECKPOINT / "voice"), "the stage given by path is named"
+    assert config["experts"]["face"] == str(DEFAULT_CHECKPOINT / "face"), "the source, not the int8 scratch copy"
+    assert json.loads((out / "face" / "config.json").read_text())["dtype"] == "int8"
+    assert not (out / ".face").exists()
     result = fusion.load(out).predict(ravdess_clips[0])
     assert result.summary["modalities"] == ["audio", "text", "video"] and result.summary["label"] in EMOTIONS
 

@@ -25,6 +25,7 @@ learning the fusion costs or gains, not cross-modal interactions, which need rec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -163,8 +164,6 @@ def fit(
 ) -> FitResult:
     """Train on fresh paired examples each epoch; keep the weights of the epoch with the lowest validation loss
     (the untrained model, i.e. late fusion, competes as epoch 0)."""
-    import time
-
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)

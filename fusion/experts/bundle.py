@@ -278,6 +278,7 @@ def build(
     from fusion.experts.text import items_from_examples, split_by_dialogue
 
     temperatures, priors, record = {}, {}, {}
+    names = {"voice": _name(voice), "text": [_name(t) for t in text], "face": _name(face)}  # as given, for the record
     if face is not None and face_dtype is not None:
         face = _stored_as(face, face_dtype, Path(scratch or out) / ".face")
     if face is not None:
@@ -331,7 +332,7 @@ def build(
         face_views=face_views,
         face_precision=face_precision,
         extra={
-            "experts": {"voice": _name(voice), "text": [_name(t) for t in text], "face": _name(face)},
+            "experts": names,
             "calibration": record,
         }
         | ({"recipe": recipe} if recipe is not None else {}),
