@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import shlex
 import statistics
 import sys
@@ -41,11 +40,12 @@ import numpy as np
 import torch
 
 from benchmarks.child import describe_machine, write_results
+from benchmarks.ravdess_folds import read_probabilities
 from fusion.experts import attention
 from fusion.experts import face as face_expert
 from fusion.experts import text as text_expert
 from fusion.experts.bundle import ExpertBundle
-from fusion.labels import EMOTIONS, MODALITIES, RAVDESS_CODES, canonical, label_indices, ravdess_fields
+from fusion.labels import EMOTIONS, MODALITIES, label_indices
 from fusion.training.datasets import image_folder, meld
 from fusion.training.metrics import score
 
@@ -162,15 +162,8 @@ def text_pools(bundle: ExpertBundle, args) -> dict[str, tuple[np.ndarray, np.nda
 
 def voice_pools(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Out-of-fold voice outputs: fold 0 fits, fold 1 validates, fold 2 tests."""
-    out = {}
-    for part, fold in (("fit", 0), ("validation", 1), ("test", 2)):
-        files = sorted(f for f in folder.glob("*.npz") if re.search(rf"-fold{fold}\.npz$", f.name))
-        if len(files) != 1:
-            raise SystemExit(f"{folder}: expected one file of fold {fold}, found {[f.name for f in files]}")
-        saved = np.load(files[0])
-        labels = [canonical("ravdess", RAVDESS_CODES[ravdess_fields(p)["emotion"]]) for p in saved["paths"]]
-        out[part] = (saved["probabilities"], label_indices(labels))
-    return out
+    folds = read_probabilities(folder)
+    return {part: folds[fold] for part, fold in (("fit", 0), ("validation", 1), ("test", 2))}
 
 
 def _subset_pairs(pools, subset, seed, class_mix) -> tuple[list[dict], np.ndarray]:

@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.child import describe_machine, write_results
 from fusion.experts import face as expert
+from fusion.experts.state import STORED_DTYPES
 from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, ravdess_fields
 from fusion.training.datasets import image_folder
 from fusion.training.metrics import score
@@ -48,7 +49,7 @@ def main() -> None:
         "--ship", help="also write the checkpoint with --ship-dtype weights to this folder (package data) and score it"
     )
     parser.add_argument(
-        "--ship-dtype", choices=("float16", "int8"), default="float16", help="weights of the --ship copy"
+        "--ship-dtype", choices=sorted(STORED_DTYPES), default="float16", help="weights of the --ship copy"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/face_expert")
@@ -93,7 +94,7 @@ def main() -> None:
     if not args.skip_clips:
         report["clips"] = clips(model, Path(args.clips), views=chosen)
     if args.ship:
-        dtype = getattr(torch, args.ship_dtype)
+        dtype = STORED_DTYPES[args.ship_dtype]
         model.save(args.ship, extra={"training": training, "views": chosen}, dtype=dtype)
         shipped = expert.FaceExpert.load(args.ship)
         report["shipped"] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -38,7 +39,14 @@ from fusion.experts.audio import (  # noqa: E402
     to_canonical,
     voice_label,
 )
-from fusion.labels import EMOTIONS, RAVDESS_NATIVE, canonical  # noqa: E402
+from fusion.labels import (  # noqa: E402
+    EMOTIONS,
+    RAVDESS_CODES,
+    RAVDESS_NATIVE,
+    canonical,
+    label_indices,
+    ravdess_fields,
+)
 from fusion.media.decoding import decode  # noqa: E402
 from fusion.training.datasets import nemo, ravdess, speaker_folds  # noqa: E402
 from fusion.training.metrics import score  # noqa: E402
@@ -139,6 +147,22 @@ def main() -> None:
                     )
     _write(args, runs, time.perf_counter() - started, classes, command=shlex.join(["python", *sys.argv]))
     print((Path(args.out) / "results.md").read_text())
+
+
+def read_probabilities(folder: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """What --save-probabilities wrote, by fold: (N, 7) canonical probabilities and (N,) canonical class indices of
+    the RAVDESS files (from their names). One file per fold is expected (one variant, parts and seed)."""
+    folds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for path in sorted(Path(folder).glob("*.npz")):
+        fold = int(re.search(r"fold(\d+)\.npz$", path.name).group(1))
+        if fold in folds:
+            raise SystemExit(f"{folder}: more than one file of fold {fold}")
+        saved = np.load(path)
+        labels = [canonical("ravdess", RAVDESS_CODES[ravdess_fields(p)["emotion"]]) for p in saved["paths"]]
+        folds[fold] = (saved["probabilities"], label_indices(labels))
+    if not folds:
+        raise SystemExit(f"{folder}: no out-of-fold probabilities (benchmarks/ravdess_folds.py --save-probabilities)")
+    return folds
 
 
 def _baselines(examples, features, true_native, folds, classes) -> list[dict]:

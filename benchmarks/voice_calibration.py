@@ -14,7 +14,6 @@ on all folds together is the one the shipped bundle gives its voice expert.
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.child import describe_machine
+from benchmarks.ravdess_folds import read_probabilities
 from fusion.experts.late_fusion import calibrated_log_probabilities, expected_calibration_error, fit_temperature
-from fusion.labels import RAVDESS_CODES, canonical, label_indices, ravdess_fields
 
 
 def main() -> None:
@@ -31,11 +30,7 @@ def main() -> None:
     parser.add_argument("--voice-oof", required=True, help="folder of ravdess_folds.py --save-probabilities files")
     parser.add_argument("--out", required=True, help="markdown file to write")
     args = parser.parse_args()
-    folds = {}
-    for path in sorted(Path(args.voice_oof).glob("*.npz")):
-        saved = np.load(path)
-        labels = [canonical("ravdess", RAVDESS_CODES[ravdess_fields(p)["emotion"]]) for p in saved["paths"]]
-        folds[int(re.search(r"fold(\d+)\.npz$", path.name).group(1))] = (saved["probabilities"], label_indices(labels))
+    folds = read_probabilities(args.voice_oof)
     lines = [
         "# Voice expert recipe: calibration on unheard speakers (out-of-fold RAVDESS)",
         "",

@@ -34,10 +34,11 @@ class WhisperStates:
     """The states after the first `blocks` encoder blocks of a loaded Whisper model, for audio of any length.
 
     model: a ``whisper.Whisper`` (e.g. the one :class:`encoders.text.Transcriber` loaded: no second copy)
-    bf16: run the blocks under bf16 autocast (else float32). Prediction asks for it: 3 blocks of
-    tiny.en over 120 s of RAVDESS speech took 0.36 s against 0.61 s in float32 on this 2-core CPU with AVX512-BF16,
-    the states within 1.1% (mean absolute difference over mean magnitude), and the shipped voice expert gave the
-    same label on 90 of 90 RAVDESS files, its probabilities within 0.034. Training features (the speech cache) stay
+    bf16: run the blocks under bf16 autocast (else float32). Prediction asks for it: 3 blocks of tiny.en over 120 s
+    of RAVDESS speech took 0.40 s against 0.84 s in float32 on this 2-core CPU with AVX512-BF16, the states within
+    1.1% (mean absolute difference over mean magnitude), and the default model's label through fusion.predict was
+    the same on 89 of 90 RAVDESS files, its probabilities within 0.038
+    (benchmarks/results/default_model/bf16_inference.md). Training features (the speech cache) stay
     float32, as the shipped experts were trained on them.
     """
 

@@ -34,7 +34,7 @@ import torch
 from einops import repeat
 from torch import nn
 
-from fusion.experts.late_fusion import EPS, LateFusion, calibrated_log_probabilities
+from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.labels import EMOTIONS, MODALITIES
 
 
@@ -77,12 +77,6 @@ class AttentionFusion(nn.Module):
         return late_log_p + self.head(self.norm(read[:, 0]))
 
 
-def evidence(late: LateFusion, modality: str, probabilities: np.ndarray) -> np.ndarray:
-    """(N, C) an expert's probabilities -> (N, C) its evidence tokens: calibrated log-probabilities over its prior."""
-    log_q = calibrated_log_probabilities(probabilities, late.temperatures.get(modality, 1.0))
-    return (log_q - late.log_prior(modality, probabilities.shape[1])).astype(np.float32)
-
-
 def batch_tensors(
     late: LateFusion, examples: Sequence[Mapping[str, np.ndarray]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,7 +97,7 @@ def batch_tensors(
         for modality, p in example.items():
             if not len(p):
                 continue
-            values[b, at : at + len(p)] = evidence(late, modality, p)
+            values[b, at : at + len(p)] = late.evidence(modality, p)
             kinds[b, at : at + len(p)] = MODALITIES.index(modality)
             mask[b, at : at + len(p)] = True
             pooled[modality][b] = p.mean(0)

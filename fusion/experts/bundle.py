@@ -36,7 +36,7 @@ from fusion.errors import CheckpointError
 from fusion.experts import face as face_expert
 from fusion.experts.audio import VoiceExpert, to_canonical
 from fusion.experts.late_fusion import LateFusion
-from fusion.experts.state import write_atomic
+from fusion.experts.state import STORED_DTYPES, write_atomic
 from fusion.experts.text import load_expert
 from fusion.labels import EMOTIONS, label_indices
 
@@ -45,15 +45,19 @@ FORMAT_VERSION = 1
 FOLDERS = {"audio": "voice", "text": "text", "video": "face"}  # modality -> its expert's folder in a bundle
 MIN_VOICE_S = 0.25  # seconds of audio a segment needs for the voice expert (its CNN pools 40 ms tokens)
 VOICE_BATCH = 16  # segments per voice expert pass
-# The face expert's arithmetic on the CPU. bf16 autocast: 928 against 376 FER2013 faces/s (two views each, batches
-# of 32, this 2-core CPU with AVX512-BF16), PublicTest accuracy 68.65 against 68.74 with the shipped int8 face
-# (/work/cache/prof/fer_bf16.py, 2026-11-30). CUDA always runs in bf16 (encoders.runtime.autocast).
+# The face expert's arithmetic on the CPU. bf16 autocast: 466 against 314 FER2013 faces/s (two views each, batches
+# of 16, this 2-core CPU with AVX512-BF16), PublicTest accuracy 68.65 against 68.74 with the shipped int8 face
+# (benchmarks/results/default_model/bf16_inference.md). CUDA always runs in bf16 (encoders.runtime.autocast).
 PRECISIONS = ("fp32", "bf16")
+# Faces per bf16 pass on the CPU. On the 10-minute input the experts took 4.6 s with 32 and 6.3 s with 16
+# (benchmarks/results/default_model/speed_10min*.md); the bare face expert's faces/s favoured 32 in one run and
+# 16 in another (bf16_inference.md), so the whole pipeline decides.
+FACE_BATCH_BF16 = 32
 # The face expert reads every FACE_FRAME_STRIDE-th face frame of a segment, from its first (2.5 a second at the
 # default 5 fps; a segment with one face frame keeps it): frames 0.2 s apart show nearly the same face, and the
-# expert was the largest cost of the bundle after Whisper (benchmarks/results/default_model/speed_10min.md).
+# expert was the largest cost of the bundle after Whisper (benchmarks/results/default_model/speed_10min.md). On the
+# 12 shared clips, 24 of 25 segments keep their face label (benchmarks/results/default_model/bf16_inference.md).
 FACE_FRAME_STRIDE = 2
-FACE_BATCH_BF16 = 32  # faces per pass in bf16 on the CPU: 928 faces/s against 763 in batches of 16
 
 
 @dataclass
@@ -270,9 +274,10 @@ def build(
     its calibrated probabilities on that validation data; the voice expert's is the class mix its training sampler
     drew from voice_examples (its training recordings: each corpus an equal share, classes balanced within), uniform
     without them. Several text folders become an ensemble (written to scratch first). Weights are 1.
-    face_dtype: store the face expert's weights as FACE_DTYPES says ("int8": 3.6 MB, PublicTest 68.7 against 69.0 in
-    float32) instead of copying them as they are; recipe: the recipe that made the experts (fusion.experts.recipe),
-    recorded in experts.json so that `fusion bundle --recipe` on the bundle retrains it.
+    face_dtype: store the face expert's weights so (a name in experts.state.STORED_DTYPES; "int8": 3.6 MB,
+    PublicTest 68.7 against 69.0 in float32) instead of copying them as they are. recipe: the recipe that made the
+    experts (fusion.experts.recipe), recorded in experts.json so that `fusion bundle --recipe` on the bundle
+    retrains it.
     """
     from fusion.experts.late_fusion import fit_temperature
     from fusion.experts.text import items_from_examples, split_by_dialogue
@@ -344,18 +349,15 @@ def build(
     return record
 
 
-FACE_DTYPES = {"float16": torch.float16, "int8": torch.int8}  # how a bundle may store the face expert's weights
-
-
 def _stored_as(face: str | os.PathLike, dtype: str, scratch: Path) -> Path:
     """The face expert re-saved with dtype weights in scratch (its config.json kept), as the bundle will ship it."""
-    if dtype not in FACE_DTYPES:
-        raise ValueError(f"face_dtype must be one of {sorted(FACE_DTYPES)}, got {dtype!r}")
+    if dtype not in STORED_DTYPES:
+        raise ValueError(f"face_dtype must be one of {sorted(STORED_DTYPES)}, got {dtype!r}")
     config = json.loads((Path(face) / face_expert.CONFIG_FILE).read_text())
     extra = {k: v for k, v in config.items() if k != "model"} | {"dtype": dtype}
     if scratch.exists():
         shutil.rmtree(scratch)
-    return face_expert.FaceExpert.load(face).save(scratch, extra=extra, dtype=FACE_DTYPES[dtype])
+    return face_expert.FaceExpert.load(face).save(scratch, extra=extra, dtype=STORED_DTYPES[dtype])
 
 
 def _mean_calibrated(probabilities: np.ndarray, temperature: float) -> list[float]:
@@ -420,7 +422,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--face-precision", choices=PRECISIONS, default="bf16", help="the face expert's arithmetic on the CPU"
     )
-    parser.add_argument("--face-dtype", choices=sorted(FACE_DTYPES), help="store the face weights so (default: as is)")
+    parser.add_argument(
+        "--face-dtype", choices=sorted(STORED_DTYPES), help="store the face weights so (default: as they are)"
+    )
     parser.add_argument(
         "--voice-temperature",
         type=float,

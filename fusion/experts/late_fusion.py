@@ -48,10 +48,9 @@ class LateFusion:
         seen = np.zeros(shape[0], bool)
         for modality, p in present.items():
             rows = ~np.isnan(p).any(1)
-            log_p = calibrated_log_probabilities(p[rows], self.temperatures.get(modality, 1.0))
             log_prior = self.log_prior(modality, shape[1])
             w = self.weights.get(modality, 1.0)
-            total[rows] += w * (log_p - log_prior)
+            total[rows] += w * self.evidence(modality, p[rows])
             prior[rows] += w * log_prior
             weight[rows] += w
             seen |= rows
@@ -61,6 +60,11 @@ class LateFusion:
         pooled /= pooled.sum(1, keepdims=True)
         pooled[~seen] = np.nan
         return pooled
+
+    def evidence(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
+        """(N, C) an expert's probabilities -> (N, C) float64 its evidence: log q_m - log pi_m above."""
+        log_q = calibrated_log_probabilities(probabilities, self.temperatures.get(modality, 1.0))
+        return log_q - self.log_prior(modality, probabilities.shape[1])
 
     def pooled_prior(self, modalities, n_classes: int) -> np.ndarray:
         """(n_classes,) the prior that pooling these modalities assumes: pi(c) above, normalised."""
@@ -131,7 +135,7 @@ def fit_weights(probabilities: Mapping[str, np.ndarray], labels: np.ndarray, *, 
         rows = ~np.isnan(p).any(1)
         prior = fusion.log_prior(name, p.shape[1])
         filled = np.zeros_like(p, dtype=np.float64)
-        filled[rows] = calibrated_log_probabilities(p[rows], fusion.temperatures.get(name, 1.0)) - prior
+        filled[rows] = fusion.evidence(name, p[rows])
         evidence.append(filled)
         log_prior.append(np.broadcast_to(prior, p.shape))
         present.append(rows)

@@ -55,6 +55,7 @@ def load_training_state(
     return saved["weights"], json.loads(saved["progress"])
 
 
+STORED_DTYPES = {"float16": torch.float16, "int8": torch.int8}  # how a shipped copy may store its weights, by name
 INT8_SCALE = ".int8_scale"  # suffix of the float32 per-row scales stored beside a weight kept in int8
 INT8_MIN_ELEMENTS = 4096  # smaller tensors (biases, BatchNorm, small heads) stay in float16 under dtype int8
 
