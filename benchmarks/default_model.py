@@ -43,6 +43,7 @@ from fusion.experts.recipe import read_recipe
 from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, label_indices, ravdess_fields
 from fusion.model import MODALITIES
 from fusion.training.datasets import from_spec, image_folder, meld
+from fusion.training.expert_ablation import RecordingOutputs, recording_probabilities
 from fusion.training.metrics import score
 
 VOICE_RECIPE = Path("benchmarks/results/voice_expert/ravdess_ensemble/results.json")
@@ -188,13 +189,11 @@ def score_clips(folder: Path, clips: Path) -> dict:
         features = predictor.extractor(path)
         segments = make_segments(features.utterances, features.duration)
         experts = predictor.bundle.segment_probabilities(features, segments)
-        weights = np.array([s.end - s.start for s in segments])
+        outputs = RecordingOutputs(np.array([s.end - s.start for s in segments]), experts)
         by_subset = {}
         for subset in subsets:
-            pooled = predictor.bundle.fuse({m: experts[m] for m in subset})
-            keep = ~np.isnan(pooled).any(1)
-            if keep.any():
-                clip = (pooled[keep] * weights[keep, None]).sum(0) / weights[keep].sum()
+            clip = recording_probabilities(outputs, predictor.bundle, subset, replaced={})
+            if clip is not None:
                 by_subset["+".join(subset)] = EMOTIONS[int(clip.argmax())]
         rows.append(
             {

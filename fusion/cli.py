@@ -14,11 +14,12 @@ from encoders.loading import EncoderSources
 from fusion.errors import FusionError, check_writable
 from fusion.experts import EXPERTS
 from fusion.serving.batch import ENGINES, ScoreOptions, score_files
-from fusion.serving.predictor import Predictor
+from fusion.serving.predictor import Predictor, resolve_checkpoint
 from fusion.training.ablation import AblationConfig, ablate
 from fusion.training.augment import AugmentConfig
 from fusion.training.cache import FeatureCache
 from fusion.training.datasets import DATA_KINDS, from_specs
+from fusion.training.expert_ablation import ablate_experts
 from fusion.training.metrics import METRICS
 from fusion.training.train import TrainConfig, train_checkpoint
 
@@ -76,8 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     _add_model_options(train)
 
-    ablate = commands.add_parser("ablate", help="modality ablation: retrain and drop each subset of modalities")
+    ablate = commands.add_parser(
+        "ablate", help="modality ablation: each subset of modalities, retrained and dropped, or an experts bundle's"
+    )
     ablate.add_argument("data", nargs="+", help="corpora as KIND=PATH: " + ", ".join(DATA_KINDS))
+    ablate.add_argument(
+        "--experts",
+        nargs="?",
+        const="default",
+        metavar="BUNDLE",
+        help="ablate an experts bundle instead of training (no value: the shipped default model); the training"
+        " options below then do not apply",
+    )
+    ablate.add_argument(
+        "--out-of-fold",
+        action="append",
+        default=[],
+        metavar="MODALITY=FOLDER",
+        help="with --experts: that expert's outputs trained without the test speakers (*seed<S>-fold<K>.npz files of"
+        " paths and probabilities), used instead of the bundle's; repeat to add seeds",
+    )
     ablate.add_argument("--modalities", help="comma-separated, e.g. audio,text (default: all the data has)")
     ablate.add_argument("--seeds", type=positive_int, default=3, help="training seeds 0..N-1 (default 3)")
     ablate.add_argument("--folds", type=int, default=3, help="speaker-independent folds (default 3)")
@@ -221,6 +240,26 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
+    if args.out_of_fold and args.experts is None:
+        raise SystemExit("fusion ablate: error: --out-of-fold needs --experts")
+    if args.experts is not None:
+        config = AblationConfig(
+            modalities=tuple(args.modalities.split(",")) if args.modalities else None,
+            folds=args.folds,
+            metric=args.metric,
+        )
+        ablate_experts(
+            args.data,
+            bundle_path=resolve_checkpoint(None if args.experts == "default" else args.experts),
+            cache_dir=args.cache,
+            out=args.out,
+            config=config,
+            out_of_fold=args.out_of_fold,
+            device=args.device,
+            sources=_sources(args),
+        )
+        print((Path(args.out) / "ablation.md").read_text())
+        return 0
     config = AblationConfig(
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
         seeds=tuple(range(args.seeds)),

@@ -38,7 +38,7 @@ from fusion.experts.audio import VoiceExpert, to_canonical
 from fusion.experts.late_fusion import LateFusion
 from fusion.experts.state import STORED_DTYPES, write_atomic
 from fusion.experts.text import load_expert
-from fusion.labels import EMOTIONS, label_indices
+from fusion.labels import EMOTIONS, MODALITIES, label_indices
 
 BUNDLE_FILE = "experts.json"
 FORMAT_VERSION = 1
@@ -105,6 +105,12 @@ class ExpertBundle:
         if precision not in PRECISIONS:
             raise CheckpointError(f"{directory / BUNDLE_FILE}: face_precision {precision!r} is not one of {PRECISIONS}")
         return cls(voice, text, face, late, views, precision, directory, bundle_digest(directory))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities the bundle has an expert for, in MODALITIES order."""
+        experts = {"audio": self.voice, "text": self.text, "video": self.face}
+        return tuple(m for m in MODALITIES if experts[m] is not None)
 
     @property
     def whisper_block(self) -> int | None:

@@ -46,7 +46,7 @@ from fusion.training.metrics import METRICS, score
 from fusion.training.statistics import bootstrap
 from fusion.training.train import TrainConfig, fit, predict_proba
 
-MODES = ("retrain", "drop")
+MODES = ("retrain", "drop", "experts")  # experts: fusion.training.expert_ablation
 BASELINE = ("audio",)
 
 

@@ -31,27 +31,12 @@ def markdown(record: dict) -> str:
     metric = METRIC_NAMES[record["metric"]]
     data, config = record["data"], record["config"]
     confidence = f"{config['confidence'] * 100:.0f}%"
-    trainings = {(r["trained_on"], r["seed"], r["fold"]): r for r in record["runs"]}.values()
-    cpu_minutes = sum(r["train_cpu_seconds"] for r in trainings) / 60
     lines = [
         f"# Modality ablation: {', '.join(data['specs'])}",
         "",
         f"Command: `{record['command']}`",
         "",
-        f"Machine: {record['machine']}. Wall time {record['wall_seconds'] / 60:.1f} min: features from the cache"
-        f" and {len(trainings)} trainings, which used {cpu_minutes:.1f} CPU-minutes in all.",
-        "",
-        f"Data: {data['examples']} examples from {data['speakers']} speakers; classes "
-        + ", ".join(f"{label} {data['class_counts'][label]}" for label in data["labels"])
-        + f"; modalities ablated: {', '.join(data['modalities'])}. {len(data['folds'])} speaker-independent folds"
-        " (no speaker in both training and test), the same for every subset; seeds "
-        + ", ".join(map(str, config["seeds"]))
-        + f"; {config['train']['epochs']} epochs"
-        + (
-            f", keeping the epoch with the best UA on {config['validation_fraction']:.0%} of the training speakers."
-            if config["validation_fraction"] > 0
-            else ", no validation split (the last epoch is kept)."
-        ),
+        *(_experts_header(record) if record.get("kind") == "experts" else _training_header(record)),
         "",
         "Test speakers per fold (examples): " + "; ".join(_fold_summary(fold) for fold in data["folds"]),
         "",
@@ -81,13 +66,87 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _training_header(record: dict) -> list[str]:
+    """Machine, wall time and data of an ablation that trains a model per subset (fusion.training.ablation)."""
+    data, config = record["data"], record["config"]
+    trainings = {(r["trained_on"], r["seed"], r["fold"]): r for r in record["runs"]}.values()
+    cpu_minutes = sum(r["train_cpu_seconds"] for r in trainings) / 60
+    return [
+        f"Machine: {record['machine']}. Wall time {record['wall_seconds'] / 60:.1f} min: features from the cache"
+        f" and {len(trainings)} trainings, which used {cpu_minutes:.1f} CPU-minutes in all.",
+        "",
+        _data_line(data) + f" {len(data['folds'])} speaker-independent folds"
+        " (no speaker in both training and test), the same for every subset; seeds "
+        + ", ".join(map(str, config["seeds"]))
+        + f"; {config['train']['epochs']} epochs"
+        + (
+            f", keeping the epoch with the best UA on {config['validation_fraction']:.0%} of the training speakers."
+            if config["validation_fraction"] > 0
+            else ", no validation split (the last epoch is kept)."
+        ),
+    ]
+
+
+def _experts_header(record: dict) -> list[str]:
+    """Machine, wall time, data and outputs of an experts bundle's ablation (fusion.training.expert_ablation)."""
+    data, config, bundle = record["data"], record["config"], record["bundle"]
+    lines = [
+        f"Machine: {record['machine']}. Wall time {record['wall_seconds'] / 60:.1f} min, the experts' outputs"
+        " included (read from the cache where it had them); nothing is trained.",
+        "",
+        _data_line(data)
+        + " Recordings where the experts find each modality: "
+        + ", ".join(f"{m} {n}" for m, n in data["with_modality"].items())
+        + ".",
+        "",
+        f"Model: the experts bundle `{bundle['path']}` (id {bundle['id']}), every subset of its experts pooled by"
+        " its late fusion (temperatures "
+        + ", ".join(f"{m} {t:.2f}" for m, t in bundle["late_fusion"]["temperatures"].items())
+        + "; weights "
+        + ", ".join(f"{m} {w:g}" for m, w in bundle["late_fusion"]["weights"].items())
+        + "). Each expert was trained on its own corpus, apart from the others, so a model trained without a"
+        " modality is the same experts less that one: retraining and dropping are one row, **experts**.",
+    ]
+    for modality, replaced in record["out_of_fold"].items():
+        lines += [
+            "",
+            f"Out of fold: the {modality} expert's outputs on {replaced['recordings']} of {data['examples']}"
+            f" recordings come from its recipe trained without their speakers (seeds "
+            + ", ".join(map(str, replaced["seeds"]))
+            + "; "
+            + ", ".join(f"`{folder}`" for folder in replaced["folders"])
+            + "); each seed is one run. The rest are the bundle's own expert's.",
+        ]
+    if not record["out_of_fold"]:
+        lines += ["", "One run: the bundle's experts as they are."]
+    lines += [
+        "",
+        f"The {len(data['folds'])} speaker-independent folds (seed {config['fold_seed']}) only group the test"
+        " examples for the mean ± standard deviation over runs.",
+    ]
+    return lines
+
+
+def _data_line(data: dict) -> str:
+    return (
+        f"Data: {data['examples']} examples from {data['speakers']} speakers; classes "
+        + ", ".join(f"{label} {data['class_counts'][label]}" for label in data["labels"])
+        + f"; modalities ablated: {', '.join(data['modalities'])}."
+    )
+
+
 def _legend(record: dict) -> list[str]:
     """What the modes and columns of the table mean, as markdown bullets."""
     metric = METRIC_NAMES[record["metric"]]
     config = record["config"]
     confidence = f"{config['confidence'] * 100:.0f}%"
-    legend = ["- **retrain**: a model trained and tested with only these modalities."]
-    if any(row["mode"] == "drop" for row in record["rows"]):
+    modes = {row["mode"] for row in record["rows"]}
+    legend = []
+    if "experts" in modes:
+        legend.append("- **experts**: the bundle's experts of these modalities, pooled by its late fusion.")
+    if "retrain" in modes:
+        legend.append("- **retrain**: a model trained and tested with only these modalities.")
+    if "drop" in modes:
         legend.append(
             f"- **drop**: the model trained on {'+'.join(record['data']['modalities'])}, tested with only these"
             " modalities."
@@ -95,9 +154,9 @@ def _legend(record: dict) -> list[str]:
     legend += [
         "- UA = macro recall, WA = accuracy, macro-F1, weighted F1 (F1 per class weighted by support); in %, mean ±"
         " standard deviation over the seed x fold runs, each scored on its fold's test examples.",
-        f"- pooled {metric}: each seed's out-of-fold predictions (every example tested once) scored over all"
-        f" examples, averaged over seeds, [with a {confidence} percentile bootstrap interval over test examples,"
-        f" {config['bootstrap']} resamples].",
+        f"- pooled {metric}: each seed's predictions of every example (out of fold: each tested once) scored over"
+        f" all examples, averaged over seeds, [with a {confidence} percentile bootstrap interval over test"
+        f" examples, {config['bootstrap']} resamples].",
     ]
     if "audio" in record["data"]["modalities"]:
         legend.append(

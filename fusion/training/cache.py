@@ -89,7 +89,7 @@ class FeatureCache:
                     features.append(cached)
                     report.loaded += 1
                     continue
-                computed = self._compute(example)
+                computed = example_features(self.extractor, example)
             except (FileError, OSError) as error:  # this file's; a model that cannot load stops the build
                 report.skipped.append((example.path, str(error)))
                 features.append(None)
@@ -99,13 +99,6 @@ class FeatureCache:
             report.computed += 1
             bar.set_postfix(cached=report.loaded, computed=report.computed, skipped=len(report.skipped), refresh=False)
         return features, report
-
-    def _compute(self, example: Example) -> RecordingFeatures:
-        if _is_transcript_only(example):
-            return self.extractor.text_only(example.text, _transcript_duration(example), path=example.path)
-        if Path(example.path).suffix.lower() in IMAGE_SUFFIXES:
-            return image_features(example.path)
-        return self.extractor(example.path)
 
     def _entry(self, example: Example) -> Path:
         if _is_transcript_only(example):
@@ -127,6 +120,16 @@ class FeatureCache:
         digest.update(json.dumps({"kind": kind, "version": CACHE_VERSION, **settings}, sort_keys=True).encode())
         key = digest.hexdigest()
         return self.directory / key[:2] / f"{key}.npz"
+
+
+def example_features(extractor: FeatureExtractor, example: Example) -> RecordingFeatures:
+    """An example's features: a transcript without media spread over WORD_SECONDS a word, an image as one face
+    frame, anything else decoded and encoded by the extractor."""
+    if _is_transcript_only(example):
+        return extractor.text_only(example.text, _transcript_duration(example), path=example.path)
+    if Path(example.path).suffix.lower() in IMAGE_SUFFIXES:
+        return image_features(example.path)
+    return extractor(example.path)
 
 
 # What np.load and the readers raise on an entry that is truncated, overwritten or not an npz of the expected arrays
