@@ -36,6 +36,7 @@ from fusion.errors import CheckpointError, FileError, MediaError
 from fusion.experts.state import (
     load_training_state,
     load_weights,
+    save_npz,
     save_training_state,
     save_weights,
     write_atomic,
@@ -149,11 +150,7 @@ class SpeechCache:
 
 
 def _write_speech(entry: Path, features: SpeechFeatures) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    partial = entry.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as f:
-        np.savez(f, mel=features.mel, states=features.states)
-    os.replace(partial, entry)
+    save_npz(entry, {"mel": features.mel, "states": features.states})
 
 
 def _read_speech(entry: Path) -> SpeechFeatures:

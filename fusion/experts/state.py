@@ -7,10 +7,12 @@ epoch's state. The settings it was saved with are stored too, and resuming with 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fusion.errors import CheckpointError
@@ -115,3 +117,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     temporary.write_bytes(data)
     os.replace(temporary, path)
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Plain arrays (no pickle) as an .npz at path, written like write_atomic (a crash leaves no partial entry);
+    the folder is made when missing. The caches of features and expert outputs store their entries so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())

@@ -343,10 +343,7 @@ def ablate(
             "labels": list(ablation.labels),
             "class_counts": dict(Counter(e.label for e in examples)),
             "modalities": list(ablation.modalities),
-            "folds": [
-                {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
-                for k, test in enumerate(ablation.folds)
-            ],
+            "folds": folds_record(ablation, examples),
         },
         "config": dataclasses.asdict(config),
         "baseline": subset_name(BASELINE),
@@ -354,17 +351,30 @@ def ablate(
         "training_seconds": ablation.seconds,
         "rows": rows,
         "runs": ablation.runs,
-        "predictions": {
-            "paths": [e.path for e in examples],
-            "true": [ablation.labels[i] for i in ablation.true],
-            **{
-                f"{mode}:{subset_name(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
-                for (mode, subset), predicted in ablation.predicted.items()
-            },
-        },
+        "predictions": predictions_record(ablation, examples),
     }
     write(record, out)
     return rows
+
+
+def folds_record(ablation: Ablation, examples: Sequence[Example]) -> list[dict]:
+    """Each fold's test speakers and number of examples, for the record of a run."""
+    return [
+        {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
+        for k, test in enumerate(ablation.folds)
+    ]
+
+
+def predictions_record(ablation: Ablation, examples: Sequence[Example]) -> dict:
+    """Every example's path and label, and its predicted label per mode, subset and seed, for the record."""
+    return {
+        "paths": [e.path for e in examples],
+        "true": [ablation.labels[i] for i in ablation.true],
+        **{
+            f"{mode}:{subset_name(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
+            for (mode, subset), predicted in ablation.predicted.items()
+        },
+    }
 
 
 def command_line() -> str:

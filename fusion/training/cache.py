@@ -24,6 +24,7 @@ from encoders.loading import EncoderSources
 from encoders.text import Utterance, Word
 from fusion.checkpoint import feature_parameters
 from fusion.errors import FileError
+from fusion.experts.state import save_npz
 from fusion.media.decoding import DEFAULT_FPS
 from fusion.media.features import FeatureExtractor, RecordingFeatures, image_features
 from fusion.training.datasets import IMAGE_SUFFIXES, Example
@@ -177,11 +178,7 @@ def _write(entry: Path, features: RecordingFeatures) -> None:
         "face_present": features.face_present,
     }
     arrays |= {name: value for name, value in optional.items() if value is not None}
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    partial = entry.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(partial, entry)
+    save_npz(entry, arrays)
 
 
 def _read(entry: Path, path: str) -> RecordingFeatures:

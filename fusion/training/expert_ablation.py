@@ -41,9 +41,19 @@ from alignment import make_segments
 from encoders.loading import EncoderSources
 from fusion.errors import FileError
 from fusion.experts.bundle import ExpertBundle
+from fusion.experts.state import save_npz
 from fusion.labels import EMOTIONS, MODALITIES, ravdess_fields
 from fusion.media.features import FeatureExtractor
-from fusion.training.ablation import Ablation, AblationConfig, command_line, subset_name, subsets_of, summarize
+from fusion.training.ablation import (
+    Ablation,
+    AblationConfig,
+    command_line,
+    folds_record,
+    predictions_record,
+    subset_name,
+    subsets_of,
+    summarize,
+)
 from fusion.training.ablation_report import write
 from fusion.training.cache import DAMAGED_ENTRY_ERRORS, CacheReport, example_features
 from fusion.training.datasets import Example, from_specs, speaker_folds
@@ -144,7 +154,7 @@ class ExpertOutputs:
                 np.array([s.end - s.start for s in segments], np.float64),
                 self.bundle.segment_probabilities(features, segments),
             )
-            _write(entry, computed)
+            save_npz(entry, {"durations": computed.durations, **computed.probabilities})
             outputs.append(computed)
             report.computed += 1
         return outputs, report
@@ -156,14 +166,6 @@ class ExpertOutputs:
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         key = digest.hexdigest()
         return self.directory / key[:2] / f"{key}.npz"
-
-
-def _write(entry: Path, outputs: RecordingOutputs) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    partial = entry.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as f:
-        np.savez(f, durations=outputs.durations, **outputs.probabilities)
-    os.replace(partial, entry)
 
 
 def _read(entry: Path) -> RecordingOutputs:
@@ -299,10 +301,7 @@ def ablate_experts(
             "with_modality": {
                 m: sum(not np.isnan(outputs[i].probabilities[m]).all() for i in usable) for m in ablation.modalities
             },
-            "folds": [
-                {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
-                for k, test in enumerate(ablation.folds)
-            ],
+            "folds": folds_record(ablation, examples),
         },
         "config": {**_asdict(config), "seeds": list(ablation.seeds)},
         "baseline": "audio",
@@ -310,14 +309,7 @@ def ablate_experts(
         "training_seconds": 0.0,
         "rows": summarize(ablation, config),
         "runs": ablation.runs,
-        "predictions": {
-            "paths": [e.path for e in examples],
-            "true": [ablation.labels[i] for i in ablation.true],
-            **{
-                f"{mode}:{subset_name(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
-                for (mode, subset), predicted in ablation.predicted.items()
-            },
-        },
+        "predictions": predictions_record(ablation, examples),
     }
     write(record, out)
     return record["rows"]
