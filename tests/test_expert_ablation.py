@@ -15,6 +15,7 @@ from fusion.labels import EMOTIONS, MODALITIES
 from fusion.training.ablation import AblationConfig
 from fusion.training.datasets import Example
 from fusion.training.expert_ablation import (
+    ExpertOutputs,
     RecordingOutputs,
     read_out_of_fold,
     recording_key,
@@ -144,3 +145,17 @@ def test_ablate_experts_on_the_real_clips(shared, tmp_path):
     ]
     assert all(len(seed_row) == 12 for key, rows in record["predictions"].items() if ":" in key for seed_row in rows)
     assert "experts" in (out / "ablation.md").read_text() and (out / "ablation.png").stat().st_size > 0
+
+
+def test_a_recording_with_a_transcript_is_keyed_by_its_media_and_a_transcript_row_by_its_text(tmp_path):
+    bundle = ExpertBundle(voice=None, text=object(), face=None, id="0123")
+    outputs = ExpertOutputs(bundle, tmp_path)
+    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
+    first.write_bytes(b"one recording")
+    second.write_bytes(b"another recording")
+
+    def example(path, modalities=("audio", "text")):
+        return Example(str(path), "anger", "anger", "s1", "csv", modalities, text="the same words")
+
+    assert outputs._entry(example(first)) != outputs._entry(example(second))
+    assert outputs._entry(example(first, ("text",))) == outputs._entry(example(second, ("text",)))

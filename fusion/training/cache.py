@@ -102,7 +102,7 @@ class FeatureCache:
         return features, report
 
     def _entry(self, example: Example) -> Path:
-        if _is_transcript_only(example):
+        if is_transcript_only(example):
             kind, content = "text", f"{example.text}\n{_transcript_duration(example)}".encode()
             settings = {"text_model": self.sources.text}
         elif Path(example.path).suffix.lower() in IMAGE_SUFFIXES:
@@ -126,7 +126,7 @@ class FeatureCache:
 def example_features(extractor: FeatureExtractor, example: Example) -> RecordingFeatures:
     """An example's features: a transcript without media spread over WORD_SECONDS a word, an image as one face
     frame, anything else decoded and encoded by the extractor."""
-    if _is_transcript_only(example):
+    if is_transcript_only(example):
         return extractor.text_only(example.text, _transcript_duration(example), path=example.path)
     if Path(example.path).suffix.lower() in IMAGE_SUFFIXES:
         return image_features(example.path)
@@ -150,7 +150,8 @@ def read_entry(entry: Path, read, report: CacheReport):
         return None
 
 
-def _is_transcript_only(example: Example) -> bool:
+def is_transcript_only(example: Example) -> bool:
+    """A transcript row without media (MELD text, a text-only csv row): its features come from the text alone."""
     return example.modalities == ("text",) and example.text is not None
 
 

@@ -55,7 +55,7 @@ from fusion.training.ablation import (
     summarize,
 )
 from fusion.training.ablation_report import write
-from fusion.training.cache import DAMAGED_ENTRY_ERRORS, CacheReport, example_features
+from fusion.training.cache import DAMAGED_ENTRY_ERRORS, CacheReport, example_features, is_transcript_only
 from fusion.training.datasets import Example, from_specs, speaker_folds
 from fusion.training.metrics import score
 
@@ -160,7 +160,7 @@ class ExpertOutputs:
         return outputs, report
 
     def _entry(self, example: Example) -> Path:
-        content = example.text.encode() if example.text is not None else Path(example.path).read_bytes()
+        content = example.text.encode() if is_transcript_only(example) else Path(example.path).read_bytes()
         digest = hashlib.sha256(content)
         settings = {"version": OUTPUTS_VERSION, "whisper": self.sources.whisper, "face": self.sources.face}
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
