@@ -13,6 +13,7 @@ from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
 from encoders.loading import EncoderSources
 from fusion.errors import FusionError, check_writable
 from fusion.experts import EXPERTS
+from fusion.labels import MODALITIES
 from fusion.serving.batch import ENGINES, ScoreOptions, score_files
 from fusion.serving.predictor import Predictor, resolve_checkpoint
 from fusion.training.ablation import AblationConfig, ablate
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-of-fold",
         action="append",
         default=[],
+        type=out_of_fold_spec,
         metavar="MODALITY=FOLDER",
         help="with --experts: that expert's outputs trained without the test speakers (*seed<S>-fold<K>.npz files of"
         " paths and probabilities), used instead of the bundle's; repeat to add seeds",
@@ -133,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_prediction_options(score)
     return parser
+
+
+def out_of_fold_spec(text: str) -> str:
+    """argparse type: MODALITY=FOLDER, a modality the models know and a folder of *seed<S>-fold<K>.npz files."""
+    modality, _, folder = text.partition("=")
+    if modality not in MODALITIES or not folder:
+        known = ", ".join(MODALITIES)
+        raise argparse.ArgumentTypeError(f"expected MODALITY=FOLDER with a modality of {known}: {text!r}")
+    if not any(Path(folder).glob("*seed*-fold*.npz")):
+        raise argparse.ArgumentTypeError(f"{folder}: no *seed<S>-fold<K>.npz files of out-of-fold outputs")
+    return text
 
 
 def positive_int(text: str) -> int:

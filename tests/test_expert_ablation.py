@@ -159,3 +159,11 @@ def test_a_recording_with_a_transcript_is_keyed_by_its_media_and_a_transcript_ro
 
     assert outputs._entry(example(first)) != outputs._entry(example(second))
     assert outputs._entry(example(first, ("text",))) == outputs._entry(example(second, ("text",)))
+
+
+@pytest.mark.parametrize("spec", ["speech=.", "audio=", "audio=/nowhere"])
+def test_a_malformed_out_of_fold_option_is_a_usage_error(spec, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", "ravdess=x", "--experts", "--out-of-fold", spec, "--cache", "c", "--out", "o"])
+    assert exit_.value.code == 2
+    assert "--out-of-fold" in capsys.readouterr().err

@@ -55,7 +55,7 @@ from fusion.training.ablation import (
     summarize,
 )
 from fusion.training.ablation_report import write
-from fusion.training.cache import DAMAGED_ENTRY_ERRORS, CacheReport, example_features, is_transcript_only
+from fusion.training.cache import CacheReport, example_features, is_transcript_only, read_entry
 from fusion.training.datasets import Example, from_specs, speaker_folds
 from fusion.training.metrics import score
 
@@ -137,13 +137,11 @@ class ExpertOutputs:
         for example in tqdm(examples, desc="experts", unit="file", disable=not progress):
             try:
                 entry = self._entry(example)
-                if entry.is_file():
-                    try:
-                        outputs.append(_read(entry))
-                        report.loaded += 1
-                        continue
-                    except DAMAGED_ENTRY_ERRORS:
-                        report.damaged.append(str(entry))
+                cached = read_entry(entry, _read, report)  # a damaged entry is removed and computed again
+                if cached is not None:
+                    outputs.append(cached)
+                    report.loaded += 1
+                    continue
                 features = example_features(self.extractor, example)
             except (FileError, OSError) as error:  # this file's; a model that cannot load stops the run
                 report.skipped.append((example.path, str(error)))
