@@ -252,6 +252,24 @@ def diarize(
         return []
     encoder = encoder or SpeakerEncoder()
     embeddings, starts, ends = encoder.windows(audio, spans)
+    return diarize_prints(spans, embeddings, starts, ends, seconds, speakers=speakers, max_speakers=max_speakers)
+
+
+def diarize_prints(
+    spans: list[tuple[float, float]],
+    embeddings: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    seconds: float,
+    *,
+    speakers: int | None = None,
+    max_speakers: int = MAX_SPEAKERS,
+) -> list[Turn]:
+    """Who speaks when, from a recording's speech spans and its windows' raw voice prints (encoders.speakers:
+    (n, 256) embeddings, (n,) start and end seconds), however they were gathered (a whole recording at once, or
+    chunk by chunk as fusion.predict streams it). seconds: the recording's length."""
+    if not spans:
+        return []
     if len(embeddings) == 0:  # speech too short for any window: one speaker
         return _named(_widen(_join([[s, e, 0] for s, e in spans]), seconds))
     labels = cluster(remove_nuisance(embeddings), speakers, max_speakers=max_speakers)

@@ -185,6 +185,16 @@ def _add_prediction_options(command: argparse.ArgumentParser) -> None:
         default=DEFAULT_WINDOW_S,
         help=f"window length in seconds for silence and --segments window (default {DEFAULT_WINDOW_S})",
     )
+    command.add_argument(
+        "--speakers",
+        nargs="?",
+        type=positive_int,
+        const=0,
+        metavar="N",
+        help="find who speaks when: a speaker column (S1, S2, ... by first speech) and a summary per speaker;"
+        " N: how many people speak, when known (default: estimated, 1 or 2)",
+    )
+    command.add_argument("--speaker", metavar="S1", help="report only this speaker's segments (implies --speakers)")
     command.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     _add_model_options(command)
 
@@ -205,8 +215,13 @@ def _sources(args: argparse.Namespace) -> EncoderSources:
 def _predict(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)  # before any model loads
-    predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device)
-    result = predictor.predict(args.file, segments=args.segments, window_s=args.window)
+    speakers = args.speakers is not None or args.speaker is not None
+    predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device, speakers=speakers)
+    result = predictor.predict(
+        args.file, segments=args.segments, window_s=args.window, n_speakers=args.speakers or None
+    )
+    if args.speaker is not None:
+        result = result.for_speaker(args.speaker)
     if args.format == "json":
         text = result.to_json() + "\n"
     elif args.format == "csv":
@@ -297,6 +312,9 @@ def _score(args: argparse.Namespace) -> int:
         segments=args.segments,
         window_s=args.window,
         plots=args.plots,
+        speakers=args.speakers is not None or args.speaker is not None,
+        n_speakers=args.speakers or None,
+        speaker=args.speaker,
     )
     report = score_files(
         args.inputs, args.out, options=options, workers=args.workers, engine=args.engine, progress=not args.quiet
@@ -307,15 +325,24 @@ def _score(args: argparse.Namespace) -> int:
 
 def _table(result) -> str:
     lines = [f"{result.file}  ({result.duration:.2f} s, modalities: {', '.join(result.summary['modalities'])})"]
-    lines.append(f"{'start':>7} {'end':>7}  {'label':<10} {'p':>5}  {'modalities':<17} text")
+    who = "speaker" in result.timeline.columns
+    lines.append(f"{'start':>7} {'end':>7}  {'label':<10} {'p':>5}  {'modalities':<17} {'who  ' if who else ''}text")
     for row in result.timeline.itertuples(index=False):
         p = getattr(row, row.label) if row.label else float("nan")
-        lines.append(
-            f"{row.start:7.2f} {row.end:7.2f}  {row.label or '-':<10} {p:5.2f}  {row.modalities:<17} {row.text}"
-        )
+        speaker = f"{row.speaker or '-':<4} " if who else ""
+        where = f"{row.start:7.2f} {row.end:7.2f}  {row.label or '-':<10} {p:5.2f}  {row.modalities:<17}"
+        lines.append(f"{where} {speaker}{row.text}")
     summary = result.summary
-    lines.append(f"overall: {summary['label']} ({summary['probabilities'][summary['label']]:.2f})")
+    lines.append(f"{summary.get('speaker', 'overall')}: {_top(summary)}")
+    for speaker, theirs in summary.get("speakers", {}).items():
+        lines.append(f"{speaker}: {_top(theirs)}, {theirs['seconds']:.1f} s")
     return "\n".join(lines) + "\n"
+
+
+def _top(summary: dict) -> str:
+    """ "neutral (0.59)", or "-" for a summary with no label."""
+    label = summary["label"]
+    return f"{label} ({summary['probabilities'][label]:.2f})" if label else "-"
 
 
 if __name__ == "__main__":

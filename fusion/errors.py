@@ -25,6 +25,10 @@ class MediaError(FileError):
     """A file could not be decoded: missing, empty, truncated, or not a media file FFmpeg reads."""
 
 
+class NoSpeakerError(FileError):
+    """A recording has no speaker of the name asked for (``fusion predict --speaker S3`` where two people speak)."""
+
+
 class NoModalityError(FileError):
     """A recording has nothing to predict from: no audio track and no face in any sampled frame."""
 

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from alignment import Stream
+from alignment.diarization import speech_spans
 from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
 from encoders.face import face_pixels
 from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
 from encoders.loading import EncoderSources
+from encoders.speakers import SpeakerEncoder
 from encoders.text import Transcriber, Utterance, Word, WordEncoder
 from encoders.vad import SpeechDetector, speech_within
 from encoders.whisper_states import WhisperStates
@@ -63,6 +65,17 @@ class RecordingFeatures:
     damaged: tuple[tuple[float, float], ...] = ()  # (start, end) s that failed to decode and were skipped
     # (n,) bool per 32 ms voice-activity frame from `start` (encoders.vad); None when not detected (all audio counts)
     speech: np.ndarray | None = None
+    # (n_windows, 256) float32 raw voice prints of windows inside the speech (encoders.speakers) and (n_windows, 2)
+    # float64 their (start, end) seconds; None unless the extractor was asked for them (voice_prints=True)
+    voice_prints: np.ndarray | None = None
+    voice_print_times: np.ndarray | None = None
+
+    @property
+    def speech_spans(self) -> list[tuple[float, float]]:
+        """Stretches of speech (start, end) in seconds from the recording's start; [] without a VAD mask."""
+        if self.speech is None:
+            return []
+        return [(self.start + a, self.start + b) for a, b in speech_spans(self.speech)]
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -121,10 +134,12 @@ class FeatureExtractor:
         device: str | torch.device | None = None,
         whisper_blocks: int | None = None,
         embed_words: bool = True,
+        voice_prints: bool = False,
     ):
         """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed).
         embed_words: False loads no text model and gives word_embeddings of width 0, one row per word (an experts
-        bundle reads the words themselves, with its own text expert)."""
+        bundle reads the words themselves, with its own text expert).
+        voice_prints: also compute the speaker encoder's voice prints of the speech (who speaks when)."""
         self.sources = (sources or EncoderSources()).resolve()
         self.transcriber = Transcriber(self.sources.whisper, device=device)
         self.whisper_states = (
@@ -132,6 +147,7 @@ class FeatureExtractor:
         )
         self.word_encoder = WordEncoder(self.sources.text, device=device) if embed_words else None
         self.face_detector = FaceDetector(self.sources.face)
+        self.speaker_encoder = SpeakerEncoder(device=device or "cpu") if voice_prints else None
         self.fps = fps
         self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
         self._vad: SpeechDetector | None = None  # loaded by the first stream() that decodes in this process
@@ -228,6 +244,16 @@ class FeatureExtractor:
                     utterances = [u.shifted(chunk.start) for u in self.transcriber.transcribe(chunk.audio)]
             if chunk.speech is not None:  # what Whisper hears where the detector finds no speech is invented
                 utterances = [u for u in utterances if speech_within(u.start, u.end, chunk.speech, chunk.start)]
+        speech, prints, print_times = chunk.speech, None, None
+        if self.speaker_encoder is not None and chunk.audio is not None and len(chunk.audio):
+            with _timed(timings, "voice_prints"):
+                if speech is None:  # a whole file decoded here, without the decoding process's VAD
+                    if self._vad is None:
+                        self._vad = SpeechDetector()
+                    self._vad.reset()
+                    speech = self._vad(chunk.audio)
+                prints, starts, ends = self.speaker_encoder.windows(chunk.audio, speech_spans(speech))
+                print_times = np.stack([starts, ends], 1).reshape(-1, 2) + chunk.start
         with _timed(timings, "bert"):
             word_embeddings = self._embed(utterances)
 
@@ -249,7 +275,9 @@ class FeatureExtractor:
             whisper_states=states,
             whisper_times=state_times,
             damaged=chunk.damaged,
-            speech=chunk.speech,
+            speech=speech,
+            voice_prints=prints,
+            voice_print_times=print_times,
         )
 
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
 from encoders.loading import EncoderSources
-from fusion.errors import MediaError, NoModalityError, OutputError, check_writable
+from fusion.errors import MediaError, NoModalityError, NoSpeakerError, OutputError, check_writable
 from fusion.media.orphans import exit_with_parent
 from fusion.serving.predictor import Predictor, model_id, resolve_checkpoint
 
@@ -86,6 +86,9 @@ class ScoreOptions:
     segments: str = "utterance"
     window_s: float = DEFAULT_WINDOW_S
     plots: str | None = None  # folder for one PNG per file
+    speakers: bool = False  # who speaks when: a speaker column in the segments table
+    n_speakers: int | None = None  # how many people speak, when known; else estimated
+    speaker: str | None = None  # keep only this speaker's segments and summary ("S1", ...)
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def plot_name(path: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _predictor(options: ScoreOptions) -> Predictor:
     """This process's predictor: loaded on its first file, reused for every later one."""
-    return Predictor(options.checkpoint, sources=options.sources, device=options.device)
+    return Predictor(options.checkpoint, sources=options.sources, device=options.device, speakers=options.speakers)
 
 
 def score_file(path: str, options: ScoreOptions) -> dict:
@@ -164,7 +167,13 @@ def score_file(path: str, options: ScoreOptions) -> dict:
     """
     predictor = _predictor(options)
     try:
-        prediction = predictor.predict(path, segments=options.segments, window_s=options.window_s)
+        prediction = predictor.predict(
+            path, segments=options.segments, window_s=options.window_s, n_speakers=options.n_speakers
+        )
+        if options.speaker is not None:
+            prediction = prediction.for_speaker(options.speaker)
+    except NoSpeakerError as error:
+        return _error(path, "speakers", str(error))
     except MediaError as error:
         return _error(path, "decode", str(error))
     except NoModalityError as error:
@@ -247,6 +256,8 @@ def _score(inputs, out: Path, options: ScoreOptions, workers: int, engine: str, 
         checkpoint_id = _predictor(options).model_id
     else:
         checkpoint_id = model_id(resolve_checkpoint(options.checkpoint))
+    if options.speakers:  # other rows than a run without speakers: not resumed from one
+        checkpoint_id += f"|speakers={options.n_speakers}|{options.speaker}"
     files = find_inputs(inputs)
     keys = {path: file_key(path, checkpoint_id) for path in files}
     parts = out.with_name(out.name + ".parts")

@@ -7,12 +7,16 @@ written from them, so the two say the same of every segment.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass, field
 
 import pandas as pd
+
+from alignment.diarization import Turn
+from fusion.errors import NoSpeakerError
 
 
 @dataclass
@@ -27,6 +31,10 @@ class Prediction:
         over the predicted segments.
     damaged: (start, end) seconds of the recording that could not be decoded (damaged packets, skipped; audio
         there is silence, and no frame was sampled from them); empty for an intact file.
+    turns: who speaks when (alignment.diarization.Turn), when the Predictor was asked for speakers; then the
+        timeline has a speaker column after text ("S1", "S2", ... in order of first speech; "" where no one
+        speaks) and the summary a "speakers" entry: {speaker: {"probabilities", "label", "seconds"}}, each the
+        duration-weighted mean over that speaker's segments, as the whole summary is over all of them.
     """
 
     file: str
@@ -36,6 +44,7 @@ class Prediction:
     summary: dict
     timings: dict[str, float] = field(default_factory=dict)
     damaged: list[tuple[float, float]] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
 
     def segment_rows(self) -> list[dict]:
         """One plain record per segment, the timeline's columns in order (start, end, text, face_present, one
@@ -55,6 +64,7 @@ class Prediction:
                 "start": row["start"],
                 "end": row["end"],
                 "text": row["text"],
+                **({"speaker": row["speaker"] or None} if "speaker" in row else {}),
                 "modalities": row["modalities"].split(",") if row["modalities"] else [],
                 "face_present": row["face_present"],
                 "probabilities": {e: row[e] for e in self.labels},
@@ -68,8 +78,29 @@ class Prediction:
             "segments": segments,
             "summary": self.summary,
             "damaged": [list(span) for span in self.damaged],
+            **({"turns": [dataclasses.asdict(t) for t in self.turns]} if self.turns else {}),
             "timings": self.timings,
         }
+
+    def for_speaker(self, speaker: str) -> Prediction:
+        """The segments of one speaker ("S1", ...), with that speaker's summary (and the recording's modalities).
+        Raises NoSpeakerError when the prediction has no such speaker (or was made without speakers)."""
+        speakers = self.summary.get("speakers")
+        if speakers is None:
+            raise NoSpeakerError(self.file, "speakers were not found (Predictor(speakers=True), --speakers)")
+        if speaker not in speakers:
+            found = ", ".join(speakers) or "none: no speech"
+            raise NoSpeakerError(self.file, f"no speaker {speaker!r} (found: {found})")
+        timeline = self.timeline[self.timeline["speaker"] == speaker].reset_index(drop=True)
+        mine = speakers[speaker]
+        summary = {
+            "probabilities": mine["probabilities"],
+            "label": mine["label"],
+            "modalities": self.summary["modalities"],
+            "speaker": speaker,
+            "seconds": mine["seconds"],
+        }
+        return dataclasses.replace(self, timeline=timeline, summary=summary)
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

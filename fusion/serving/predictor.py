@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -21,6 +22,7 @@ import pandas as pd
 import torch
 
 from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments
+from alignment.diarization import Turn, diarize_prints, label_segments
 from encoders.loading import EncoderSources
 from encoders.runtime import autocast, pick_device
 from encoders.vad import speech_at
@@ -55,8 +57,12 @@ class Predictor:
         sources: EncoderSources | None = None,
         device: str | torch.device | None = None,
         chunk_s: float = CHUNK_S,
+        speakers: bool = False,
     ):
+        """speakers: also find who speaks when (alignment.diarization), giving the timeline a speaker column and
+        the summary one entry per speaker; loads the speaker encoder."""
         chosen = sources or EncoderSources()
+        self.speakers = speakers
         self.device = pick_device(device)
         self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
         path = resolve_checkpoint(checkpoint)
@@ -70,6 +76,7 @@ class Predictor:
                 device=self.device,
                 whisper_blocks=self.bundle.whisper_block,
                 embed_words=False,  # the bundle's text expert reads the words itself
+                voice_prints=speakers,
             )
             return
         self.bundle = None
@@ -80,6 +87,7 @@ class Predictor:
             sources=chosen.resolve(named),
             fps=self.checkpoint.fps,
             device=self.device,
+            voice_prints=speakers,
         )
         if self.extractor.word_encoder.dim != self.model.config.text_dim:
             raise CheckpointError(
@@ -97,18 +105,29 @@ class Predictor:
         return self.bundle.id if self.bundle is not None else self.checkpoint.id
 
     def predict(
-        self, path: str | os.PathLike, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
+        self,
+        path: str | os.PathLike,
+        *,
+        segments: str = "utterance",
+        window_s: float = DEFAULT_WINDOW_S,
+        n_speakers: int | None = None,
     ) -> Prediction:
         """Decode, encode, align and fuse one recording, streaming it chunk by chunk in bounded memory.
 
         segments: "utterance" (Whisper's utterances, pauses and silence in windows of about window_s seconds)
         or "window" (fixed windows of about window_s seconds).
+        n_speakers: how many people speak, when known (a Predictor made with speakers=True); else estimated.
         Raises MediaError for an unreadable file and NoModalityError when it has neither audio nor a face.
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
         pieces = self.extractor.stream(path, chunk_s=self.chunk_s, timings=timings)
+        pieces = _Speakers(pieces) if self.speakers else pieces
         result = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings)
+        if self.speakers:
+            started = time.perf_counter()
+            result = with_speakers(result, pieces.turns(result.duration, n_speakers))
+            _add(timings, "diarization", started)
         timings["total"] = time.perf_counter() - start
         return result
 
@@ -238,15 +257,26 @@ class Predictor:
 
     def _summary(self, timeline: pd.DataFrame, modalities: set[str]) -> dict:
         """Duration-weighted mean of the predicted segments' probabilities."""
-        probabilities = timeline[list(self.labels)].to_numpy(dtype=np.float64)
-        predicted = ~np.isnan(probabilities).any(1)
-        weights = (timeline["end"] - timeline["start"]).to_numpy() * predicted
-        clip = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+        whole = _weighted_summary(timeline, self.labels)
         return {
-            "probabilities": dict(zip(self.labels, clip.tolist())),
-            "label": self.labels[int(np.argmax(clip))],
+            "probabilities": whole["probabilities"],
+            "label": whole["label"],
             "modalities": [m for m in MODALITIES if m in modalities],
         }
+
+
+def _weighted_summary(timeline: pd.DataFrame, labels: tuple[str, ...]) -> dict:
+    """{"probabilities", "label", "seconds"}: the duration-weighted mean probabilities of the segments that have
+    any (NaN rows skipped), its top label ("" when none has), and the seconds of those segments."""
+    probabilities = timeline[list(labels)].to_numpy(dtype=np.float64)
+    predicted = ~np.isnan(probabilities).any(1)
+    weights = (timeline["end"] - timeline["start"]).to_numpy() * predicted
+    mean = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+    return {
+        "probabilities": dict(zip(labels, mean.tolist())),
+        "label": labels[int(np.argmax(mean))] if predicted.any() else "",
+        "seconds": float(weights.sum()),
+    }
 
 
 def _concat(first: Stream, second: Stream) -> Stream:
@@ -333,3 +363,42 @@ def predict(
     key = None if checkpoint is None else os.fspath(checkpoint)
     options = tuple(sorted((k, None if v is None else str(v)) for k, v in options.items()))
     return _cached_predictor(key, options).predict(video_path, segments=segments, window_s=window_s)
+
+
+class _Speakers:
+    """The pieces of a recording passed through unchanged, their speech spans and voice prints kept (256 floats per
+    0.4 s of speech: about 2.3 MB an hour) to be clustered once the whole recording has been read, so that the
+    speaker labels are the same in every chunk."""
+
+    def __init__(self, pieces: Iterable[RecordingFeatures]):
+        self.pieces = pieces
+        self.spans: list[tuple[float, float]] = []
+        self.prints: list[np.ndarray] = []
+        self.times: list[np.ndarray] = []
+
+    def __iter__(self):
+        for piece in self.pieces:
+            self.spans += piece.speech_spans
+            if piece.voice_prints is not None:
+                self.prints.append(piece.voice_prints)
+                self.times.append(piece.voice_print_times)
+            yield piece
+
+    def turns(self, seconds: float, n_speakers: int | None) -> list[Turn]:
+        prints = np.concatenate(self.prints) if self.prints else np.zeros((0, 256), np.float32)
+        times = np.concatenate(self.times) if self.times else np.zeros((0, 2))
+        return diarize_prints(self.spans, prints, times[:, 0], times[:, 1], seconds, speakers=n_speakers)
+
+
+def with_speakers(prediction: Prediction, turns: list[Turn]) -> Prediction:
+    """The prediction with a speaker column (who covers most of each segment; "" where no one speaks) and, in
+    its summary, the duration-weighted probabilities and label of each speaker's segments."""
+    timeline = prediction.timeline.copy()
+    spans = list(zip(timeline["start"], timeline["end"]))
+    timeline.insert(3, "speaker", [label or "" for label in label_segments(turns, spans)])
+    summary = dict(prediction.summary)
+    summary["speakers"] = {
+        speaker: _weighted_summary(timeline[timeline["speaker"] == speaker], prediction.labels)
+        for speaker in sorted({t.speaker for t in turns}, key=lambda name: int(name[1:]))
+    }
+    return dataclasses.replace(prediction, timeline=timeline, summary=summary, turns=turns)
