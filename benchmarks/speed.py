@@ -77,7 +77,8 @@ import subprocess, sys
 import psutil
 CHILD = True
 start = time.perf_counter()
-process = subprocess.Popen([sys.executable, "-m", "fusion.cli", "score", {path!r}, "--out", {out!r}, "--quiet"])
+command = [sys.executable, "-m", "fusion.cli", "score", {path!r}, "--out", {out!r}, "--quiet", *{extra!r}]
+process = subprocess.Popen(command)
 watched, peak_sum = psutil.Process(process.pid), 0
 while process.poll() is None:
     try:
@@ -121,7 +122,9 @@ def _ffmpeg() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def measure(clips: list[Path], minutes: float, work: Path, *, compare_background: bool = False) -> dict:
+def measure(
+    clips: list[Path], minutes: float, work: Path, *, compare_background: bool = False, score_options: tuple = ()
+) -> dict:
     """Build a recording of about `minutes` and time bare decode, bare Whisper and fusion score on it; with
     compare_background, also feature extraction with decoding inline and in the decoding process."""
     path = work / f"interview-{minutes:g}min.mp4"
@@ -135,7 +138,9 @@ def measure(clips: list[Path], minutes: float, work: Path, *, compare_background
     row["whisper"] = _probe(_BARE_WHISPER.format(ffmpeg=ffmpeg, path=str(path), model=model))
     print(f"{minutes:g} min: fusion score", flush=True)
     out = work / f"scores-{minutes:g}.parquet"
-    row["fusion"] = _probe(_FUSION.format(path=str(path), out=str(out), sample_s=RSS_SAMPLE_S))
+    row["fusion"] = _probe(
+        _FUSION.format(path=str(path), out=str(out), sample_s=RSS_SAMPLE_S, extra=list(score_options))
+    )
     row["fusion_words"] = int(pd.read_parquet(out)["text"].fillna("").str.split().str.len().sum())
     files = pd.read_parquet(work / f"scores-{minutes:g}.files.parquet")
     row["fusion_stages"] = {c: float(files[c].iloc[0]) for c in files.columns if c.startswith("seconds_")}
@@ -226,6 +231,7 @@ def main() -> None:
         action="store_true",
         help="on the shortest input, also time feature extraction with decoding inline vs in the decoding process",
     )
+    parser.add_argument("--speakers", action="store_true", help="fusion score with --speakers (who speaks when)")
     args = parser.parse_args()
     clips = sorted(Path(args.clips).glob("*.mp4"))
     machine = describe_machine()
@@ -234,7 +240,8 @@ def main() -> None:
         for minutes in args.minutes:
             started = time.perf_counter()
             compare = args.compare_background and minutes == min(args.minutes)
-            rows.append(measure(clips, minutes, Path(work), compare_background=compare))
+            options = ("--speakers",) if args.speakers else ()
+            rows.append(measure(clips, minutes, Path(work), compare_background=compare, score_options=options))
             print(json.dumps(rows[-1]), f"({time.perf_counter() - started:.0f} s)", flush=True)
     command = " ".join(["python", *sys.argv])
     out = Path(args.out)

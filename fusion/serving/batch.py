@@ -64,6 +64,7 @@ STAGE_COLUMNS = {
     "seconds_audio": ("log_mel", "audio_cnn", "whisper_states"),
     "seconds_fusion": ("fusion",),  # a cross-attention checkpoint's fusion layers
     "seconds_experts": ("experts",),  # an experts bundle's voice, text and face experts and their pooling
+    "seconds_speakers": ("voice_prints", "diarization"),  # who speaks when, with --speakers
     "seconds_total": ("total",),
 }
 # Environment variables a Ray worker needs to find the same models as this process.

@@ -34,7 +34,8 @@ def plot_timeline(prediction: Prediction, *, path: str | os.PathLike | None = No
     """Draw a prediction's timeline; written to path (PNG, SVG, PDF by its suffix) when given.
 
     Top: one line per emotion, each segment's probability held over the segment (gaps where a segment had no
-    modality). Middle: a band coloured by each segment's top emotion. Bottom: each segment's words at its time.
+    modality). Middle: a band coloured by each segment's top emotion. Bottom: each segment's words at its time,
+    after its speaker when the prediction has speakers.
     """
     timeline = prediction.timeline
     edges = np.append(timeline["start"].to_numpy(), timeline["end"].to_numpy()[-1:]) if len(timeline) else None
@@ -65,7 +66,8 @@ def plot_timeline(prediction: Prediction, *, path: str | os.PathLike | None = No
     spoken = [row for row in timeline.itertuples(index=False) if row.text]
     for i, row in enumerate(spoken):
         y = 1 - (i % TEXT_ROWS + 0.5) / TEXT_ROWS
-        words.text(row.start, y, textwrap.shorten(row.text, TEXT_CHARS, placeholder="…"), fontsize=8, va="center")
+        said = f"{row.speaker}: {row.text}" if getattr(row, "speaker", "") else row.text  # who, with --speakers
+        words.text(row.start, y, textwrap.shorten(said, TEXT_CHARS, placeholder="…"), fontsize=8, va="center")
     words.set_yticks([])
     words.set_ylim(0, 1)
     words.set_xlabel("time (s)")
