@@ -49,6 +49,9 @@ MERGE_GAP_SECONDS = 0.5
 # turn: Silero starts speech about 60-100 ms late and misses soft word ends (on actors 01-10 it cut missed speech
 # from 5.3% to 3.3% of the scored time, adding 0.2% false alarm).
 TURN_PAD_SECONDS = HANGOVER_SECONDS
+# A segment is its top speaker's when their turns cover at least this share (half) of it; a pause or a silence window
+# that a turn only grazes (its widening, a last word) is no one's, and does not count in any speaker's summary.
+MIN_SEGMENT_COVER = 0.5
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ def turns(
 
 
 def label_segments(turns: list[Turn], segments: list[tuple[float, float]]) -> list[str | None]:
-    """The speaker who covers most of each segment (start, end) in seconds; None for a segment no turn touches."""
+    """The speaker whose turns cover most of each segment (start, end) in seconds, when they cover at least
+    MIN_SEGMENT_COVER of it; None for a segment that is mostly silence."""
     labels: list[str | None] = []
     for start, end in segments:
         cover: dict[str, float] = {}
@@ -293,5 +297,6 @@ def label_segments(turns: list[Turn], segments: list[tuple[float, float]]) -> li
             overlap = min(end, turn.end) - max(start, turn.start)
             if overlap > 0:
                 cover[turn.speaker] = cover.get(turn.speaker, 0.0) + overlap
-        labels.append(max(cover, key=cover.get) if cover else None)
+        top = max(cover, key=cover.get) if cover else None
+        labels.append(top if top is not None and cover[top] >= MIN_SEGMENT_COVER * (end - start) else None)
     return labels

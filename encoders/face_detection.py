@@ -38,6 +38,14 @@ DETECT_EVERY = 2
 # IoU each face's boxes either side of a frame must have for the frame's boxes to be interpolated: a stricter
 # match than TRACK_IOU, since a box drawn rather than detected must not be far off
 INTERPOLATE_IOU = 0.5
+# The mouth, cut from the full-resolution frame for alignment.active_speaker: a box MOUTH_WIDTH by MOUTH_HEIGHT of the
+# face crop's side, centred on the mouth line (MOUTH_LINE of the side from the crop's top: YuNet's mouth corners lie
+# at 0.727-0.735 of it, measured with FACE_MARGIN above), resized to MOUTH_SIZE (width, height) pixels of grey. The
+# 48x48 crop leaves the lips a dozen pixels: too few to see them move from one frame to the next.
+MOUTH_LINE = 0.735
+MOUTH_WIDTH = 0.5
+MOUTH_HEIGHT = 0.4
+MOUTH_SIZE = (32, 24)
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 HAAR_MIN_NEIGHBORS = 5  # overlapping Haar hits needed to accept a face: OpenCV's recommended value
 
@@ -203,15 +211,33 @@ def crop_face(frame: np.ndarray, box: np.ndarray, *, margin: float = FACE_MARGIN
     return cv2.resize(square, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
 
 
+def crop_mouth(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(H, W, 3) BGR frame, (4,) face box -> (MOUTH_SIZE[1], MOUTH_SIZE[0]) uint8 grey crop of the mouth (see
+    MOUTH_LINE), from the full-resolution frame, zero padded where it leaves the frame."""
+    x, y, w, h = (float(v) for v in box)
+    side = max(w, h)
+    centre_x, centre_y = x + w / 2, y + h / 2 + (MOUTH_LINE - 0.5) * side
+    width, height = max(1, round(MOUTH_WIDTH * side)), max(1, round(MOUTH_HEIGHT * side))
+    left, top = round(centre_x - width / 2), round(centre_y - height / 2)
+    frame_height, frame_width = frame.shape[:2]
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + width, frame_width), min(top + height, frame_height)
+    patch = np.zeros((height, width), np.uint8)
+    if x1 > x0 and y1 > y0:
+        patch[y0 - top : y1 - top, x0 - left : x1 - left] = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+    return cv2.resize(patch, MOUTH_SIZE, interpolation=cv2.INTER_AREA)
+
+
 @dataclass(frozen=True)
 class FrameFaces:
     """The faces found in one sampled frame, already cropped, so that the frame itself need not be kept."""
 
     boxes: np.ndarray  # (n, 5) float32 x, y, w, h, score in frame pixels
     crops: np.ndarray  # (n, FACE_SIZE, FACE_SIZE) uint8 grey, one per box
+    mouths: np.ndarray  # (n, MOUTH_SIZE[1], MOUTH_SIZE[0]) uint8 grey, one per box (crop_mouth)
 
 
 _NO_CROPS = np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+_NO_MOUTHS = np.zeros((0, MOUTH_SIZE[1], MOUTH_SIZE[0]), np.uint8)
 
 
 def find_faces(frame: np.ndarray, detector: FaceDetector) -> FrameFaces:
@@ -220,8 +246,10 @@ def find_faces(frame: np.ndarray, detector: FaceDetector) -> FrameFaces:
 
 
 def _faces(frame: np.ndarray, boxes: np.ndarray) -> FrameFaces:
-    crops = np.stack([crop_face(frame, box[:4]) for box in boxes]) if len(boxes) else _NO_CROPS
-    return FrameFaces(boxes=boxes, crops=crops)
+    if not len(boxes):
+        return FrameFaces(boxes=boxes, crops=_NO_CROPS, mouths=_NO_MOUTHS)
+    crops = np.stack([crop_face(frame, box[:4]) for box in boxes])
+    return FrameFaces(boxes=boxes, crops=crops, mouths=np.stack([crop_mouth(frame, box[:4]) for box in boxes]))
 
 
 def _interpolate(before: np.ndarray, after: np.ndarray, weight: float) -> np.ndarray | None:
@@ -311,6 +339,7 @@ class FaceCrops:
     crops: np.ndarray  # (n_frames, FACE_SIZE, FACE_SIZE) uint8 grey; all zeros where no face
     present: np.ndarray  # (n_frames,) bool
     boxes: np.ndarray  # (n_frames, 4) float32 x, y, w, h in frame pixels; NaN where no face
+    mouths: np.ndarray  # (n_frames, MOUTH_SIZE[1], MOUTH_SIZE[0]) uint8 grey crops of its mouth; zeros where no face
 
 
 def main_face_crops(frames: list[FrameFaces]) -> FaceCrops:
@@ -318,10 +347,12 @@ def main_face_crops(frames: list[FrameFaces]) -> FaceCrops:
     rows = main_face_indices([f.boxes for f in frames])
     crops = np.zeros((len(frames), FACE_SIZE, FACE_SIZE), np.uint8)
     boxes = np.full((len(frames), 4), np.nan, np.float32)
+    mouths = np.zeros((len(frames), MOUTH_SIZE[1], MOUTH_SIZE[0]), np.uint8)
     for t in np.flatnonzero(rows >= 0):
         crops[t] = frames[t].crops[rows[t]]
         boxes[t] = frames[t].boxes[rows[t], :4]
-    return FaceCrops(crops=crops, present=rows >= 0, boxes=boxes)
+        mouths[t] = frames[t].mouths[rows[t]]
+    return FaceCrops(crops=crops, present=rows >= 0, boxes=boxes, mouths=mouths)
 
 
 def extract_faces(frames: np.ndarray, detector: FaceDetector, *, every: int = DETECT_EVERY) -> FaceCrops:

@@ -194,7 +194,12 @@ def _add_prediction_options(command: argparse.ArgumentParser) -> None:
         help="find who speaks when: a speaker column (S1, S2, ... by first speech) and a summary per speaker;"
         " N: how many people speak, when known (default: estimated, 1 or 2)",
     )
-    command.add_argument("--speaker", metavar="S1", help="report only this speaker's segments (implies --speakers)")
+    command.add_argument(
+        "--speaker",
+        metavar="S1",
+        help="report one speaker's segments and summary: S1, S2, ..., on-camera (the speaker whose face is shown) or"
+        " all (implies --speakers)",
+    )
     command.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     _add_model_options(command)
 

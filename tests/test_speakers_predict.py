@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile
 
@@ -65,3 +66,26 @@ def test_one_clip_is_one_speaker_and_an_absent_speaker_is_a_clear_error(predicto
         result.for_speaker("S3")
     assert main(["predict", str(ravdess_clips[0]), "--speaker", "S3"]) == 1
     assert "no speaker 'S3' (found: S1)" in capsys.readouterr().err
+
+
+def test_on_camera_of_an_audio_only_file_is_a_clear_error(predictor, interview, capsys, tmp_path):
+    result = predictor.predict(interview[0])
+    assert result.timeline["on_camera_speaking"].isna().all()  # no face: unknown everywhere
+    assert all(theirs["on_camera"] is None for theirs in result.summary["speakers"].values())
+    assert main(["predict", str(interview[0]), "--speaker", "on-camera"]) == 1
+    assert "no speaker is on camera: it has no video track" in capsys.readouterr().err
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(interview[0]), "--out", str(out), "--speaker", "on-camera", "--quiet"]) == 1
+    errors = pd.read_csv(tmp_path / "scores.errors.csv")
+    assert errors["stage"].tolist() == ["speakers"] and "no video track" in errors["error"][0]
+
+
+def test_score_tables_have_the_speaker_columns(interview, ravdess_clips, tmp_path):
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(interview[0]), str(ravdess_clips[0]), "--out", str(out), "--speakers", "--quiet"]) == 0
+    segments = pd.read_csv(out)
+    assert {"speaker", "on_camera_speaking"} <= set(segments.columns)
+    files = pd.read_csv(tmp_path / "scores.files.csv").set_index("file")
+    assert files.loc[str(ravdess_clips[0]), "speakers"].startswith("S1 ")
+    assert files.loc[str(ravdess_clips[0]), "speakers"].endswith(" on camera")  # the clip's actor is shown speaking
+    assert files.loc[str(interview[0]), "speakers"].count(";") == 1  # two speakers, neither on camera

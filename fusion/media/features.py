@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from alignment import Stream
+from alignment.active_speaker import mouth_motion
 from alignment.diarization import speech_spans
 from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
 from encoders.face import face_pixels
@@ -69,6 +70,9 @@ class RecordingFeatures:
     # float64 their (start, end) seconds; None unless the extractor was asked for them (voice_prints=True)
     voice_prints: np.ndarray | None = None
     voice_print_times: np.ndarray | None = None
+    # (n_frames,) float32 the main face's mouth motion since the frame before (alignment.active_speaker), NaN where
+    # there is no face or no frame before in this piece; None without a video track
+    mouth_motion: np.ndarray | None = None
 
     @property
     def speech_spans(self) -> list[tuple[float, float]]:
@@ -257,10 +261,10 @@ class FeatureExtractor:
         with _timed(timings, "bert"):
             word_embeddings = self._embed(utterances)
 
-        crops = present = None
+        crops = present = motion = None
         if chunk.frame_times is not None:
             faces = main_face_crops(chunk.faces)
-            crops, present = faces.crops, faces.present
+            crops, present, motion = faces.crops, faces.present, mouth_motion(faces.mouths, faces.present)
         return RecordingFeatures(
             path=chunk.path,
             duration=chunk.duration,
@@ -278,6 +282,7 @@ class FeatureExtractor:
             speech=speech,
             voice_prints=prints,
             voice_print_times=print_times,
+            mouth_motion=motion,
         )
 
 

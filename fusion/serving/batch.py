@@ -8,10 +8,11 @@ what is already there, so a crash or a kill loses at most the files in flight. W
 parts are gathered into three tables written beside each other (each atomically):
 
 - ``scores.parquet``: one row per segment: file, start, end, text, face_present, one probability per emotion,
-  label, modalities;
+  label, modalities; with ``--speakers`` also speaker and on_camera_speaking (see fusion.serving.prediction);
 - ``scores.files.parquet``: one row per scored file: duration, clip-level probabilities and label, modalities,
   the spans that failed to decode (``damaged``, empty for an intact file),
-  number of segments, and seconds per stage;
+  number of segments, and seconds per stage; with ``--speakers`` also each speaker's label, seconds and whether
+  they are on camera (``speakers``, see :func:`speakers_cell`);
 - ``scores.errors.parquet``: one row per file that could not be scored: file, stage, error.
 
 One run at a time writes to an output: a run holds a lock on ``scores.parquet.lock``, and a second run on the same
@@ -199,12 +200,27 @@ def score_file(path: str, options: ScoreOptions) -> dict:
         **{c: sum(prediction.timings.get(s, 0.0) for s in stages) for c, stages in STAGE_COLUMNS.items()},
         "checkpoint": predictor.model_id,
     }
+    if options.speakers:
+        summary["speakers"] = speakers_cell(prediction.summary)
     return {
         "file": path,
         "status": "ok",
         "summary": summary,
         "segments": segments,
     }
+
+
+def speakers_cell(summary: dict) -> str:
+    """A prediction's speakers in one cell of the summary table: "S1 neutral 12.3 s on camera; S2 sadness 8.0 s"
+    (the one reported with --speaker: just that speaker)."""
+    if "speaker" in summary:  # already one speaker's summary (Prediction.for_speaker)
+        speakers = {summary["speaker"]: summary}
+    else:
+        speakers = summary.get("speakers", {})
+    return "; ".join(
+        f"{name} {theirs['label'] or '-'} {theirs['seconds']:.1f} s{' on camera' if theirs['on_camera'] else ''}"
+        for name, theirs in speakers.items()
+    )
 
 
 def _error(path: str, stage: str, message: str) -> dict:

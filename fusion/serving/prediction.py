@@ -18,6 +18,12 @@ import pandas as pd
 from alignment.diarization import Turn
 from fusion.errors import NoSpeakerError
 
+ON_CAMERA = "on-camera"  # for_speaker's name for the speaker whose face is shown
+
+
+def _found(speakers: dict) -> str:
+    return ", ".join(speakers) or "none: no speech"
+
 
 @dataclass
 class Prediction:
@@ -33,8 +39,11 @@ class Prediction:
         there is silence, and no frame was sampled from them); empty for an intact file.
     turns: who speaks when (alignment.diarization.Turn), when the Predictor was asked for speakers; then the
         timeline has a speaker column after text ("S1", "S2", ... in order of first speech; "" where no one
-        speaks) and the summary a "speakers" entry: {speaker: {"probabilities", "label", "seconds"}}, each the
-        duration-weighted mean over that speaker's segments, as the whole summary is over all of them.
+        speaks) and an on_camera_speaking column after face_present (True: the face shown is the segment's
+        speaker; False: it is someone else, whose face an experts bundle then leaves out of the segment; None:
+        unknown, without a face or a speaker), and the summary a "speakers" entry: {speaker: {"probabilities",
+        "label", "seconds", "on_camera"}}, each the duration-weighted mean over that speaker's segments, as the
+        whole summary is over all of them.
     """
 
     file: str
@@ -67,6 +76,7 @@ class Prediction:
                 **({"speaker": row["speaker"] or None} if "speaker" in row else {}),
                 "modalities": row["modalities"].split(",") if row["modalities"] else [],
                 "face_present": row["face_present"],
+                **({"on_camera_speaking": row["on_camera_speaking"]} if "on_camera_speaking" in row else {}),
                 "probabilities": {e: row[e] for e in self.labels},
                 "label": row["label"] or None,
             }
@@ -83,14 +93,26 @@ class Prediction:
         }
 
     def for_speaker(self, speaker: str) -> Prediction:
-        """The segments of one speaker ("S1", ...), with that speaker's summary (and the recording's modalities).
-        Raises NoSpeakerError when the prediction has no such speaker (or was made without speakers)."""
+        """The segments of one speaker ("S1", ..., or "on-camera": the one whose face is shown), with that speaker's
+        summary (and the recording's modalities); "all" returns the prediction as it is. Raises NoSpeakerError when
+        the prediction has no such speaker (or was made without speakers)."""
         speakers = self.summary.get("speakers")
         if speakers is None:
             raise NoSpeakerError(self.file, "speakers were not found (Predictor(speakers=True), --speakers)")
+        if speaker == "all":
+            return self
+        if speaker == ON_CAMERA:
+            shown = [name for name, theirs in speakers.items() if theirs["on_camera"]]
+            if not shown:
+                why = (
+                    "it has no video track"
+                    if self.timeline["face_present"].isna().all()
+                    else "the face shown moves no more while anyone speaks than in silence, or too few frames show it"
+                )
+                raise NoSpeakerError(self.file, f"no speaker is on camera: {why} (found: {_found(speakers)})")
+            speaker = shown[0]
         if speaker not in speakers:
-            found = ", ".join(speakers) or "none: no speech"
-            raise NoSpeakerError(self.file, f"no speaker {speaker!r} (found: {found})")
+            raise NoSpeakerError(self.file, f"no speaker {speaker!r} (found: {_found(speakers)})")
         timeline = self.timeline[self.timeline["speaker"] == speaker].reset_index(drop=True)
         mine = speakers[speaker]
         summary = {
@@ -99,6 +121,7 @@ class Prediction:
             "modalities": self.summary["modalities"],
             "speaker": speaker,
             "seconds": mine["seconds"],
+            "on_camera": mine["on_camera"],
         }
         return dataclasses.replace(self, timeline=timeline, summary=summary)
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from alignment import DEFAULT_WINDOW_S, Segment, Stream, make_segments
+from alignment.active_speaker import segments_on_camera, speaker_on_camera
 from alignment.diarization import Turn, diarize_prints, label_segments
 from encoders.loading import EncoderSources
 from encoders.runtime import autocast, pick_device
@@ -122,12 +123,19 @@ class Predictor:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         pieces = self.extractor.stream(path, chunk_s=self.chunk_s, timings=timings)
-        pieces = _Speakers(pieces) if self.speakers else pieces
-        result = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings)
-        if self.speakers:
-            started = time.perf_counter()
-            result = with_speakers(result, pieces.turns(result.duration, n_speakers))
-            _add(timings, "diarization", started)
+        if not self.speakers:
+            result = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings)
+            timings["total"] = time.perf_counter() - start
+            return result
+        pieces = _Speakers(pieces)
+        experts: list[dict[str, np.ndarray]] = []  # an experts bundle's outputs per piece, to fuse again
+        result = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings, experts=experts)
+        started = time.perf_counter()
+        turns = pieces.turns(result.duration, n_speakers)
+        result = with_speakers(result, turns, speaker_on_camera(turns, *pieces.face_motion()))
+        if self.bundle is not None:
+            result = self._face_of_speakers_only(result, experts)
+        _add(timings, "diarization", started)
         timings["total"] = time.perf_counter() - start
         return result
 
@@ -138,15 +146,24 @@ class Predictor:
         return self._predict_pieces([features], segments=segments, window_s=window_s, timings=dict(features.timings))
 
     def _predict_pieces(
-        self, pieces: Iterable[RecordingFeatures], *, segments: str, window_s: float, timings: dict[str, float]
+        self,
+        pieces: Iterable[RecordingFeatures],
+        *,
+        segments: str,
+        window_s: float,
+        timings: dict[str, float],
+        experts: list[dict[str, np.ndarray]] | None = None,
     ) -> Prediction:
         """Fuse a recording given as consecutive pieces (chunks), keeping only the tokens that segments still need.
 
         A segment is fused once every token its cross-attention can reach (context_s either side) has been
-        encoded, so the result does not depend on where the chunks were cut.
+        encoded, so the result does not depend on where the chunks were cut. experts: a list that an experts
+        bundle's per-modality outputs of each piece are appended to (ignored by a cross-attention checkpoint).
         """
         if self.bundle is not None:
-            return self._predict_with_experts(pieces, segments=segments, window_s=window_s, timings=timings)
+            return self._predict_with_experts(
+                pieces, segments=segments, window_s=window_s, timings=timings, experts=experts
+            )
         context = self.model.config.context_s
         path, end, modalities, damaged = None, 0.0, set(), []
         buffered: dict[str, Stream] | None = None
@@ -178,7 +195,13 @@ class Predictor:
         return Prediction(path, end, self.labels, timeline, summary, timings, damaged)
 
     def _predict_with_experts(
-        self, pieces: Iterable[RecordingFeatures], *, segments: str, window_s: float, timings: dict[str, float]
+        self,
+        pieces: Iterable[RecordingFeatures],
+        *,
+        segments: str,
+        window_s: float,
+        timings: dict[str, float],
+        experts: list[dict[str, np.ndarray]] | None = None,
     ) -> Prediction:
         """The bundle's path: each segment is scored by the experts from what lies inside it, so each piece
         (chunk) is done once its features are extracted."""
@@ -192,10 +215,12 @@ class Predictor:
                 piece.utterances, piece.duration, start=piece.start, mode=segments, window_s=window_s
             )
             start = time.perf_counter()
-            experts = self.bundle.segment_probabilities(piece, timeline)
-            fused = self.bundle.fuse(experts)
-            present = np.stack([~np.isnan(experts[m]).any(1) for m in MODALITIES], 1)
+            outputs = self.bundle.segment_probabilities(piece, timeline)
+            fused = self.bundle.fuse(outputs)
+            present = np.stack([~np.isnan(outputs[m]).any(1) for m in MODALITIES], 1)
             _add(timings, "experts", start)
+            if experts is not None:
+                experts.append(outputs)
             parts.append(self._rows(timeline, fused, present, _face_frames(piece)))
         if not modalities:
             raise NoModalityError(path, "no audio track and no face in any sampled frame")
@@ -254,6 +279,28 @@ class Predictor:
         columns = ["start", "end", "text", "face_present", *self.labels, "label", "modalities"]
         numeric = {c: float for c in ("start", "end", "face_present", *self.labels)}
         return pd.DataFrame(rows, columns=columns).astype(numeric)  # typed even with no rows, for pd.concat
+
+    def _face_of_speakers_only(self, prediction: Prediction, experts: list[dict[str, np.ndarray]]) -> Prediction:
+        """An experts bundle's timeline fused again without the face where the face shown is not the segment's
+        speaker (on_camera_speaking False): a listener's face says nothing of the speaker's emotion."""
+        timeline = prediction.timeline
+        listener = np.array([value is False for value in timeline["on_camera_speaking"]])  # None: unknown
+        outputs = {m: np.concatenate([e[m] for e in experts]) for m in MODALITIES}
+        had_face = ~np.isnan(outputs["video"]).any(1)
+        rows = np.flatnonzero(listener & had_face)
+        if not len(rows):
+            return prediction
+        outputs["video"][rows] = np.nan
+        fused = self.bundle.fuse({m: o[rows] for m, o in outputs.items()})
+        present = np.stack([~np.isnan(outputs[m][rows]).any(1) for m in MODALITIES], 1)
+        timeline = timeline.copy()
+        for row, p, has in zip(rows, fused, present):
+            timeline.loc[row, list(self.labels)] = p if has.any() else np.nan
+            timeline.loc[row, "label"] = self.labels[int(np.argmax(p))] if has.any() else ""
+            timeline.loc[row, "modalities"] = ",".join(m for m, h in zip(MODALITIES, has) if h)
+        summary = {**prediction.summary, **self._summary(timeline, set(prediction.summary["modalities"]))}
+        summary["speakers"] = speaker_summaries(timeline, self.labels, prediction.summary["speakers"])
+        return dataclasses.replace(prediction, timeline=timeline, summary=summary)
 
     def _summary(self, timeline: pd.DataFrame, modalities: set[str]) -> dict:
         """Duration-weighted mean of the predicted segments' probabilities."""
@@ -368,13 +415,15 @@ def predict(
 class _Speakers:
     """The pieces of a recording passed through unchanged, their speech spans and voice prints kept (256 floats per
     0.4 s of speech: about 2.3 MB an hour) to be clustered once the whole recording has been read, so that the
-    speaker labels are the same in every chunk."""
+    speaker labels are the same in every chunk; and the main face's mouth motion at each sampled frame with whether
+    speech is heard then (about 0.2 MB an hour), to tell which speaker is on camera."""
 
     def __init__(self, pieces: Iterable[RecordingFeatures]):
         self.pieces = pieces
         self.spans: list[tuple[float, float]] = []
         self.prints: list[np.ndarray] = []
         self.times: list[np.ndarray] = []
+        self.frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # face times, mouth motion, speaking
 
     def __iter__(self):
         for piece in self.pieces:
@@ -382,6 +431,9 @@ class _Speakers:
             if piece.voice_prints is not None:
                 self.prints.append(piece.voice_prints)
                 self.times.append(piece.voice_print_times)
+            if piece.mouth_motion is not None and piece.speech is not None:
+                speaking = speech_at(piece.face_times, piece.speech, piece.start)
+                self.frames.append((piece.face_times, piece.mouth_motion, speaking))
             yield piece
 
     def turns(self, seconds: float, n_speakers: int | None) -> list[Turn]:
@@ -389,16 +441,43 @@ class _Speakers:
         times = np.concatenate(self.times) if self.times else np.zeros((0, 2))
         return diarize_prints(self.spans, prints, times[:, 0], times[:, 1], seconds, speakers=n_speakers)
 
+    def face_motion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n,) face frame times, (n,) mouth motion (NaN without a face), (n,) bool speech heard; empty without
+        video."""
+        if not self.frames:
+            return np.zeros(0), np.zeros(0, np.float32), np.zeros(0, bool)
+        return tuple(np.concatenate(column) for column in zip(*self.frames))
 
-def with_speakers(prediction: Prediction, turns: list[Turn]) -> Prediction:
-    """The prediction with a speaker column (who covers most of each segment; "" where no one speaks) and, in
-    its summary, the duration-weighted probabilities and label of each speaker's segments."""
+
+def with_speakers(
+    prediction: Prediction, turns: list[Turn], on_camera: dict[str, bool | None] | None = None
+) -> Prediction:
+    """The prediction with a speaker column (who covers most of each segment; "" where no one speaks), an
+    on_camera_speaking column (whether the face shown is that speaker: True, False or None for unknown, see
+    alignment.active_speaker.segments_on_camera) and, in its summary, the duration-weighted probabilities and label
+    of each speaker's segments with whether they are on camera. on_camera: per speaker (speaker_on_camera); None:
+    unknown for all."""
+    on_camera = on_camera or {}
     timeline = prediction.timeline.copy()
-    spans = list(zip(timeline["start"], timeline["end"]))
-    timeline.insert(3, "speaker", [label or "" for label in label_segments(turns, spans)])
+    speakers = label_segments(turns, list(zip(timeline["start"], timeline["end"])))
+    timeline.insert(3, "speaker", [label or "" for label in speakers])
+    column = segments_on_camera(speakers, timeline["face_present"].tolist(), on_camera)
+    timeline.insert(5, "on_camera_speaking", pd.Series(column, index=timeline.index, dtype=object))
+    named = sorted({t.speaker for t in turns}, key=lambda name: int(name[1:]))
     summary = dict(prediction.summary)
-    summary["speakers"] = {
-        speaker: _weighted_summary(timeline[timeline["speaker"] == speaker], prediction.labels)
-        for speaker in sorted({t.speaker for t in turns}, key=lambda name: int(name[1:]))
-    }
+    summary["speakers"] = speaker_summaries(
+        timeline, prediction.labels, {s: {"on_camera": on_camera.get(s)} for s in named}
+    )
     return dataclasses.replace(prediction, timeline=timeline, summary=summary, turns=turns)
+
+
+def speaker_summaries(timeline: pd.DataFrame, labels: tuple[str, ...], speakers: dict[str, dict]) -> dict:
+    """{speaker: {"probabilities", "label", "seconds", "on_camera"}} for each speaker of `speakers` (whose
+    "on_camera" is kept): the duration-weighted mean over that speaker's segments of timeline."""
+    return {
+        speaker: {
+            **_weighted_summary(timeline[timeline["speaker"] == speaker], labels),
+            "on_camera": known["on_camera"],
+        }
+        for speaker, known in speakers.items()
+    }
