@@ -7,7 +7,7 @@ speakers, their number (one or two unless told more) estimated by a distance thr
 speech is labelled from its nearest windows, and turns too short to be a real turn go to their neighbours. The
 constants below were tuned on RAVDESS actors 01-10 only; benchmarks/speakers.py reports on actors 11-18.
 
-Memory: besides the audio, the VAD mask and 256 floats per 0.4 s of speech (about 2.3 MB per hour); clustering
+Memory: besides the audio, the VAD mask and 192 floats per 0.4 s of speech (about 1.7 MB per hour); clustering
 holds the pairwise distances of at most MAX_CLUSTERED windows (36 MB), the rest join the nearest group.
 """
 
@@ -22,16 +22,15 @@ from encoders.vad import FRAME_SAMPLES, FRAME_SECONDS, HANGOVER_SECONDS, SpeechD
 
 # Cosine distance between two groups' mean voice prints (the nuisance directions of encoders.speakers removed) at or
 # over which they are two people. Chosen with the number of those directions on recordings of RAVDESS actors 01-10
-# by benchmarks/speaker_nuisance.py (results/speakers/nuisance.md): the speaker count was right on 90% of same-sex
-# pairs, all different-sex pairs and 60% of one-voice recordings of all eight emotions, which are the hardest: one
-# actor's angry and sad takes still look like two people. diarize(speakers=2) when the count is known.
-SPEAKER_THRESHOLD = 0.135
+# by benchmarks/speaker_nuisance.py (results/speakers/nuisance.md): the speaker count was right on all same-sex and
+# different-sex pairs and on 90% of one-voice recordings of all eight emotions, the hardest: one actor's angry and
+# sad takes can still look like two people. diarize(speakers=2) when the count is known.
+SPEAKER_THRESHOLD = 0.31
 # A group with under this share of the speech windows (8%) is not a speaker of its own but strays of the others (a
 # cough, a laugh, windows across a change of speaker). A guest who speaks under a twelfth of the time is not found.
 MIN_SPEAKER_SHARE = 0.08
-# The most speakers estimated when the caller does not say: an interview's two (issue #17). Estimating more split one
-# emotional voice into two even more often, on actors 01-10: a different-sex pair was found to be three or four
-# people in half of its recordings. diarize(max_speakers=...) raises it; diarize(speakers=...) fixes the number.
+# The most speakers estimated when the caller does not say: an interview's two (issue #17); the threshold above was
+# chosen for one or two. diarize(max_speakers=...) raises it; diarize(speakers=...) fixes the number.
 MAX_SPEAKERS = 2
 # Windows clustered at most (about 20 minutes of speech): their pairwise distances take n * n * 4 bytes (36 MB); the
 # windows of longer recordings are clustered on an evenly spread sample and the rest join the nearest group's mean.
@@ -111,7 +110,7 @@ def cluster(
     max_speakers: int = MAX_SPEAKERS,
     threshold: float = SPEAKER_THRESHOLD,
 ) -> np.ndarray:
-    """(n, 256) L2-normalised window embeddings -> (n,) int speaker of each window, 0 .. k - 1.
+    """(n, EMBEDDING) L2-normalised window embeddings -> (n,) int speaker of each window, 0 .. k - 1.
 
     The windows are centred on the recording's mean and clustered (average linkage, cosine distance) into
     `speakers` groups when it is given. Otherwise into 2, 3, ... up to max_speakers groups while every group is still
@@ -269,7 +268,7 @@ def diarize_prints(
     max_speakers: int = MAX_SPEAKERS,
 ) -> list[Turn]:
     """Who speaks when, from a recording's speech spans and its windows' raw voice prints (encoders.speakers:
-    (n, 256) embeddings, (n,) start and end seconds), however they were gathered (a whole recording at once, or
+    (n, EMBEDDING) embeddings, (n,) start and end seconds), however they were gathered (a whole recording at once, or
     chunk by chunk as fusion.predict streams it). seconds: the recording's length."""
     if not spans:
         return []

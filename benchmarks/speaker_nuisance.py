@@ -14,6 +14,7 @@ k kept is the one with the lowest DER over all tuning recordings. Actors 11-18 a
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -36,7 +37,7 @@ KINDS = ("same-sex", "different-sex", "one speaker")
 
 
 def take_prints(encoder: SpeakerEncoder, ravdess: Path, nemo: Path) -> list[tuple[str, np.ndarray]]:
-    """(speaker, (n_windows, 256) voice prints) of every take used for the directions."""
+    """(speaker, (n_windows, EMBEDDING) voice prints) of every take used for the directions."""
     files = [(f"ravdess:{a:02d}", p) for a in TUNING_ACTORS for p in takes(ravdess, a)]
     by_speaker: dict[str, list[Path]] = {}
     for path in sorted(nemo.glob("*.opus")):
@@ -55,7 +56,7 @@ def take_prints(encoder: SpeakerEncoder, ravdess: Path, nemo: Path) -> list[tupl
 
 
 def directions(prints: list[tuple[str, np.ndarray]], k: int) -> np.ndarray:
-    """(256, k) top eigenvectors of the within-speaker covariance of the window voice prints."""
+    """(EMBEDDING, k) top eigenvectors of the within-speaker covariance of the window voice prints."""
     speakers = sorted({s for s, _ in prints})
     centred = []
     for speaker in speakers:
@@ -113,9 +114,7 @@ def main() -> None:
     parser.add_argument("--nemo", default="../shared/data/nemo-pl")
     parser.add_argument("--count", type=int, default=20, help="tuning recordings per kind")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--save", default=str(NUISANCE_FILE.relative_to(Path.cwd(), walk_up=True)), help="where the directions go"
-    )
+    parser.add_argument("--save", default=os.path.relpath(NUISANCE_FILE), help="where the directions go")
     parser.add_argument("--out", required=True, help="markdown file of the choice")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,7 +127,7 @@ def main() -> None:
         v = directions(prints, k)
         outcome = outcomes(prepared, v)
         best = None
-        for threshold in np.arange(0.04, 0.26, 0.005):
+        for threshold in np.arange(0.04, 0.60, 0.005):
             result = score(outcome, float(threshold))
             count = np.mean([result[kind]["count"] for kind in KINDS])
             key = (count, -result["same-sex"]["der"])

@@ -66,7 +66,7 @@ class RecordingFeatures:
     damaged: tuple[tuple[float, float], ...] = ()  # (start, end) s that failed to decode and were skipped
     # (n,) bool per 32 ms voice-activity frame from `start` (encoders.vad); None when not detected (all audio counts)
     speech: np.ndarray | None = None
-    # (n_windows, 256) float32 raw voice prints of windows inside the speech (encoders.speakers) and (n_windows, 2)
+    # (n_windows, 192) float32 raw voice prints of windows inside the speech (encoders.speakers) and (n_windows, 2)
     # float64 their (start, end) seconds; None unless the extractor was asked for them (voice_prints=True)
     voice_prints: np.ndarray | None = None
     voice_print_times: np.ndarray | None = None

@@ -26,6 +26,7 @@ from alignment.active_speaker import segments_on_camera, speaker_on_camera
 from alignment.diarization import Turn, diarize_prints, label_segments
 from encoders.loading import EncoderSources
 from encoders.runtime import autocast, pick_device
+from encoders.speakers import EMBEDDING
 from encoders.vad import speech_at
 from fusion import checkpoint as checkpoints
 from fusion.errors import CheckpointError, NoModalityError
@@ -413,8 +414,8 @@ def predict(
 
 
 class _Speakers:
-    """The pieces of a recording passed through unchanged, their speech spans and voice prints kept (256 floats per
-    0.4 s of speech: about 2.3 MB an hour) to be clustered once the whole recording has been read, so that the
+    """The pieces of a recording passed through unchanged, their speech spans and voice prints kept (192 floats per
+    0.4 s of speech: about 1.7 MB an hour) to be clustered once the whole recording has been read, so that the
     speaker labels are the same in every chunk; and the main face's mouth motion at each sampled frame with whether
     speech is heard then (about 0.2 MB an hour), to tell which speaker is on camera."""
 
@@ -437,7 +438,7 @@ class _Speakers:
             yield piece
 
     def turns(self, seconds: float, n_speakers: int | None) -> list[Turn]:
-        prints = np.concatenate(self.prints) if self.prints else np.zeros((0, 256), np.float32)
+        prints = np.concatenate(self.prints) if self.prints else np.zeros((0, EMBEDDING), np.float32)
         times = np.concatenate(self.times) if self.times else np.zeros((0, 2))
         return diarize_prints(self.spans, prints, times[:, 0], times[:, 1], seconds, speakers=n_speakers)
 
