@@ -70,18 +70,6 @@ def test_two_voices_give_two_speakers_and_each_take_its_speaker(shared, models):
     assert labels == [mapping[w] for w in who]  # every take given to its own speaker
 
 
-def test_one_voice_is_one_speaker(shared, models):
-    """An interviewee's few minutes: one voice, calm moods (neutral, calm, happy), both sentences at both
-    intensities where RAVDESS has them. One voice acting all eight emotions is split into two people on 7 of 20
-    such recordings or more (benchmarks/results/speakers/speakers.md): a known limit, not tested here."""
-    encoder, detector = models
-    moods = [(1, s, 1) for s in (1, 2)] + [(e, s, i) for e in (2, 3) for s in (1, 2) for i in (1, 2)]
-    audio, spans, _ = recording([("A11", take(shared, 11, e, s, i)) for e, s, i in moods])
-    turns = diarize(audio, encoder=encoder, detector=detector)
-    assert {t.speaker for t in turns} == {"S1"}
-    assert label_segments(turns, spans) == ["S1"] * len(spans)
-
-
 def test_windows_and_given_speaker_count(shared, models):
     encoder, _ = models
     audio = take(shared, 4, 1, 1)
