@@ -265,7 +265,7 @@ class SpeakerNetwork(nn.Module):
         self.xvector.add_module("dense", _Embedding(2 * channels, EMBEDDING))
 
     def forward(self, banks: torch.Tensor) -> torch.Tensor:
-        embedding = self.xvector(self.head(banks.transpose(1, 2)))
+        embedding = self.xvector(self.head(banks.transpose(1, 2))).float()  # normalised in float32 under autocast
         return embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 

@@ -89,3 +89,10 @@ def test_score_tables_have_the_speaker_columns(interview, ravdess_clips, tmp_pat
     assert files.loc[str(ravdess_clips[0]), "speakers"].startswith("S1 ")
     assert files.loc[str(ravdess_clips[0]), "speakers"].endswith(" on camera")  # the clip's actor is shown speaking
     assert files.loc[str(interview[0]), "speakers"].count(";") == 1  # two speakers, neither on camera
+
+
+def test_on_camera_of_a_video_where_no_one_speaks_says_so(predictor, no_audio_clip):
+    result = predictor.predict(no_audio_clip)
+    assert result.summary["speakers"] == {} and result.timeline["on_camera_speaking"].isna().all()
+    with pytest.raises(NoSpeakerError, match="no speaker is on camera: no one speaks in it"):
+        result.for_speaker("on-camera")

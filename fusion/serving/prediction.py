@@ -104,11 +104,12 @@ class Prediction:
         if speaker == ON_CAMERA:
             shown = [name for name, theirs in speakers.items() if theirs["on_camera"]]
             if not shown:
-                why = (
-                    "it has no video track"
-                    if self.timeline["face_present"].isna().all()
-                    else "the face shown moves no more while anyone speaks than in silence, or too few frames show it"
-                )
+                if self.timeline["face_present"].isna().all():
+                    why = "it has no video track"
+                elif not speakers:
+                    why = "no one speaks in it"
+                else:
+                    why = "the face shown moves no more while anyone speaks than in silence, or too few frames show it"
                 raise NoSpeakerError(self.file, f"no speaker is on camera: {why} (found: {_found(speakers)})")
             speaker = shown[0]
         if speaker not in speakers:
