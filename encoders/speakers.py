@@ -105,7 +105,7 @@ def weights_path(explicit: str | os.PathLike | None = None) -> str:
     return path
 
 
-class _BatchNormReLU(nn.Sequential):
+class _BatchNormReLU(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.batchnorm = nn.BatchNorm1d(channels)
