@@ -202,13 +202,19 @@ def crop_face(frame: np.ndarray, box: np.ndarray, *, margin: float = FACE_MARGIN
     if not np.isfinite([x, y, w, h]).all() or w <= 0 or h <= 0:
         raise ValueError(f"expected a finite box with positive width and height, got {box}")
     side = max(1, round(max(w, h) * (1 + margin)))
-    left, top = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
-    height, width = frame.shape[:2]
-    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, width), min(top + side, height)
-    square = np.zeros((side, side), np.uint8)
-    if x1 > x0 and y1 > y0:
-        square[y0 - top : y1 - top, x0 - left : x1 - left] = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+    square = _grey_patch(frame, round(x + w / 2 - side / 2), round(y + h / 2 - side / 2), side, side)
     return cv2.resize(square, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def _grey_patch(frame: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:
+    """(height, width) uint8 grey of the frame from (left, top), zero padded where it leaves the frame."""
+    frame_height, frame_width = frame.shape[:2]
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + width, frame_width), min(top + height, frame_height)
+    patch = np.zeros((height, width), np.uint8)
+    if x1 > x0 and y1 > y0:
+        patch[y0 - top : y1 - top, x0 - left : x1 - left] = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+    return patch
 
 
 def crop_mouth(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -218,12 +224,7 @@ def crop_mouth(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     side = max(w, h)
     centre_x, centre_y = x + w / 2, y + h / 2 + (MOUTH_LINE - 0.5) * side
     width, height = max(1, round(MOUTH_WIDTH * side)), max(1, round(MOUTH_HEIGHT * side))
-    left, top = round(centre_x - width / 2), round(centre_y - height / 2)
-    frame_height, frame_width = frame.shape[:2]
-    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + width, frame_width), min(top + height, frame_height)
-    patch = np.zeros((height, width), np.uint8)
-    if x1 > x0 and y1 > y0:
-        patch[y0 - top : y1 - top, x0 - left : x1 - left] = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+    patch = _grey_patch(frame, round(centre_x - width / 2), round(centre_y - height / 2), width, height)
     return cv2.resize(patch, MOUTH_SIZE, interpolation=cv2.INTER_AREA)
 
 

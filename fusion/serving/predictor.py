@@ -272,14 +272,21 @@ class Predictor:
                     "end": round(segment.end, 3),
                     "text": segment.text,
                     "face_present": _face_share(faces, segment),
-                    **dict(zip(self.labels, p.tolist())),
-                    "label": self.labels[int(np.argmax(p))] if has.any() else "",
-                    "modalities": ",".join(m for m, h in zip(MODALITIES, has) if h),
+                    **self._outcome(p, has),
                 }
             )
         columns = ["start", "end", "text", "face_present", *self.labels, "label", "modalities"]
         numeric = {c: float for c in ("start", "end", "face_present", *self.labels)}
         return pd.DataFrame(rows, columns=columns).astype(numeric)  # typed even with no rows, for pd.concat
+
+    def _outcome(self, probabilities: np.ndarray, present: np.ndarray) -> dict:
+        """A segment's probability per label, its top label and its modalities (comma-separated) from its fused
+        probabilities (NaN where it has no modality) and which modalities it has."""
+        return {
+            **dict(zip(self.labels, probabilities.tolist())),
+            "label": self.labels[int(np.argmax(probabilities))] if present.any() else "",
+            "modalities": ",".join(m for m, h in zip(MODALITIES, present) if h),
+        }
 
     def _face_of_speakers_only(self, prediction: Prediction, experts: list[dict[str, np.ndarray]]) -> Prediction:
         """An experts bundle's timeline fused again without the face where the face shown is not the segment's
@@ -296,9 +303,8 @@ class Predictor:
         present = np.stack([~np.isnan(outputs[m][rows]).any(1) for m in MODALITIES], 1)
         timeline = timeline.copy()
         for row, p, has in zip(rows, fused, present):
-            timeline.loc[row, list(self.labels)] = p if has.any() else np.nan
-            timeline.loc[row, "label"] = self.labels[int(np.argmax(p))] if has.any() else ""
-            timeline.loc[row, "modalities"] = ",".join(m for m, h in zip(MODALITIES, has) if h)
+            outcome = self._outcome(p if has.any() else np.full_like(p, np.nan), has)
+            timeline.loc[row, list(outcome)] = list(outcome.values())
         summary = {**prediction.summary, **self._summary(timeline, set(prediction.summary["modalities"]))}
         summary["speakers"] = speaker_summaries(timeline, self.labels, prediction.summary["speakers"])
         return dataclasses.replace(prediction, timeline=timeline, summary=summary)
