@@ -6,6 +6,9 @@ import contextlib
 
 import torch
 
+# The arithmetic a model may be asked to run in: float32, or bf16 autocast (on the CPU too; always on CUDA).
+PRECISIONS = ("fp32", "bf16")
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, or CUDA when available, else the CPU."""

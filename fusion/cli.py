@@ -1,4 +1,8 @@
-"""The `fusion` command line."""
+"""The `fusion` command line.
+
+Commands import the heavy modules (torch, Whisper, transformers) only when they run, so that ``fusion --help`` and
+argument errors stay quick. Each training command's options are defined by its module in fusion.training.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +11,24 @@ import importlib
 import sys
 from pathlib import Path
 
-import torch
-
-from alignment import DEFAULT_WINDOW_S, SEGMENT_MODES
-from encoders.loading import EncoderSources
+from alignment.timeline import DEFAULT_WINDOW_S, SEGMENT_MODES
+from fusion.arguments import ENGINES, out_of_fold_spec, positive_float, positive_int
 from fusion.errors import FusionError, check_writable
-from fusion.experts import EXPERTS
-from fusion.labels import MODALITIES
-from fusion.serving.batch import ENGINES, ScoreOptions, score_files
-from fusion.serving.predictor import Predictor, resolve_checkpoint
-from fusion.training.ablation import AblationConfig, ablate
-from fusion.training.augment import AugmentConfig
-from fusion.training.cache import FeatureCache
-from fusion.training.datasets import DATA_KINDS, from_specs
-from fusion.training.expert_ablation import ablate_experts
+from fusion.training.datasets import DATA_KINDS
 from fusion.training.metrics import METRICS
-from fusion.training.train import TrainConfig, train_checkpoint
 
 FORMATS = ("table", "json", "csv")
+EXPERT_TRAINING = ("voice", "text", "face")  # `fusion train-expert NAME` runs fusion.training.NAME
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands_by_name = {
         "predict": _predict,
-        "features": _features,
-        "train": _train,
         "ablate": _ablate,
         "score": _score,
-        "train-expert": lambda args: importlib.import_module(f"fusion.experts.{args.modality}").run(args),
-        "bundle": lambda args: importlib.import_module("fusion.experts.bundle").run(args),
+        "train-expert": lambda args: importlib.import_module(f"fusion.training.{args.modality}").run(args),
+        "bundle": lambda args: importlib.import_module("fusion.training.bundle").run(args),
     }
     try:
         return commands_by_name[args.command](args)
@@ -46,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `fusion` command line: one subcommand per task (predict, score, features, train, ablate, train-expert,
-    bundle)."""
+    """The `fusion` command line: one subcommand per task (predict, score, train-expert, bundle, ablate)."""
     parser = argparse.ArgumentParser(prog="fusion", description="Multimodal emotion recognition from recordings.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -57,38 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", "-o", help="write to this file instead of standard output")
     _add_prediction_options(predict)
 
-    data_help = "a corpus as KIND=PATH: " + ", ".join(DATA_KINDS) + " (repeat for several)"
-    features = commands.add_parser("features", help="compute and cache the features of corpora (resumable)")
-    features.add_argument("--data", action="append", required=True, help=data_help)
-    features.add_argument("--cache", required=True, help="feature cache folder")
-    _add_model_options(features)
-
-    train = commands.add_parser("train", help="train a checkpoint on corpora (features from the cache)")
-    train.add_argument("--data", action="append", required=True, help=data_help)
-    train.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
-    train.add_argument("--out", required=True, help="checkpoint folder to write")
-    train.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
-    train.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
-    train.add_argument("--learning-rate", type=positive_float, default=TrainConfig.learning_rate)
-    train.add_argument("--examples-per-epoch", type=positive_int, help="examples drawn per epoch (default: all)")
-    train.add_argument("--validation-fraction", type=float, default=0.15, help="share of each corpus's speakers")
-    train.add_argument("--no-augment", action="store_true", help="train without data augmentation")
-    train.add_argument("--seed", type=int, default=TrainConfig.seed)
-    train.add_argument("--half", action="store_true", help="store the weights in float16 (half the file size)")
-    train.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    _add_model_options(train)
-
     ablate = commands.add_parser(
-        "ablate", help="modality ablation: each subset of modalities, retrained and dropped, or an experts bundle's"
+        "ablate", help="modality ablation: every subset of a bundle's experts, pooled by its fusion, on labelled data"
     )
     ablate.add_argument("data", nargs="+", help="corpora as KIND=PATH: " + ", ".join(DATA_KINDS))
     ablate.add_argument(
         "--experts",
-        nargs="?",
-        const="default",
         metavar="BUNDLE",
-        help="ablate an experts bundle instead of training (no value: the shipped default model); the training"
-        " options below then do not apply",
+        help="the bundle to ablate (default: $FUSION_CHECKPOINT, else the shipped model)",
     )
     ablate.add_argument(
         "--out-of-fold",
@@ -96,33 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=out_of_fold_spec,
         metavar="MODALITY=FOLDER",
-        help="with --experts: that expert's outputs trained without the test speakers (*seed<S>-fold<K>.npz files of"
+        help="that expert's outputs trained without the test speakers (*seed<S>-fold<K>.npz files of"
         " paths and probabilities), used instead of the bundle's; repeat to add seeds",
     )
     ablate.add_argument("--modalities", help="comma-separated, e.g. audio,text (default: all the data has)")
-    ablate.add_argument("--seeds", type=positive_int, default=3, help="training seeds 0..N-1 (default 3)")
     ablate.add_argument("--folds", type=int, default=3, help="speaker-independent folds (default 3)")
-    ablate.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
-    ablate.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
-    ablate.add_argument("--validation-fraction", type=float, default=0.15, help="0: no early stopping")
-    ablate.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     ablate.add_argument("--metric", choices=METRICS, default="ua", help="metric of the differences (default ua)")
-    ablate.add_argument("--workers", type=positive_int, default=1, help="parallel training processes, 1 thread each")
     ablate.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    ablate.add_argument("--cache", required=True, help="feature cache folder (filled on first use)")
+    ablate.add_argument("--cache", required=True, help="folder for the experts' outputs (filled on first use)")
     ablate.add_argument("--out", required=True, help="folder for ablation.md, ablation.json, ablation.png")
     _add_model_options(ablate)
 
     expert = commands.add_parser("train-expert", help="train one modality's expert alone (resumable)")
     experts = expert.add_subparsers(dest="modality", required=True)
-    for modality in EXPERTS:
-        module = importlib.import_module(f"fusion.experts.{modality}")
-        module.add_arguments(experts.add_parser(modality, help=module.__doc__.splitlines()[0]))
+    for name in EXPERT_TRAINING:
+        module = importlib.import_module(f"fusion.training.{name}")
+        module.add_arguments(experts.add_parser(name, help=module.__doc__.splitlines()[0]))
 
     bundle = commands.add_parser(
         "bundle", help="combine trained experts into one model, each calibrated on its own validation data"
     )
-    importlib.import_module("fusion.experts.bundle").add_arguments(bundle)
+    importlib.import_module("fusion.training.bundle").add_arguments(bundle)
 
     score = commands.add_parser(
         "score", help="score many recordings into one table (resumable; bad files go to an errors table)"
@@ -135,39 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_prediction_options(score)
     return parser
-
-
-def out_of_fold_spec(text: str) -> str:
-    """argparse type: MODALITY=FOLDER, a modality the models know and a folder of *seed<S>-fold<K>.npz files."""
-    modality, _, folder = text.partition("=")
-    if modality not in MODALITIES or not folder:
-        known = ", ".join(MODALITIES)
-        raise argparse.ArgumentTypeError(f"expected MODALITY=FOLDER with a modality of {known}: {text!r}")
-    if not any(Path(folder).glob("*seed*-fold*.npz")):
-        raise argparse.ArgumentTypeError(f"{folder}: no *seed<S>-fold<K>.npz files of out-of-fold outputs")
-    return text
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
-    return value
 
 
 def _add_prediction_options(command: argparse.ArgumentParser) -> None:
@@ -211,13 +139,17 @@ def _add_model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--face-model", help="YuNet .onnx path (default: $FUSION_FACE_MODEL, else Haar cascade)")
 
 
-def _sources(args: argparse.Namespace) -> EncoderSources:
-    """The frozen models chosen on the command line; the rest are resolved where they load (environment, checkpoint,
-    default)."""
+def _sources(args: argparse.Namespace):
+    """The frozen models chosen on the command line (encoders.loading.EncoderSources); the rest are resolved where
+    they load (environment, checkpoint, default)."""
+    from encoders.loading import EncoderSources
+
     return EncoderSources(whisper=args.whisper_model, text=args.text_model, face=args.face_model)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from fusion.serving.predictor import Predictor
+
     if args.output:
         check_writable(args.output)  # before any model loads
     speakers = args.speakers is not None or args.speaker is not None
@@ -241,75 +173,32 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _features(args: argparse.Namespace) -> int:
-    manifest = from_specs(args.data)
-    _, report = FeatureCache(args.cache, sources=_sources(args)).build(manifest.examples)
-    print(report)
-    return 0 if not (report.skipped or manifest.skipped) else 1
-
-
-def _train(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        examples_per_epoch=args.examples_per_epoch,
-        augment=AugmentConfig(enabled=not args.no_augment),
-        seed=args.seed,
-    )
-    folder, result = train_checkpoint(
-        args.data,
-        cache_dir=args.cache,
-        out=args.out,
-        validation_fraction=args.validation_fraction,
-        train_config=config,
-        device=args.device,
-        weights_dtype=torch.float16 if args.half else torch.float32,
-        sources=_sources(args),
-    )
-    best = result.history[result.best_epoch - 1]
-    print(f"wrote {folder} (best epoch {result.best_epoch}: validation UA {best.get('ua', float('nan')):.3f})")
-    return 0
-
-
 def _ablate(args: argparse.Namespace) -> int:
-    if args.out_of_fold and args.experts is None:
-        raise SystemExit("fusion ablate: error: --out-of-fold needs --experts")
-    if args.experts is not None:
-        config = AblationConfig(
-            modalities=tuple(args.modalities.split(",")) if args.modalities else None,
-            folds=args.folds,
-            metric=args.metric,
-        )
-        ablate_experts(
-            args.data,
-            bundle_path=resolve_checkpoint(None if args.experts == "default" else args.experts),
-            cache_dir=args.cache,
-            out=args.out,
-            config=config,
-            out_of_fold=args.out_of_fold,
-            device=args.device,
-            sources=_sources(args),
-        )
-        print((Path(args.out) / "ablation.md").read_text())
-        return 0
+    from fusion.serving.predictor import resolve_checkpoint
+    from fusion.training.ablation import AblationConfig, ablate_experts
+
     config = AblationConfig(
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
-        seeds=tuple(range(args.seeds)),
         folds=args.folds,
-        validation_fraction=args.validation_fraction,
         metric=args.metric,
-        workers=args.workers,
-        train=TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(enabled=not args.no_augment)
-        ),
     )
-    ablate(args.data, cache_dir=args.cache, out=args.out, config=config, device=args.device, sources=_sources(args))
+    ablate_experts(
+        args.data,
+        bundle_path=resolve_checkpoint(args.experts),
+        cache_dir=args.cache,
+        out=args.out,
+        config=config,
+        out_of_fold=args.out_of_fold,
+        device=args.device,
+        sources=_sources(args),
+    )
     print((Path(args.out) / "ablation.md").read_text())
     return 0
 
 
 def _score(args: argparse.Namespace) -> int:
+    from fusion.serving.batch import ScoreOptions, score_files
+
     options = ScoreOptions(
         checkpoint=args.checkpoint,
         sources=_sources(args),
@@ -329,7 +218,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _table(result) -> str:
-    lines = [f"{result.file}  ({result.duration:.2f} s, modalities: {', '.join(result.summary['modalities'])})"]
+    lines = [f"{result.file}  ({result.duration:.2f} s, modalities: {', '.join(result.summary.modalities)})"]
     who = "speaker" in result.timeline.columns
     lines.append(f"{'start':>7} {'end':>7}  {'label':<10} {'p':>5}  {'modalities':<17} {'who  ' if who else ''}text")
     for row in result.timeline.itertuples(index=False):
@@ -338,16 +227,15 @@ def _table(result) -> str:
         where = f"{row.start:7.2f} {row.end:7.2f}  {row.label or '-':<10} {p:5.2f}  {row.modalities:<17}"
         lines.append(f"{where} {speaker}{row.text}")
     summary = result.summary
-    lines.append(f"{summary.get('speaker', 'overall')}: {_top(summary)}")
-    for speaker, theirs in summary.get("speakers", {}).items():
-        lines.append(f"{speaker}: {_top(theirs)}, {theirs['seconds']:.1f} s")
+    lines.append(f"{summary.speaker or 'overall'}: {_top(summary)}")
+    for speaker, theirs in (summary.speakers or {}).items():
+        lines.append(f"{speaker}: {_top(theirs)}, {theirs.seconds:.1f} s")
     return "\n".join(lines) + "\n"
 
 
-def _top(summary: dict) -> str:
-    """ "neutral (0.59)", or "-" for a summary with no label."""
-    label = summary["label"]
-    return f"{label} ({summary['probabilities'][label]:.2f})" if label else "-"
+def _top(summary) -> str:
+    """ "neutral (0.59)", or "-" for a summary (fusion.serving.prediction.Summary) with no label."""
+    return f"{summary.label} ({summary.probabilities[summary.label]:.2f})" if summary.label else "-"
 
 
 if __name__ == "__main__":

@@ -10,22 +10,22 @@ logits:
 
 The head starts at zero, so the untrained model is late fusion exactly and training moves away from it only where
 the data say so. Training drops each modality of an example with probability `modality_dropout` (one always kept),
-so that any subset of modalities predicts.
+so that any subset of modalities predicts (fusion.training.attention).
 
 Data: no corpus in ../shared has the three modalities labelled together, so training examples are built by pairing
-(:func:`paired_examples`): an example of class c takes one voice output of class c, one text output of class c and
-one face output of class c, each from data its expert did not train on. Classes are drawn by the prior that late
-fusion assumes when all three pool (:meth:`LateFusion.pooled_prior`), so that the two fusions differ in how they
-combine the evidence, not in the class mix they expect (pairs of uniformly drawn classes taught the model a uniform
-prior, which cost 8 points of accuracy on MELD dev, 47% neutral). Pairing makes the modalities independent
-given the class, the assumption under which late fusion's product rule is already the Bayes decision; on such data
-a learned fusion can at best match late fusion, and the comparison (benchmarks/attention_fusion.py) measures what
-learning the fusion costs or gains, not cross-modal interactions, which need recordings labelled as a whole.
+(fusion.training.attention.paired_examples): an example of class c takes one voice output of class c, one text
+output of class c and one face output of class c, each from data its expert did not train on. Classes are drawn by
+the prior that late fusion assumes when all three pool (:meth:`LateFusion.pooled_prior`), so that the two fusions
+differ in how they combine the evidence, not in the class mix they expect (pairs of uniformly drawn classes taught
+the model a uniform prior, which cost 8 points of accuracy on MELD dev, 47% neutral). Pairing makes the modalities
+independent given the class, the assumption under which late fusion's product rule is already the Bayes decision; on
+such data a learned fusion can at best match late fusion, and the comparison (benchmarks/attention_fusion.py)
+measures what learning the fusion costs or gains, not cross-modal interactions, which need recordings labelled as a
+whole.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,13 +42,6 @@ from fusion.labels import EMOTIONS, MODALITIES
 class AttentionFusionConfig:
     dim: int = 32  # token width
     heads: int = 4
-    modality_dropout: float = 0.5  # chance that each modality of a training example is dropped (one always kept)
-    epochs: int = 30
-    examples_per_epoch: int = 8192  # paired examples drawn afresh every epoch
-    batch_size: int = 256
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-2
-    seed: int = 0
 
 
 class AttentionFusion(nn.Module):
@@ -109,93 +102,6 @@ def batch_tensors(
         torch.from_numpy(mask),
         torch.from_numpy(late_log_p.astype(np.float32)),
     )
-
-
-def paired_examples(
-    pools: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    n: int,
-    generator: np.random.Generator,
-    *,
-    modality_dropout: float = 0.0,
-    keep: Sequence[str] | None = None,
-    class_mix: np.ndarray | None = None,
-) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """n examples of classes drawn by class_mix (default uniform), each taking one output of its class from every
-    modality's pool.
-
-    pools: {modality: ((N_m, C) probabilities, (N_m,) class indices)}; a class missing from a modality's pool leaves
-    that modality out of its examples. keep: the modalities used (default all the pools'); modality_dropout: each kept
-    modality of an example dropped with this chance, one always left. -> (examples, (n,) class indices)
-    """
-    keep = tuple(keep or pools)
-    by_class = {m: [np.flatnonzero(pools[m][1] == c) for c in range(len(EMOTIONS))] for m in keep}
-    classes = [c for c in range(len(EMOTIONS)) if any(len(by_class[m][c]) for m in keep)]
-    mix = None if class_mix is None else np.asarray(class_mix, np.float64)[classes] / np.sum(class_mix[classes])
-    labels = generator.choice(classes, size=n, p=mix)
-    examples = []
-    for c in labels:
-        have = [m for m in keep if len(by_class[m][c])]
-        if modality_dropout > 0:
-            chosen = [m for m in have if generator.random() >= modality_dropout]
-            have = chosen or [have[generator.integers(len(have))]]
-        examples.append({m: pools[m][0][[generator.choice(by_class[m][c])]] for m in have})
-    return examples, np.asarray(labels)
-
-
-@dataclass
-class FitResult:
-    model: AttentionFusion
-    epoch: int  # the epoch chosen on the validation pairs (1-based; 0: late fusion itself, the untrained model)
-    history: list[float]  # validation loss after each epoch, history[0] before training
-    seconds: float
-
-
-def fit(
-    late: LateFusion,
-    train_pools: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    validation: tuple[list[dict[str, np.ndarray]], np.ndarray],
-    config: AttentionFusionConfig = AttentionFusionConfig(),
-) -> FitResult:
-    """Train on fresh paired examples each epoch; keep the weights of the epoch with the lowest validation loss
-    (the untrained model, i.e. late fusion, competes as epoch 0)."""
-    started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    generator = np.random.default_rng(config.seed)
-    model = AttentionFusion(config, late)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    val_inputs, val_labels = batch_tensors(late, validation[0]), torch.from_numpy(validation[1])
-
-    def validation_loss() -> float:
-        model.eval()
-        with torch.inference_mode():
-            return float(nn.functional.cross_entropy(model(*val_inputs), val_labels))
-
-    history = [validation_loss()]
-    best = (history[0], 0, {k: v.clone() for k, v in model.state_dict().items()})
-    mix = late.pooled_prior(MODALITIES, len(EMOTIONS))
-    for epoch in range(1, config.epochs + 1):
-        examples, labels = paired_examples(
-            train_pools,
-            config.examples_per_epoch,
-            generator,
-            modality_dropout=config.modality_dropout,
-            class_mix=mix,
-        )
-        model.train()
-        for first in range(0, len(examples), config.batch_size):
-            inputs = batch_tensors(late, examples[first : first + config.batch_size])
-            loss = nn.functional.cross_entropy(
-                model(*inputs), torch.from_numpy(labels[first : first + config.batch_size])
-            )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        history.append(validation_loss())
-        if history[-1] < best[0]:
-            best = (history[-1], epoch, {k: v.clone() for k, v in model.state_dict().items()})
-    model.load_state_dict(best[2])
-    model.eval()
-    return FitResult(model, best[1], history, time.perf_counter() - started)
 
 
 def late_fusion_proba(late: LateFusion, examples: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:

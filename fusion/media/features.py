@@ -1,8 +1,9 @@
-"""From a decoded recording to the fusion model's inputs.
+"""From a decoded recording to the experts' inputs.
 
-The frozen parts of every encoder run here, once per recording: the log-mel front end, Whisper and BERT, face
-detection and cropping. The trainable parts (spectrogram CNN, face CNN, fusion) live in :mod:`fusion.model`
-and take these features, so training and prediction share one feature path.
+The frozen models run here, once per recording (or chunk of a long one): the log-mel front end, Whisper (the
+transcript with word times, and the encoder states the voice expert reads), voice activity, face detection and
+cropping, and the speaker encoder when asked. The experts (fusion.experts) take these features; prediction and the
+benchmarks read recordings through this one path.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import cv2
 import numpy as np
 import torch
 
-from alignment import Stream
 from alignment.active_speaker import mouth_motion
 from alignment.diarization import speech_spans
-from encoders.audio import FRAME_SECONDS, N_MELS, log_mel
-from encoders.face import face_pixels
+from encoders.audio import log_mel
 from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
 from encoders.loading import EncoderSources
 from encoders.speakers import SpeakerEncoder
-from encoders.text import Transcriber, Utterance, Word, WordEncoder
+from encoders.text import Transcriber, Utterance, Word
 from encoders.vad import SpeechDetector, speech_within
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
@@ -41,7 +40,6 @@ class RecordingFeatures:
 
     mel: (n_frames, N_MELS) float32 log-mel, frame i at i * FRAME_SECONDS; None when there is no audio track
     utterances: Whisper's transcript with word times; [] when nothing is said or there is no audio
-    word_embeddings: (n_words, text_dim) float32, one row per word of the utterances, in order
     face_crops: (n_frames, 48, 48) uint8 grey crops of the main face (zeros where absent); None: no video track
     face_times: (n_frames,) float64 seconds; face_present: (n_frames,) bool
     whisper_states: (n_states, whisper_dim) float32 Whisper encoder states (encoders.whisper_states), one per 20 ms
@@ -55,7 +53,6 @@ class RecordingFeatures:
     duration: float
     mel: np.ndarray | None
     utterances: list[Utterance]
-    word_embeddings: np.ndarray
     face_crops: np.ndarray | None
     face_times: np.ndarray | None
     face_present: np.ndarray | None
@@ -87,7 +84,7 @@ class RecordingFeatures:
         present = []
         if self.mel is not None:
             present.append("audio")
-        if len(self.word_embeddings):
+        if any(u.words for u in self.utterances):
             present.append("text")
         if self.face_present is not None and self.face_present.any():
             present.append("video")
@@ -99,31 +96,9 @@ class RecordingFeatures:
         times = [(w.start, w.end) for u in self.utterances for w in u.words]
         return np.asarray(times, dtype=np.float64).reshape(-1, 2)
 
-    def streams(self) -> dict[str, Stream]:
-        """The encoder inputs of each modality as streams on the recording's timeline."""
-        if self.mel is None:
-            audio = Stream.empty(N_MELS)
-        else:
-            mel = torch.from_numpy(self.mel)
-            times = self.start + torch.arange(len(mel), dtype=torch.float64) * FRAME_SECONDS
-            audio = Stream(mel, times.float(), torch.ones(len(mel), dtype=torch.bool))
-        words = torch.from_numpy(self.word_embeddings)
-        text = Stream(
-            words, torch.from_numpy(self.word_times.mean(1)).float(), torch.ones(len(words), dtype=torch.bool)
-        )
-        if self.face_crops is None:
-            video = Stream.empty(1, FACE_SIZE, FACE_SIZE)
-        else:
-            video = Stream(
-                face_pixels(self.face_crops),
-                torch.from_numpy(self.face_times).float(),
-                torch.from_numpy(self.face_present),
-            )
-        return {"audio": audio, "text": text, "video": video}
-
 
 class FeatureExtractor:
-    """Holds the frozen models (Whisper, BERT, face detector), each loaded once, and extracts features per file.
+    """Holds the frozen models (Whisper, face detector, ...), each loaded once, and extracts features per file.
 
     sources: the models (:class:`encoders.loading.EncoderSources`); those it leaves unchosen come from the
     environment variables FUSION_WHISPER_MODEL, FUSION_TEXT_MODEL and FUSION_FACE_MODEL, else by name (downloaded
@@ -137,30 +112,20 @@ class FeatureExtractor:
         fps: float = DEFAULT_FPS,
         device: str | torch.device | None = None,
         whisper_blocks: int | None = None,
-        embed_words: bool = True,
         voice_prints: bool = False,
     ):
         """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed).
-        embed_words: False loads no text model and gives word_embeddings of width 0, one row per word (an experts
-        bundle reads the words themselves, with its own text expert).
         voice_prints: also compute the speaker encoder's voice prints of the speech (who speaks when)."""
         self.sources = (sources or EncoderSources()).resolve()
         self.transcriber = Transcriber(self.sources.whisper, device=device)
         self.whisper_states = (
             None if whisper_blocks is None else WhisperStates(self.transcriber.model, blocks=whisper_blocks, bf16=True)
         )
-        self.word_encoder = WordEncoder(self.sources.text, device=device) if embed_words else None
         self.face_detector = FaceDetector(self.sources.face)
         self.speaker_encoder = SpeakerEncoder(device=device or "cpu") if voice_prints else None
         self.fps = fps
         self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
         self._vad: SpeechDetector | None = None  # loaded by the first stream() that decodes in this process
-
-    def _embed(self, utterances: list[Utterance]) -> np.ndarray:
-        """(n_words, text_dim) float32 word embeddings; (n_words, 0) without a text model."""
-        if self.word_encoder is None:
-            return np.zeros((sum(len(u.words) for u in utterances), 0), np.float32)
-        return self.word_encoder.encode(utterances).numpy()
 
     def close(self) -> None:
         """Stop the decoding process, if one was started (it also stops when this process exits)."""
@@ -186,7 +151,6 @@ class FeatureExtractor:
             duration=duration,
             mel=None,
             utterances=utterances,
-            word_embeddings=self._embed(utterances),
             face_crops=None,
             face_times=None,
             face_present=None,
@@ -258,8 +222,6 @@ class FeatureExtractor:
                     speech = self._vad(chunk.audio)
                 prints, starts, ends = self.speaker_encoder.windows(chunk.audio, speech_spans(speech))
                 print_times = np.stack([starts, ends], 1).reshape(-1, 2) + chunk.start
-        with _timed(timings, "bert"):
-            word_embeddings = self._embed(utterances)
 
         crops = present = motion = None
         if chunk.frame_times is not None:
@@ -270,7 +232,6 @@ class FeatureExtractor:
             duration=chunk.duration,
             mel=mel,
             utterances=utterances,
-            word_embeddings=word_embeddings,
             face_crops=crops,
             face_times=chunk.frame_times,
             face_present=present,
@@ -301,7 +262,6 @@ def image_features(path: str | os.PathLike) -> RecordingFeatures:
         duration=IMAGE_DURATION_S,
         mel=None,
         utterances=[],
-        word_embeddings=np.zeros((0, 0), np.float32),
         face_crops=image[None],
         face_times=np.zeros(1),
         face_present=np.ones(1, dtype=bool),

@@ -45,8 +45,10 @@ from tqdm import tqdm
 
 from alignment import DEFAULT_WINDOW_S
 from encoders.loading import EncoderSources
+from fusion.arguments import ENGINES
 from fusion.errors import MediaError, NoModalityError, NoSpeakerError, OutputError, check_writable
 from fusion.media.orphans import exit_with_parent
+from fusion.serving.prediction import Summary
 from fusion.serving.predictor import Predictor, model_id, resolve_checkpoint
 
 MEDIA_SUFFIXES = frozenset(
@@ -54,7 +56,6 @@ MEDIA_SUFFIXES = frozenset(
 )
 MANIFEST_SUFFIXES = (".csv", ".txt")  # a csv with a "path" column (as fusion's manifests have), or one path a line
 OUTPUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
-ENGINES = ("local", "ray")
 # The per-file summary's seconds per stage, from the predictor's timings. Decoding and face detection run in the
 # decoding process, so they overlap the other stages; "total" is the file's wall-clock time.
 STAGE_COLUMNS = {
@@ -191,9 +192,9 @@ def score_file(path: str, options: ScoreOptions) -> dict:
     segments = prediction.segment_rows()
     summary = {
         "duration": prediction.duration,
-        "label": prediction.summary["label"],
-        **prediction.summary["probabilities"],
-        "modalities": ",".join(prediction.summary["modalities"]),
+        "label": prediction.summary.label,
+        **prediction.summary.probabilities,
+        "modalities": ",".join(prediction.summary.modalities),
         "segments": len(segments),
         # seconds that failed to decode, as "1.47-1.58 1.64-1.77" (see Prediction.damaged); empty when intact
         "damaged": " ".join(f"{start:.2f}-{end:.2f}" for start, end in prediction.damaged),
@@ -210,15 +211,15 @@ def score_file(path: str, options: ScoreOptions) -> dict:
     }
 
 
-def speakers_cell(summary: dict) -> str:
+def speakers_cell(summary: Summary) -> str:
     """A prediction's speakers in one cell of the summary table: "S1 neutral 12.3 s on camera; S2 sadness 8.0 s"
     (the one reported with --speaker: just that speaker)."""
-    if "speaker" in summary:  # already one speaker's summary (Prediction.for_speaker)
-        speakers = {summary["speaker"]: summary}
+    if summary.speaker is not None:  # already one speaker's summary (Prediction.for_speaker)
+        speakers = {summary.speaker: summary}
     else:
-        speakers = summary.get("speakers", {})
+        speakers = summary.speakers or {}
     return "; ".join(
-        f"{name} {theirs['label'] or '-'} {theirs['seconds']:.1f} s{' on camera' if theirs['on_camera'] else ''}"
+        f"{name} {theirs.label or '-'} {theirs.seconds:.1f} s{' on camera' if theirs.on_camera else ''}"
         for name, theirs in speakers.items()
     )
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
-
-if TYPE_CHECKING:
-    from fusion.serving.prediction import Prediction
 
 # One colour per canonical emotion, chosen to read as the emotion does in most charts (anger red, sadness blue).
 COLOURS = {
@@ -30,20 +27,27 @@ INCHES_PER_MINUTE = 4.0  # figure width grows with the recording, between MIN_WI
 MIN_WIDTH, MAX_WIDTH = 10.0, 40.0
 
 
-def plot_timeline(prediction: Prediction, *, path: str | os.PathLike | None = None, title: str | None = None) -> Figure:
-    """Draw a prediction's timeline; written to path (PNG, SVG, PDF by its suffix) when given.
+def plot_timeline(
+    timeline: pd.DataFrame,
+    labels: tuple[str, ...],
+    duration: float,
+    *,
+    title: str,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Draw a prediction's timeline (fusion.serving.prediction.Prediction.plot); written to path (PNG, SVG, PDF by
+    its suffix) when given.
 
     Top: one line per emotion, each segment's probability held over the segment (gaps where a segment had no
     modality). Middle: a band coloured by each segment's top emotion. Bottom: each segment's words at its time,
     after its speaker when the prediction has speakers.
     """
-    timeline = prediction.timeline
     edges = np.append(timeline["start"].to_numpy(), timeline["end"].to_numpy()[-1:]) if len(timeline) else None
-    width = float(np.clip(prediction.duration / 60 * INCHES_PER_MINUTE, MIN_WIDTH, MAX_WIDTH))
+    width = float(np.clip(duration / 60 * INCHES_PER_MINUTE, MIN_WIDTH, MAX_WIDTH))
     figure = Figure(figsize=(width, 5.5), layout="constrained")
     probabilities, band, words = figure.subplots(3, 1, sharex=True, height_ratios=[4, 0.4, 1.6])
 
-    for label in prediction.labels:
+    for label in labels:
         if edges is not None:
             colour = COLOURS.get(label, FALLBACK_COLOUR)
             probabilities.stairs(timeline[label].to_numpy(), edges, color=colour, linewidth=1.6, label=label)
@@ -51,11 +55,7 @@ def plot_timeline(prediction: Prediction, *, path: str | os.PathLike | None = No
     probabilities.set_ylabel("probability")
     probabilities.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     probabilities.grid(axis="y", alpha=0.3)
-    summary = prediction.summary
-    probabilities.set_title(
-        title or f"{Path(prediction.file).name}: {summary['label']} overall ({', '.join(summary['modalities'])})",
-        loc="left",
-    )
+    probabilities.set_title(title, loc="left")
 
     for row in timeline.itertuples(index=False):
         if row.label:
@@ -72,11 +72,14 @@ def plot_timeline(prediction: Prediction, *, path: str | os.PathLike | None = No
     words.set_ylim(0, 1)
     words.set_xlabel("time (s)")
     words.set_ylabel("words", rotation=0, ha="right", va="center")
-    words.set_xlim(0, max(prediction.duration, 1e-3))
+    words.set_xlim(0, max(duration, 1e-3))
 
     if path is not None:
         path = Path(path)
         temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")  # renamed when complete: never half a file
-        figure.savefig(temporary, dpi=120)
-        os.replace(temporary, path)
+        try:
+            figure.savefig(temporary, dpi=120)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
     return figure

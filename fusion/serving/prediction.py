@@ -13,16 +13,82 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from alignment.diarization import Turn
 from fusion.errors import NoSpeakerError
+from fusion.labels import MODALITIES
 
 ON_CAMERA = "on-camera"  # for_speaker's name for the speaker whose face is shown
 
 
 def _found(speakers: dict) -> str:
     return ", ".join(speakers) or "none: no speech"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A recording's emotion, or one speaker's: the duration-weighted mean probabilities over its predicted segments.
+
+    label: the top emotion; "" when no segment has any modality. modalities: the recording's (None in a speaker's
+    entry). seconds: the seconds of predicted segments (a speaker's, and for_speaker's). on_camera: whether the face
+    shown is this speaker's (True, False, None: unknown). speaker: whose summary for_speaker made this. speakers:
+    one Summary per speaker, when the prediction has speakers.
+    """
+
+    probabilities: dict[str, float]
+    label: str
+    modalities: tuple[str, ...] | None = None
+    seconds: float | None = None
+    on_camera: bool | None = None
+    speaker: str | None = None
+    speakers: dict[str, Summary] | None = None
+
+    def to_dict(self) -> dict:
+        """Plain JSON values: probabilities and label, and of the rest those this summary has (a speaker's
+        seconds always with its on_camera, which may be None)."""
+        out = {"probabilities": self.probabilities, "label": self.label}
+        if self.modalities is not None:
+            out["modalities"] = list(self.modalities)
+        if self.speaker is not None:
+            out["speaker"] = self.speaker
+        if self.seconds is not None:
+            out |= {"seconds": self.seconds, "on_camera": self.on_camera}
+        if self.speakers is not None:
+            out["speakers"] = {name: theirs.to_dict() for name, theirs in self.speakers.items()}
+        return out
+
+
+def weighted_summary(timeline: pd.DataFrame, labels: tuple[str, ...]) -> Summary:
+    """The duration-weighted mean probabilities of the segments that have any (NaN rows skipped), its top label
+    ("" when none has), and the seconds of those segments."""
+    probabilities = timeline[list(labels)].to_numpy(dtype=np.float64)
+    predicted = ~np.isnan(probabilities).any(1)
+    weights = (timeline["end"] - timeline["start"]).to_numpy() * predicted
+    mean = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+    return Summary(
+        probabilities=dict(zip(labels, mean.tolist())),
+        label=labels[int(np.argmax(mean))] if predicted.any() else "",
+        seconds=float(weights.sum()),
+    )
+
+
+def recording_summary(timeline: pd.DataFrame, labels: tuple[str, ...], modalities: set[str]) -> Summary:
+    """A recording's Summary: weighted_summary of all its segments, with the modalities it has."""
+    whole = weighted_summary(timeline, labels)
+    return Summary(whole.probabilities, whole.label, tuple(m for m in MODALITIES if m in modalities))
+
+
+def segment_outcome(labels: tuple[str, ...], probabilities: np.ndarray, present: np.ndarray) -> dict:
+    """A segment's timeline values from its fused probabilities (NaN where it has no modality) and which of
+    MODALITIES it has: a probability per label, its top label ("" without a modality) and its modalities
+    (comma-separated)."""
+    return {
+        **dict(zip(labels, probabilities.tolist())),
+        "label": labels[int(np.argmax(probabilities))] if present.any() else "",
+        "modalities": ",".join(m for m, h in zip(MODALITIES, present) if h),
+    }
 
 
 @dataclass
@@ -33,24 +99,22 @@ class Prediction:
         frames with a face; NaN without video), one probability column per emotion, label (top emotion) and
         modalities (comma-separated, those with a token inside the segment). A segment with no modality at
         all has NaN probabilities and an empty label.
-    summary: {"probabilities": {emotion: p}, "label": str, "modalities": [...]}, the duration-weighted mean
-        over the predicted segments.
+    summary: the recording's :class:`Summary`, the duration-weighted mean over the predicted segments.
     damaged: (start, end) seconds of the recording that could not be decoded (damaged packets, skipped; audio
         there is silence, and no frame was sampled from them); empty for an intact file.
     turns: who speaks when (alignment.diarization.Turn), when the Predictor was asked for speakers; then the
         timeline has a speaker column after text ("S1", "S2", ... in order of first speech; "" where no one
         speaks) and an on_camera_speaking column after face_present (True: the face shown is the segment's
-        speaker; False: it is someone else, whose face an experts bundle then leaves out of the segment; None:
-        unknown, without a face or a speaker), and the summary a "speakers" entry: {speaker: {"probabilities",
-        "label", "seconds", "on_camera"}}, each the duration-weighted mean over that speaker's segments, as the
-        whole summary is over all of them.
+        speaker; False: it is someone else, whose face is then left out of the segment; None: unknown, without a
+        face or a speaker), and the summary has speakers: {speaker: Summary}, each the duration-weighted mean over
+        that speaker's segments, as the whole summary is over all of them.
     """
 
     file: str
     duration: float
     labels: tuple[str, ...]
     timeline: pd.DataFrame
-    summary: dict
+    summary: Summary
     timings: dict[str, float] = field(default_factory=dict)
     damaged: list[tuple[float, float]] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
@@ -86,7 +150,7 @@ class Prediction:
             "file": self.file,
             "duration": self.duration,
             "segments": segments,
-            "summary": self.summary,
+            "summary": self.summary.to_dict(),
             "damaged": [list(span) for span in self.damaged],
             **({"turns": [dataclasses.asdict(t) for t in self.turns]} if self.turns else {}),
             "timings": self.timings,
@@ -96,13 +160,13 @@ class Prediction:
         """The segments of one speaker ("S1", ..., or "on-camera": the one whose face is shown), with that speaker's
         summary (and the recording's modalities); "all" returns the prediction as it is. Raises NoSpeakerError when
         the prediction has no such speaker (or was made without speakers)."""
-        speakers = self.summary.get("speakers")
+        speakers = self.summary.speakers
         if speakers is None:
             raise NoSpeakerError(self.file, "speakers were not found (Predictor(speakers=True), --speakers)")
         if speaker == "all":
             return self
         if speaker == ON_CAMERA:
-            shown = [name for name, theirs in speakers.items() if theirs["on_camera"]]
+            shown = [name for name, theirs in speakers.items() if theirs.on_camera]
             if not shown:
                 if self.timeline["face_present"].isna().all():
                     why = "it has no video track"
@@ -115,15 +179,7 @@ class Prediction:
         if speaker not in speakers:
             raise NoSpeakerError(self.file, f"no speaker {speaker!r} (found: {_found(speakers)})")
         timeline = self.timeline[self.timeline["speaker"] == speaker].reset_index(drop=True)
-        mine = speakers[speaker]
-        summary = {
-            "probabilities": mine["probabilities"],
-            "label": mine["label"],
-            "modalities": self.summary["modalities"],
-            "speaker": speaker,
-            "seconds": mine["seconds"],
-            "on_camera": mine["on_camera"],
-        }
+        summary = dataclasses.replace(speakers[speaker], modalities=self.summary.modalities, speaker=speaker)
         return dataclasses.replace(self, timeline=timeline, summary=summary)
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -135,7 +191,9 @@ class Prediction:
 
     def plot(self, *, path: str | os.PathLike | None = None, title: str | None = None):
         """A matplotlib Figure of the timeline (see :func:`fusion.serving.plot.plot_timeline`); saved to path when
-        given."""
+        given. title: default the file's name, its label and modalities."""
         from fusion.serving.plot import plot_timeline  # matplotlib loads only when a plot is asked for
 
-        return plot_timeline(self, path=path, title=title)
+        modalities = ", ".join(self.summary.modalities or ())
+        title = title or f"{os.path.basename(self.file)}: {self.summary.label} overall ({modalities})"
+        return plot_timeline(self.timeline, self.labels, self.duration, title=title, path=path)

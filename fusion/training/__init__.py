@@ -1,11 +1,13 @@
-"""Training the cross-attention model and measuring it: corpora, the feature cache, augmentation, training,
-metrics and the modality ablations.
+"""Training the model (fusion.experts) and measuring it: a model is trained here and run by fusion.serving.
 
-:mod:`~fusion.training.datasets` reads corpora as labelled manifests and splits them by speaker;
-:mod:`~fusion.training.cache` stores each example's features once; :mod:`~fusion.training.augment` perturbs the
-cached log-mel frames and face crops; :mod:`~fusion.training.train` fits a model and writes a checkpoint;
-:mod:`~fusion.training.metrics` defines UA, WA and the F1 scores, :mod:`~fusion.training.statistics` their bootstrap
-intervals; an ablation is the experiment (:mod:`~fusion.training.ablation`) and its report
-(:mod:`~fusion.training.ablation_report`). The experts (:mod:`fusion.experts`) train with these pieces too. Nothing
-here imports :mod:`fusion.serving`: training reads recordings through :mod:`fusion.media` alone.
+:mod:`~fusion.training.loop` is the one training loop (resumable, bf16 autocast, early stopping) that
+:mod:`~fusion.training.voice`, :mod:`~fusion.training.text`, :mod:`~fusion.training.face` and
+:mod:`~fusion.training.attention` extend; :mod:`~fusion.training.calibration` fits late fusion and
+:mod:`~fusion.training.bundle` writes the bundle (``fusion bundle``), the whole of it by a
+:mod:`~fusion.training.recipe`. :mod:`~fusion.training.datasets` reads corpora as labelled manifests and splits them
+by speaker, :mod:`~fusion.training.augment` perturbs inputs, :mod:`~fusion.training.cache` holds what the caches
+share, :mod:`~fusion.training.metrics` defines UA, WA, the F1 scores and ECE, :mod:`~fusion.training.statistics`
+their bootstrap intervals; an ablation is the experiment (:mod:`~fusion.training.ablation`) and its report
+(:mod:`~fusion.training.ablation_report`). Nothing here imports :mod:`fusion.serving`: training reads recordings
+through :mod:`fusion.media` alone.
 """

@@ -1,89 +1,70 @@
-"""Modality ablations: what each modality adds, measured by retraining without it and by dropping it at inference.
+"""Modality ablation of an experts bundle (the shipped default model): every subset of its experts, pooled late.
 
-For every non-empty subset of the modalities the data has (audio alone is the baseline):
+The bundle's experts were each trained on their own corpus, apart from one another, and its late fusion has no
+weights fitted across modalities (fusion.experts.late_fusion). So the model trained without a modality is the same
+experts less that one: retraining without it and dropping it at inference are one experiment, the mode "experts".
 
-- retrain: a model is trained from the cached features seeing only that subset;
-- drop: the model trained on all of the data's modalities is evaluated with the others removed
-  (:func:`fusion.training.train.keep_modalities`: exactly the outputs of feeding the examples without them).
+Per recording, each expert scores each output segment from what the segment holds of its modality, exactly as
+fusion.predict does (fusion.experts.bundle.ExpertBundle.segment_probabilities); a subset's segments are pooled by
+the bundle's late fusion and averaged over the recording, weighted by segment duration (fusion.predict's summary).
+A recording with none of a subset's modalities gets the pooled prior's most likely class (the model's guess
+without evidence). The experts' outputs are cached per recording, keyed by its bytes and the bundle's id.
 
-Every subset uses the same speaker-independent folds and the same training seeds, so runs are paired: the same
-test examples, the same validation speakers, the same initialisation seed. Per subset and mode, :func:`summarize`
-gives UA (macro recall), WA (accuracy), macro-F1 and weighted F1 as mean ± standard deviation over seeds and
-folds; per-class recall; and the paired difference to audio alone with a percentile bootstrap confidence interval
-over test examples (:mod:`fusion.training.statistics`). The same seeds give the same numbers on the same machine
-and thread count. :func:`ablate` writes the record of a run with :mod:`fusion.training.ablation_report`.
+Honest numbers need experts that never heard the test speakers. A bundle's expert trained on the data being
+ablated (the shipped voice expert heard every RAVDESS speaker) is replaced by out-of-fold outputs of its recipe:
+files of `{...}seed{S}-fold{K}.npz` holding `paths` (N,) and `probabilities` (N, len(EMOTIONS)), as
+benchmarks/ravdess_folds.py --save-probabilities writes them. They are matched to recordings by
+:func:`recording_key` (a RAVDESS audio-visual clip takes the output for its audio-only twin, the same
+performance) and replace the expert's output in every segment where the bundle's expert is present. Each seed
+of the out-of-fold outputs is one run of the ablation; without them, the shipped experts are one run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import multiprocessing
+import hashlib
+import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from statistics import mean, stdev
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from alignment import make_segments
 from encoders.loading import EncoderSources
-from encoders.runtime import pick_device
-from fusion.labels import EMOTIONS, MODALITIES
-from fusion.media.features import RecordingFeatures
-from fusion.media.orphans import exit_with_parent
-from fusion.model import FusionConfig
-from fusion.training.ablation_report import write
-from fusion.training.cache import FeatureCache
-from fusion.training.datasets import Example, from_specs, speaker_folds, speaker_split
-from fusion.training.metrics import METRICS, score
-from fusion.training.statistics import bootstrap
-from fusion.training.train import TrainConfig, fit, predict_proba
+from fusion.errors import FileError
+from fusion.experts.bundle import ExpertBundle
+from fusion.labels import EMOTIONS, MODALITIES, ravdess_fields
+from fusion.media.features import FeatureExtractor
+from fusion.storage import save_npz
+from fusion.training.ablation_report import folds_record, predictions_record, summarize, write
+from fusion.training.cache import CacheReport, example_features, is_transcript_only, read_entry
+from fusion.training.datasets import Example, from_specs, speaker_folds
+from fusion.training.metrics import score
 
-MODES = ("retrain", "drop", "experts")  # experts: fusion.training.expert_ablation
-BASELINE = ("audio",)
+MODE = "experts"  # the record's name for this kind of ablation (earlier records also hold "retrain" and "drop")
+OUTPUTS_VERSION = 1  # bump when the code computes different expert outputs from the same bundle and file
+OUT_OF_FOLD_NAME = re.compile(r"seed(\d+)-fold(\d+)\.npz$")
 
 
 @dataclass
 class AblationConfig:
     modalities: tuple[str, ...] | None = None  # which of the data's modalities to ablate; None: all it has
-    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds; each also picks that run's validation speakers
     folds: int = 3  # speaker-independent folds; the number of speakers gives leave-one-speaker-out
     fold_seed: int = 0  # shuffles speakers into folds; the same folds for every seed and subset
-    validation_fraction: float = 0.15  # of the training speakers, for early stopping; 0: none, keep the last epoch
     metric: str = "ua"  # the metric of the differences and the figure (weighted_f1 for MELD-style data)
     bootstrap: int = 2000  # resamples of the test examples
     confidence: float = 0.95
     bootstrap_seed: int = 0
-    workers: int = 1  # trainings run in parallel processes, each with one torch thread, when above 1
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One training: a subset of modalities, a seed and a fold, and the subsets its model is evaluated with."""
-
-    subset: tuple[str, ...]
-    seed: int
-    fold: int
-    train_rows: tuple[int, ...]
-    test_rows: tuple[int, ...]
-    evaluate: tuple[tuple[str, ...], ...]
-
-
-@dataclass
-class JobResult:
-    job: Job
-    best_epoch: int
-    seconds: float  # wall time of the training and its predictions
-    cpu_seconds: float  # CPU time of the process meanwhile: below `seconds` x threads when others share the CPU
-    predicted: dict[tuple[str, ...], np.ndarray]  # evaluated subset -> (n_test,) predicted label indices
 
 
 @dataclass
@@ -112,271 +93,6 @@ def subset_name(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-def data_modalities(features: Sequence[RecordingFeatures]) -> tuple[str, ...]:
-    """The modalities that at least one example really has, in MODALITIES order."""
-    present = {m for f in features for m in f.modalities}
-    return tuple(m for m in MODALITIES if m in present)
-
-
-def run_ablation(
-    examples: Sequence[Example],
-    features: Sequence[RecordingFeatures],
-    *,
-    config: AblationConfig,
-    device: str | torch.device | None = None,
-) -> Ablation:
-    """Train and evaluate every subset on every fold and seed. examples[i] (with its label) has features[i]."""
-    if config.metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {config.metric!r}")
-    has = data_modalities(features)
-    requested = has if config.modalities is None else tuple(config.modalities)
-    missing = sorted(set(requested) - set(has))
-    if missing or not requested:
-        raise ValueError(f"cannot ablate modalities {missing or '(none)'}: the data has {list(has)}")
-    modalities = tuple(m for m in MODALITIES if m in requested)
-    labels = tuple(e for e in EMOTIONS if e in {x.label for x in examples})
-    subsets = subsets_of(modalities)
-    folds = speaker_folds(examples, config.folds, seed=config.fold_seed)
-    jobs = [
-        # The model that sees every ablated modality is also the one evaluated with the others dropped.
-        Job(subset, seed, k, tuple(train), tuple(test), tuple(subsets) if subset == modalities else (subset,))
-        for subset in reversed(subsets)  # largest first: the slowest trainings start early
-        for seed in config.seeds
-        for k, (train, test) in enumerate(folds)
-    ]
-    started = time.perf_counter()
-    results = _run_jobs(jobs, examples, features, labels=labels, config=config, device=device)
-    seconds = time.perf_counter() - started
-
-    true = np.array([labels.index(e.label) for e in examples])
-    predicted: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
-    runs = []
-    for result in results:
-        job = result.job
-        for subset, predictions in result.predicted.items():
-            mode = "retrain" if subset == job.subset else "drop"
-            rows = predicted.setdefault((mode, subset), np.full((len(config.seeds), len(examples)), -1))
-            rows[config.seeds.index(job.seed), list(job.test_rows)] = predictions
-            scores = score([labels[i] for i in true[list(job.test_rows)]], [labels[i] for i in predictions], labels)
-            runs.append(
-                {
-                    "mode": mode,
-                    "subset": subset_name(subset),
-                    "seed": job.seed,
-                    "fold": job.fold,
-                    "trained_on": subset_name(job.subset),
-                    "best_epoch": result.best_epoch,
-                    "train_seconds": result.seconds,
-                    "train_cpu_seconds": result.cpu_seconds,
-                    "scores": scores.as_dict(),
-                }
-            )
-    order = [(mode, subset_name(subset)) for mode in MODES for subset in subsets]
-    runs.sort(key=lambda run: (order.index((run["mode"], run["subset"])), run["seed"], run["fold"]))
-    test_rows = [test for _, test in folds]
-    return Ablation(labels, modalities, subsets, true, test_rows, config.seeds, predicted, runs, seconds)
-
-
-def _run_jobs(
-    jobs: list[Job],
-    examples: Sequence[Example],
-    features: Sequence[RecordingFeatures],
-    *,
-    labels: tuple[str, ...],
-    config: AblationConfig,
-    device: str | torch.device | None,
-) -> list[JobResult]:
-    """Run the trainings here, or in config.workers processes (spawned, so no torch state is forked)."""
-    data = (examples, features, labels, config, device)
-    if config.workers <= 1:
-        return _collect((_run_job(job, *data) for job in jobs), total=len(jobs))
-    # The pool's exit terminates the workers, also when an error or Ctrl-C ends the run early.
-    with multiprocessing.get_context("spawn").Pool(config.workers, initializer=_init_worker, initargs=data) as pool:
-        return _collect(pool.imap_unordered(_run_job_in_worker, jobs), total=len(jobs))
-
-
-def _collect(outcomes: Iterable[JobResult], *, total: int) -> list[JobResult]:
-    """The results as they come, each reported on stderr with the time so far."""
-    started = time.perf_counter()
-    results = []
-    for result in outcomes:
-        results.append(result)
-        job = result.job
-        print(
-            f"[{len(results)}/{total}, {time.perf_counter() - started:.0f} s] trained on"
-            f" {subset_name(job.subset)}, seed {job.seed}, fold {job.fold}: best epoch {result.best_epoch},"
-            f" {result.seconds:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-    return results
-
-
-_worker_data: tuple | None = None  # (examples, features, labels, config, device) in a worker process
-
-
-def _init_worker(*data) -> None:
-    global _worker_data
-    exit_with_parent()
-    torch.set_num_threads(1)  # one thread per process: small models gain more from processes than threads
-    _worker_data = data
-
-
-def _run_job_in_worker(job: Job) -> JobResult:
-    return _run_job(job, *_worker_data)
-
-
-def _run_job(
-    job: Job,
-    examples: Sequence[Example],
-    features: Sequence[RecordingFeatures],
-    labels: tuple[str, ...],
-    config: AblationConfig,
-    device: str | torch.device | None,
-) -> JobResult:
-    """Train on the job's training rows seeing only its subset; predict its test rows with each evaluated subset."""
-    started, started_cpu = time.perf_counter(), time.process_time()
-    fit_rows, check_rows = list(job.train_rows), []
-    if config.validation_fraction > 0:  # split before filtering, so every subset validates on the same speakers
-        fit_part, check_part = speaker_split(
-            [examples[i] for i in fit_rows], validation_fraction=config.validation_fraction, seed=job.seed
-        )
-        fit_rows, check_rows = [fit_rows[j] for j in fit_part], [fit_rows[j] for j in check_part]
-    # Examples with none of the subset's modalities carry no signal for it; they still count as test examples.
-    fit_rows = [i for i in fit_rows if set(features[i].modalities) & set(job.subset)]
-    validation = ([features[i] for i in check_rows], [examples[i].label for i in check_rows]) if check_rows else None
-    result = fit(
-        [features[i] for i in fit_rows],
-        [examples[i].label for i in fit_rows],
-        validation=validation,
-        groups=[examples[i].dataset for i in fit_rows],
-        model_config=FusionConfig(labels=labels),
-        train_config=dataclasses.replace(config.train, seed=job.seed),
-        device=device,
-        modalities=job.subset,
-    )
-    test = [features[i] for i in job.test_rows]
-    predicted = {
-        subset: predict_proba(result.model, test, device=device, modalities=subset).argmax(1) for subset in job.evaluate
-    }
-    return JobResult(
-        job, result.best_epoch, time.perf_counter() - started, time.process_time() - started_cpu, predicted
-    )
-
-
-def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
-    """One row per mode and subset: metrics over runs, pooled metrics and the difference to the baseline, with CIs.
-
-    mean / std: over the (seed, fold) runs, each scored on its fold's test examples. pooled: each seed's
-    out-of-fold predictions scored over all examples, averaged over seeds, with a bootstrap interval; difference:
-    pooled metric minus the baseline's (audio alone, same mode), with the paired bootstrap interval.
-    """
-    n_labels = len(ablation.labels)
-    rows = []
-    for mode in MODES:
-        baseline = ablation.predicted.get((mode, BASELINE))
-        for subset in ablation.subsets:
-            if (mode, subset) not in ablation.predicted:
-                continue
-            predicted = ablation.predicted[mode, subset]
-            runs = [r["scores"] for r in ablation.runs if r["mode"] == mode and r["subset"] == subset_name(subset)]
-            settings = {"resamples": config.bootstrap, "confidence": config.confidence, "seed": config.bootstrap_seed}
-            pooled = bootstrap(ablation.true, predicted, n_labels=n_labels, **settings)
-            difference = None
-            if baseline is not None and subset != BASELINE:
-                difference = bootstrap(ablation.true, predicted, baseline, n_labels=n_labels, **settings)
-            rows.append(
-                {
-                    "mode": mode,
-                    "subset": subset_name(subset),
-                    "mean": {m: mean(s[m] for s in runs) for m in METRICS},
-                    "std": {m: _std([s[m] for s in runs]) for m in METRICS},
-                    "pooled": pooled,
-                    "difference_to_audio": difference,
-                    "recall": {
-                        label: mean(s["recall"][label] for s in runs if label in s["recall"])
-                        for label in ablation.labels
-                        if any(label in s["recall"] for s in runs)
-                    },
-                    "runs": len(runs),
-                }
-            )
-    return rows
-
-
-def _std(values: list[float]) -> float:
-    return stdev(values) if len(values) > 1 else 0.0
-
-
-def ablate(
-    data: Sequence[str],
-    *,
-    cache_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    config: AblationConfig,
-    device: str | torch.device | None = None,
-    command: str | None = None,
-    sources: EncoderSources | None = None,
-) -> list[dict]:
-    """Run the ablation on corpora given as KIND=PATH specs and write ablation.md, .json and .png to `out`.
-
-    Features come from (and go to) the cache, extracted with sources (see :class:`FeatureCache`); examples whose
-    features cannot be computed are reported and left out. Returns the summary rows (see :func:`summarize`).
-    """
-    started = time.perf_counter()
-    manifest = from_specs(data)  # the adapters warn about every file they skip
-    features, report = FeatureCache(cache_dir, sources=sources).build(manifest.examples)
-    print(report, file=sys.stderr)
-    usable = [i for i, f in enumerate(features) if f is not None]
-    examples = [manifest.examples[i] for i in usable]
-    ablation = run_ablation(examples, [features[i] for i in usable], config=config, device=device)
-    rows = summarize(ablation, config)
-    record = {
-        "command": command or command_line(),
-        "machine": machine(config, device),
-        "wall_seconds": time.perf_counter() - started,
-        "data": {
-            "specs": list(data),
-            "examples": len(examples),
-            "skipped": [list(s) for s in manifest.skipped] + [list(s) for s in report.skipped],
-            "speakers": len({e.speaker for e in examples}),
-            "labels": list(ablation.labels),
-            "class_counts": dict(Counter(e.label for e in examples)),
-            "modalities": list(ablation.modalities),
-            "folds": folds_record(ablation, examples),
-        },
-        "config": dataclasses.asdict(config),
-        "baseline": subset_name(BASELINE),
-        "metric": config.metric,
-        "training_seconds": ablation.seconds,
-        "rows": rows,
-        "runs": ablation.runs,
-        "predictions": predictions_record(ablation, examples),
-    }
-    write(record, out)
-    return rows
-
-
-def folds_record(ablation: Ablation, examples: Sequence[Example]) -> list[dict]:
-    """Each fold's test speakers and number of examples, for the record of a run."""
-    return [
-        {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
-        for k, test in enumerate(ablation.folds)
-    ]
-
-
-def predictions_record(ablation: Ablation, examples: Sequence[Example]) -> dict:
-    """Every example's path and label, and its predicted label per mode, subset and seed, for the record."""
-    return {
-        "paths": [e.path for e in examples],
-        "true": [ablation.labels[i] for i in ablation.true],
-        **{
-            f"{mode}:{subset_name(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
-            for (mode, subset), predicted in ablation.predicted.items()
-        },
-    }
-
-
 def command_line() -> str:
     """The command that started this process, as a user would type it from the current folder."""
     if sys.orig_argv[1:2] == ["-m"]:  # python -m fusion.cli ablate ...
@@ -389,12 +105,281 @@ def command_line() -> str:
     return shlex.join(["python", str(program), *sys.argv[1:]])
 
 
-def machine(config: AblationConfig, device: str | torch.device | None) -> str:
-    """The hardware and threads a run used, in words."""
-    resolved = pick_device(device)
-    where = f"GPU {torch.cuda.get_device_name(resolved)}" if resolved.type == "cuda" else "CPU"
-    threads = "1 torch thread each" if config.workers > 1 else f"{torch.get_num_threads()} torch threads"
+@dataclass(frozen=True)
+class RecordingOutputs:
+    """What a bundle's experts say about one recording: per output segment, each expert's probabilities."""
+
+    durations: np.ndarray  # (S,) seconds of each segment
+    probabilities: dict[str, np.ndarray]  # modality -> (S, len(EMOTIONS)), NaN rows where the segment lacks it
+
+
+def recording_key(path: str | os.PathLike) -> str:
+    """What identifies a performance across a corpus's file formats: for a RAVDESS name every field but the first
+    (the format: 01 audio-visual, 02 video-only, 03 audio-only), else the file name without its suffix."""
+    try:
+        fields = ravdess_fields(path)
+    except ValueError:
+        return Path(path).stem
+    return "ravdess:" + "-".join(list(fields.values())[1:])
+
+
+def read_out_of_fold(folder: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
+    """{seed: {recording key: (len(EMOTIONS),) probabilities}} from the `*seed{S}-fold{K}.npz` files of a folder."""
+    seeds: dict[int, dict[str, np.ndarray]] = {}
+    paths = sorted(p for p in Path(folder).glob("*.npz") if OUT_OF_FOLD_NAME.search(p.name))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no out-of-fold outputs (files named *seed<S>-fold<K>.npz)")
+    for path in paths:
+        seed = int(OUT_OF_FOLD_NAME.search(path.name).group(1))
+        with np.load(path, allow_pickle=False) as data:
+            names, probabilities = data["paths"], data["probabilities"]
+        if probabilities.shape != (len(names), len(EMOTIONS)):
+            raise ValueError(f"{path}: probabilities of shape {probabilities.shape}, expected ({len(names)}, 7)")
+        outputs = seeds.setdefault(seed, {})
+        for name, row in zip(names, probabilities):
+            key = recording_key(str(name))
+            if key in outputs:
+                raise ValueError(f"{path}: seed {seed} has a second output for {name}")
+            outputs[key] = row.astype(np.float64)
+    return seeds
+
+
+class ExpertOutputs:
+    """Every recording's expert outputs (RecordingOutputs), computed on first use and read from `directory` after."""
+
+    def __init__(
+        self,
+        bundle: ExpertBundle,
+        directory: str | os.PathLike,
+        *,
+        sources: EncoderSources | None = None,
+        device: str | torch.device | None = None,
+    ):
+        self.bundle = bundle
+        self.sources = (sources or EncoderSources()).resolve()
+        self.device = device
+        self.directory = Path(directory) / f"experts-{bundle.id}"
+        self._extractor: FeatureExtractor | None = None
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:  # the bundle's text expert reads the words itself
+            self._extractor = FeatureExtractor(
+                sources=self.sources, device=self.device, whisper_blocks=self.bundle.whisper_block
+            )
+        return self._extractor
+
+    def build(
+        self, examples: Sequence[Example], *, progress: bool = True
+    ) -> tuple[list[RecordingOutputs | None], CacheReport]:
+        """The outputs of every example (None where it was skipped, with the reason in the report)."""
+        report = CacheReport()
+        outputs: list[RecordingOutputs | None] = []
+        for example in tqdm(examples, desc="experts", unit="file", disable=not progress):
+            try:
+                entry = self._entry(example)
+                cached = read_entry(entry, _read, report)  # a damaged entry is removed and computed again
+                if cached is not None:
+                    outputs.append(cached)
+                    report.loaded += 1
+                    continue
+                features = example_features(self.extractor, example)
+            except (FileError, OSError) as error:  # this file's; a model that cannot load stops the run
+                report.skipped.append((example.path, str(error)))
+                outputs.append(None)
+                continue
+            segments = make_segments(features.utterances, features.duration)
+            computed = RecordingOutputs(
+                np.array([s.end - s.start for s in segments], np.float64),
+                self.bundle.segment_probabilities(features, segments),
+            )
+            save_npz(entry, {"durations": computed.durations, **computed.probabilities})
+            outputs.append(computed)
+            report.computed += 1
+        return outputs, report
+
+    def _entry(self, example: Example) -> Path:
+        content = example.text.encode() if is_transcript_only(example) else Path(example.path).read_bytes()
+        digest = hashlib.sha256(content)
+        settings = {"version": OUTPUTS_VERSION, "whisper": self.sources.whisper, "face": self.sources.face}
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        key = digest.hexdigest()
+        return self.directory / key[:2] / f"{key}.npz"
+
+
+def _read(entry: Path) -> RecordingOutputs:
+    with np.load(entry, allow_pickle=False) as data:
+        return RecordingOutputs(data["durations"], {m: data[m] for m in MODALITIES})
+
+
+def recording_probabilities(
+    outputs: RecordingOutputs, bundle: ExpertBundle, subset: Sequence[str], replaced: Mapping[str, np.ndarray]
+) -> np.ndarray | None:
+    """(len(EMOTIONS),) the subset's experts pooled per segment and averaged over the recording, weighted by
+    segment duration; None where no segment has any of the subset's modalities. replaced: {modality: (C,)
+    probabilities} used instead of that expert's output in every segment where it is present."""
+    experts = {}
+    for modality in subset:
+        p = outputs.probabilities[modality]
+        if modality in replaced:
+            present = ~np.isnan(p).any(1)
+            p = np.where(present[:, None], replaced[modality][None, :], np.nan)
+        experts[modality] = p
+    pooled = bundle.fuse(experts)
+    keep = ~np.isnan(pooled).any(1)
+    if not keep.any():
+        return None
+    weights = outputs.durations[keep]
+    return (pooled[keep] * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+
+
+def run_expert_ablation(
+    examples: Sequence[Example],
+    outputs: Sequence[RecordingOutputs],
+    bundle: ExpertBundle,
+    *,
+    config: AblationConfig,
+    out_of_fold: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]] | None = None,
+) -> Ablation:
+    """Every subset of the ablated modalities on every example, once per seed of the out-of-fold outputs.
+
+    out_of_fold: {modality: {seed: {recording key: (C,) probabilities}}}; every modality given must have the same
+    seeds. A recording without an out-of-fold output keeps the bundle's expert output for that modality.
+    """
+    out_of_fold = dict(out_of_fold or {})
+    seed_sets = {m: tuple(sorted(seeds)) for m, seeds in out_of_fold.items()}
+    if len(set(seed_sets.values())) > 1:
+        raise ValueError(f"the out-of-fold outputs have different seeds per modality: {seed_sets}")
+    seeds = next(iter(seed_sets.values()), (0,))
+    has = tuple(
+        m for m in MODALITIES if any(not np.isnan(o.probabilities[m]).all() for o in outputs) and m in bundle.modalities
+    )
+    requested = has if config.modalities is None else tuple(config.modalities)
+    missing = sorted(set(requested) - set(has))
+    if missing or not requested:
+        raise ValueError(f"cannot ablate modalities {missing or '(none)'}: the bundle's experts find {list(has)}")
+    modalities = tuple(m for m in MODALITIES if m in requested)
+    subsets = subsets_of(modalities)
+    labels = bundle.labels
+    true = np.array([labels.index(e.label) for e in examples])
+    folds = [test for _, test in speaker_folds(examples, config.folds, seed=config.fold_seed)]
+    started = time.perf_counter()
+    predicted, runs = {}, []
+    keys = [recording_key(e.path) for e in examples]
+    for subset in subsets:
+        rows = np.empty((len(seeds), len(examples)), np.int64)
+        guess = int(np.argmax(bundle.late_fusion.pooled_prior(subset, len(labels))))
+        for s, seed in enumerate(seeds):
+            for i, (example_outputs, key) in enumerate(zip(outputs, keys)):
+                replaced = {
+                    m: out_of_fold[m][seed][key] for m in subset if m in out_of_fold and key in out_of_fold[m][seed]
+                }
+                p = recording_probabilities(example_outputs, bundle, subset, replaced)
+                rows[s, i] = guess if p is None else int(np.argmax(p))
+            for k, test in enumerate(folds):
+                scores = score([labels[i] for i in true[test]], [labels[i] for i in rows[s, test]], labels)
+                runs.append(
+                    {"mode": MODE, "subset": subset_name(subset), "seed": seed, "fold": k, "scores": scores.as_dict()}
+                )
+        predicted[MODE, subset] = rows
+    return Ablation(labels, modalities, subsets, true, folds, seeds, predicted, runs, time.perf_counter() - started)
+
+
+def ablate_experts(
+    data: Sequence[str],
+    *,
+    bundle_path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    config: AblationConfig,
+    out_of_fold: Sequence[str] = (),
+    device: str | torch.device | None = None,
+    command: str | None = None,
+    sources: EncoderSources | None = None,
+) -> list[dict]:
+    """Ablate a bundle's experts on corpora given as KIND=PATH specs; write ablation.md, .json and .png to `out`.
+
+    out_of_fold: "MODALITY=FOLDER" specs of out-of-fold outputs (read_out_of_fold); several folders of one
+    modality add their seeds. Returns the summary rows (fusion.training.ablation_report.summarize).
+    """
+    started = time.perf_counter()
+    replacements = _read_specs(out_of_fold)
+    chosen = sources or EncoderSources()
+    bundle = ExpertBundle.load(bundle_path, text_model=chosen.text, device=device)
+    manifest = from_specs(data)
+    outputs, report = ExpertOutputs(bundle, cache_dir, sources=chosen, device=device).build(manifest.examples)
+    print(report, file=sys.stderr)
+    usable = [i for i, o in enumerate(outputs) if o is not None]
+    examples = [manifest.examples[i] for i in usable]
+    ablation = run_expert_ablation(
+        examples, [outputs[i] for i in usable], bundle, config=config, out_of_fold=replacements
+    )
+    keys = [recording_key(e.path) for e in examples]
+    record = {
+        "kind": MODE,
+        "command": command or command_line(),
+        "machine": _machine(),
+        "wall_seconds": time.perf_counter() - started,
+        "bundle": {"path": _shown(bundle_path), "id": bundle.id, "late_fusion": bundle.late_fusion.to_dict()},
+        "out_of_fold": {
+            m: {
+                "folders": [s.partition("=")[2] for s in out_of_fold if s.partition("=")[0] == m],
+                "seeds": sorted(seeds),
+                "recordings": sum(k in next(iter(seeds.values())) for k in keys),
+            }
+            for m, seeds in replacements.items()
+        },
+        "data": {
+            "specs": list(data),
+            "examples": len(examples),
+            "skipped": [list(s) for s in manifest.skipped] + [list(s) for s in report.skipped],
+            "speakers": len({e.speaker for e in examples}),
+            "labels": [label for label in ablation.labels if label in {e.label for e in examples}],
+            "class_counts": dict(Counter(e.label for e in examples)),
+            "modalities": list(ablation.modalities),
+            "with_modality": {
+                m: sum(not np.isnan(outputs[i].probabilities[m]).all() for i in usable) for m in ablation.modalities
+            },
+            "folds": folds_record(ablation, examples),
+        },
+        "config": {**_asdict(config), "seeds": list(ablation.seeds)},
+        "baseline": "audio",
+        "metric": config.metric,
+        "training_seconds": 0.0,
+        "rows": summarize(ablation, config),
+        "runs": ablation.runs,
+        "predictions": predictions_record(ablation, examples),
+    }
+    write(record, out)
+    return record["rows"]
+
+
+def _read_specs(specs: Sequence[str]) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """["audio=DIR", ...] -> {modality: {seed: {recording key: probabilities}}}, folders of one modality merged."""
+    merged: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for spec in specs:
+        modality, _, folder = spec.partition("=")
+        if modality not in MODALITIES or not folder:
+            raise ValueError(f"out-of-fold outputs are MODALITY=FOLDER with a modality of {MODALITIES}: {spec!r}")
+        for seed, outputs in read_out_of_fold(folder).items():
+            if seed in merged.setdefault(modality, {}):
+                raise ValueError(f"{folder}: {modality} outputs of seed {seed} are also in another folder")
+            merged[modality][seed] = outputs
+    return merged
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path as the user would type it: relative to the current folder when it lies inside it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
+
+
+def _asdict(config: AblationConfig) -> dict:
+    keep = ("modalities", "folds", "fold_seed", "metric", "bootstrap", "confidence", "bootstrap_seed")
+    return {name: getattr(config, name) for name in keep}
+
+
+def _machine() -> str:
     return (
-        f"{platform.machine()} {where}, {os.cpu_count()} cores, {config.workers} training process(es) with"
-        f" {threads}, torch {torch.__version__}"
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )

@@ -1,6 +1,6 @@
 """The report of a modality ablation: ablation.json (the whole record), ablation.md (tables) and ablation.png (bars).
 
-Everything here reads the record that :func:`fusion.training.ablation.ablate` builds (plain JSON values), so a
+Everything here reads the record that :func:`fusion.training.ablation.ablate_experts` builds (plain JSON values), so a
 report can be redrawn from an ablation.json alone.
 """
 
@@ -9,12 +9,21 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
+from statistics import mean, stdev
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fusion.training.metrics import METRICS
+from fusion.training.statistics import bootstrap
 
+if TYPE_CHECKING:
+    from fusion.training.ablation import Ablation, AblationConfig
+    from fusion.training.datasets import Example
+
+BASELINE = ("audio",)  # the subset every other is compared with
 METRIC_NAMES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted F1"}
 
 
@@ -36,7 +45,7 @@ def markdown(record: dict) -> str:
         "",
         f"Command: `{record['command']}`",
         "",
-        *(_experts_header(record) if record.get("kind") == "experts" else _training_header(record)),
+        *_experts_header(record),
         "",
         "Test speakers per fold (examples): " + "; ".join(_fold_summary(fold) for fold in data["folds"]),
         "",
@@ -64,27 +73,6 @@ def markdown(record: dict) -> str:
         lines.append(f"| {row['mode']} | {row['subset']} | {cells} |")
     lines += ["", "Every fold and seed, the pooled metrics and all predictions: `ablation.json`; bars: `ablation.png`."]
     return "\n".join(lines) + "\n"
-
-
-def _training_header(record: dict) -> list[str]:
-    """Machine, wall time and data of an ablation that trains a model per subset (fusion.training.ablation)."""
-    data, config = record["data"], record["config"]
-    trainings = {(r["trained_on"], r["seed"], r["fold"]): r for r in record["runs"]}.values()
-    cpu_minutes = sum(r["train_cpu_seconds"] for r in trainings) / 60
-    return [
-        f"Machine: {record['machine']}. Wall time {record['wall_seconds'] / 60:.1f} min: features from the cache"
-        f" and {len(trainings)} trainings, which used {cpu_minutes:.1f} CPU-minutes in all.",
-        "",
-        _data_line(data) + f" {len(data['folds'])} speaker-independent folds"
-        " (no speaker in both training and test), the same for every subset; seeds "
-        + ", ".join(map(str, config["seeds"]))
-        + f"; {config['train']['epochs']} epochs"
-        + (
-            f", keeping the epoch with the best UA on {config['validation_fraction']:.0%} of the training speakers."
-            if config["validation_fraction"] > 0
-            else ", no validation split (the last epoch is kept)."
-        ),
-    ]
 
 
 def _experts_header(record: dict) -> list[str]:
@@ -226,3 +214,67 @@ def plot(record: dict, path: str | os.PathLike) -> None:
     title = f"{corpora}: bars with {confidence:.0f}% bootstrap intervals over test examples"
     figure.suptitle("\n".join(textwrap.wrap(title, width=60 * len(panels))), fontsize=9)
     figure.savefig(path, dpi=120)
+
+
+def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
+    """One row per mode and subset: metrics over runs, pooled metrics and the difference to the baseline, with CIs.
+
+    mean / std: over the (seed, fold) runs, each scored on its fold's test examples. pooled: each seed's
+    out-of-fold predictions scored over all examples, averaged over seeds, with a bootstrap interval; difference:
+    pooled metric minus the baseline's (audio alone, same mode), with the paired bootstrap interval.
+    """
+    n_labels = len(ablation.labels)
+    rows = []
+    for mode in sorted({mode for mode, _ in ablation.predicted}):
+        baseline = ablation.predicted.get((mode, BASELINE))
+        for subset in ablation.subsets:
+            if (mode, subset) not in ablation.predicted:
+                continue
+            predicted = ablation.predicted[mode, subset]
+            runs = [r["scores"] for r in ablation.runs if r["mode"] == mode and r["subset"] == "+".join(subset)]
+            settings = {"resamples": config.bootstrap, "confidence": config.confidence, "seed": config.bootstrap_seed}
+            pooled = bootstrap(ablation.true, predicted, n_labels=n_labels, **settings)
+            difference = None
+            if baseline is not None and subset != BASELINE:
+                difference = bootstrap(ablation.true, predicted, baseline, n_labels=n_labels, **settings)
+            rows.append(
+                {
+                    "mode": mode,
+                    "subset": "+".join(subset),
+                    "mean": {m: mean(s[m] for s in runs) for m in METRICS},
+                    "std": {m: _std([s[m] for s in runs]) for m in METRICS},
+                    "pooled": pooled,
+                    "difference_to_audio": difference,
+                    "recall": {
+                        label: mean(s["recall"][label] for s in runs if label in s["recall"])
+                        for label in ablation.labels
+                        if any(label in s["recall"] for s in runs)
+                    },
+                    "runs": len(runs),
+                }
+            )
+    return rows
+
+
+def _std(values: list[float]) -> float:
+    return stdev(values) if len(values) > 1 else 0.0
+
+
+def folds_record(ablation: Ablation, examples: Sequence[Example]) -> list[dict]:
+    """Each fold's test speakers and number of examples, for the record of a run."""
+    return [
+        {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
+        for k, test in enumerate(ablation.folds)
+    ]
+
+
+def predictions_record(ablation: Ablation, examples: Sequence[Example]) -> dict:
+    """Every example's path and label, and its predicted label per mode, subset and seed, for the record."""
+    return {
+        "paths": [e.path for e in examples],
+        "true": [ablation.labels[i] for i in ablation.true],
+        **{
+            f"{mode}:{'+'.join(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
+            for (mode, subset), predicted in ablation.predicted.items()
+        },
+    }

@@ -72,3 +72,20 @@ def metrics_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
         "macro_f1": (f1 * present).sum(-1) / n_present,
         "weighted_f1": (f1 * support).sum(-1) / total,
     }
+
+
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error (Guo et al., 2017)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = ECE_BINS) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the share of rows in each bin."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == np.asarray(labels)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            error += rows.mean() * abs(correct[rows].mean() - confidence[rows].mean())
+    return float(error)

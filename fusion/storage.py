@@ -1,62 +1,23 @@
-"""What every expert's training shares: its resumable state on disk, and atomic writes of weights and files.
+"""Files on disk: every write is atomic, and weights are safetensors (no pickle).
 
-The state holds tensors and plain values only (torch.save, read back with ``weights_only=True``: no pickled code);
-each write goes to a temporary name and is renamed over the old file, so a run killed mid-write keeps the previous
-epoch's state. The settings it was saved with are stored too, and resuming with other settings is refused.
+Each write goes to a temporary name beside its target and is renamed over it, so a process killed mid-write (or a
+full disk) leaves the previous file, never half of one. An expert's checkpoint folder holds WEIGHTS_FILE and
+CONFIG_FILE; the training state (fusion.training.loop) and the caches are written through the same functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fusion.errors import CheckpointError
-
-
-def save_training_state(
-    path: Path, *, weights: dict, optimizer, schedule, generator: torch.Generator, settings: dict, progress: dict
-) -> None:
-    """The trainable weights, optimiser, schedule, both random generators, the run's settings and its `progress`
-    (epoch, history, ...), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    torch.save(
-        {
-            "weights": weights,
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "settings": json.dumps(settings, sort_keys=True),
-            "progress": json.dumps(progress),
-        },
-        temporary,
-    )
-    os.replace(temporary, path)
-
-
-def load_training_state(
-    path: Path, *, optimizer, schedule, generator: torch.Generator, settings: dict
-) -> tuple[dict, dict]:
-    """Restore the optimiser, schedule and random generators that save_training_state wrote; returns the weights
-    (for the caller to load into its model) and the progress. CheckpointError if the settings differ."""
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
-    saved = torch.load(path, weights_only=True)
-    if json.loads(saved["settings"]) != json.loads(json.dumps(settings, sort_keys=True)):
-        raise CheckpointError(f"{path}: saved with other settings ({saved['settings']}); resume with the same ones")
-    optimizer.load_state_dict(saved["optimizer"])
-    schedule.load_state_dict(saved["schedule"])
-    generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
-    return saved["weights"], json.loads(saved["progress"])
-
-
+WEIGHTS_FILE = "model.safetensors"  # an expert's weights, in every checkpoint folder
+CONFIG_FILE = "config.json"  # its settings, beside them
 STORED_DTYPES = {"float16": torch.float16, "int8": torch.int8}  # how a shipped copy may store its weights, by name
 INT8_SCALE = ".int8_scale"  # suffix of the float32 per-row scales stored beside a weight kept in int8
 INT8_MIN_ELEMENTS = 4096  # smaller tensors (biases, BatchNorm, small heads) stay in float16 under dtype int8
@@ -76,9 +37,8 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], *, dtype: torch.d
         tensors = _quantize_int8(tensors)
     elif dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file(tensors, temporary, metadata=metadata)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, temporary, metadata=metadata)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -112,11 +72,22 @@ def _quantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside path to write to; renamed to path when the block ends, removed if it raises."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """data to a temporary file beside path, then renamed to path."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -29,7 +29,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-EXPERT_MODULES = {"audio": "audio", "text": "text", "face": "face"}  # a stage's modality -> fusion.experts module
+from fusion.training.loop import STATE_FILE
+
+EXPERT_MODULES = {"audio": "voice", "text": "text", "face": "face"}  # a stage's modality -> `fusion train-expert` NAME
 BUNDLE_ROLES = ("voice", "text", "face")  # the bundle stage's expert entries, each naming a stage
 DONE_SUFFIX = ".done"  # WORK/NAME.done: stage NAME finished (holds its command and seconds)
 
@@ -94,7 +96,7 @@ def run_stages(recipe: Mapping, work: Path, *, shared: Path, reused: Mapping, lo
             continue
         command = ["train-expert", EXPERT_MODULES[stage["modality"]]]
         command += [fill(a, shared=shared, work=work) for a in stage["arguments"]] + ["--out", os.fspath(folder)]
-        if any(folder.rglob("*state.pt")):
+        if any(folder.rglob(STATE_FILE)):
             command.append("--resume")
         log(f"stage {name}: fusion {' '.join(command)}")
         started = time.perf_counter()
