@@ -17,7 +17,7 @@ What each expert says about data it did not train on:
 
   (16 min; its report is copied to benchmarks/results/attention_fusion/voice_oof.md).
 
-fusion.experts.attention.fit trains on label-matched pairs drawn from the fit pools with modality dropout, choosing
+fusion.training.attention.fit trains on label-matched pairs drawn from the fit pools with modality dropout, choosing
 its epoch on 4,000 fixed pairs of the validation pools for every subset of modalities (each class drawn by the
 prior late fusion assumes), and on each validation pool alone. Both fusions are scored on the
 test pools: each corpus alone (its own modality: the late fusion of one modality is that expert, calibrated), and
@@ -43,9 +43,12 @@ from benchmarks.child import describe_machine, write_results
 from benchmarks.ravdess_folds import read_probabilities
 from fusion.experts import attention
 from fusion.experts import face as face_expert
-from fusion.experts import text as text_expert
 from fusion.experts.bundle import ExpertBundle
 from fusion.labels import EMOTIONS, MODALITIES, label_indices
+from fusion.storage import CONFIG_FILE
+from fusion.training import attention as attention_training
+from fusion.training import face as face_training
+from fusion.training import text as text_training
 from fusion.training.datasets import image_folder, meld
 from fusion.training.metrics import score
 
@@ -90,7 +93,8 @@ def main() -> None:
     }
     runs = []
     for seed in args.seeds:
-        result = attention.fit(bundle.late_fusion, pools["fit"], validation, attention.AttentionFusionConfig(seed=seed))
+        config = attention_training.AttentionTrainConfig(seed=seed)
+        result = attention_training.fit(bundle.late_fusion, pools["fit"], validation, config)
         scores = {
             name: _scores(attention.predict_proba(result.model, examples), labels)
             for name, (examples, labels) in _named(test)
@@ -122,13 +126,13 @@ def main() -> None:
 def face_pools(bundle: ExpertBundle, args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The face expert's held-out share of FER2013 Training (split into fit / validation) and PublicTest."""
     train = image_folder(args.fer_train).examples
-    training = json.loads((bundle.path / "face" / face_expert.CONFIG_FILE).read_text())["training"]
+    training = json.loads((bundle.path / "face" / CONFIG_FILE).read_text())["training"]
     labels = [e.label for e in train]
-    _, held = face_expert.stratified_split(
+    _, held = face_training.stratified_split(
         labels, fraction=training["validation_fraction"], seed=training["config"]["seed"]
     )
     held_labels = [labels[i] for i in held]
-    fit_rows, val_rows = face_expert.stratified_split(held_labels, fraction=1 - FIT_SHARE, seed=0)
+    fit_rows, val_rows = face_training.stratified_split(held_labels, fraction=1 - FIT_SHARE, seed=0)
     probabilities = bundle.face_probabilities(face_expert.read_faces([train[i].path for i in held]))
     y = label_indices(held_labels)
     test = image_folder(args.fer_test).examples
@@ -145,10 +149,10 @@ def text_pools(bundle: ExpertBundle, args) -> dict[str, tuple[np.ndarray, np.nda
     and MELD dev."""
     train = meld(args.meld_train).examples
     config = (bundle.text.members[0] if hasattr(bundle.text, "members") else bundle.text).config
-    items = text_expert.items_from_examples(train, context=config.context)
-    _, held = text_expert.split_by_dialogue(items, config.validation_fraction, config.seed)
+    items = text_training.items_from_examples(train, context=config.context)
+    _, held = text_training.split_by_dialogue(items, config.validation_fraction, config.seed)
     held_items = [items[i] for i in held]
-    fit_rows, val_rows = text_expert.split_by_dialogue(held_items, 1 - FIT_SHARE, 0)
+    fit_rows, val_rows = text_training.split_by_dialogue(held_items, 1 - FIT_SHARE, 0)
     probabilities = bundle.text.predict_items(held_items)
     y = label_indices([train[i].label for i in held])
     dev = meld(args.meld_dev).examples
@@ -170,7 +174,9 @@ def _subset_pairs(pools, subset, seed, class_mix) -> tuple[list[dict], np.ndarra
     if len(subset) == 1:  # the corpus alone: every test example of its modality, as it is
         probabilities, labels = pools[subset[0]]
         return [{subset[0]: p[None]} for p in probabilities], labels
-    return attention.paired_examples(pools, PAIRS, np.random.default_rng(seed), keep=subset, class_mix=class_mix)
+    return attention_training.paired_examples(
+        pools, PAIRS, np.random.default_rng(seed), keep=subset, class_mix=class_mix
+    )
 
 
 def _pairs(pools, part, class_mix) -> tuple[list[dict], np.ndarray]:

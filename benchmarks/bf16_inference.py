@@ -102,8 +102,8 @@ def whisper_states(predictor, speech: str) -> list[str]:
     for bf16 in (False, True):
         shipped.bf16 = bf16
         summaries = [predictor.predict(f).summary for f in checked]
-        labels[bf16] = [s["label"] for s in summaries]
-        probabilities[bf16] = np.array([[s["probabilities"][c] for c in EMOTIONS] for s in summaries])
+        labels[bf16] = [s.label for s in summaries]
+        probabilities[bf16] = np.array([[s.probabilities[c] for c in EMOTIONS] for s in summaries])
     shipped.bf16 = True
     same = sum(a == b for a, b in zip(labels[False], labels[True]))
     return [

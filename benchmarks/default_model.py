@@ -1,14 +1,8 @@
-"""The default model (an experts bundle, fusion.experts.bundle): build it from the three experts, calibrate it, and
-score it on every corpus beside the 30-line baselines, in one run.
+"""The default model (an experts bundle, fusion.experts.bundle), scored on every corpus beside the 30-line
+baselines, in one run. The bundle itself is built by `fusion bundle` (its recipe: `fusion bundle --recipe
+fusion/checkpoints/default --work runs/default --out runs/model`, docs/training.md); this script only scores it.
 
-    python -m benchmarks.default_model --voice fusion/checkpoints/default/voice \
-        --text ../cache/text/runs/lora-distilled-0 ../cache/text/runs/lora-distilled-0-member1 ... \
-        --face fusion/checkpoints/default/face --build fusion/checkpoints/default --out benchmarks/results/default_model
-
-Building (--build): each expert's temperature is fitted on that expert's own validation data (face: the stratified
-10% of FER2013 Training its training held out; text: the dialogue-disjoint 10% of MELD train that chose its epoch).
-The voice expert trained on every RAVDESS and nEMO speaker, so no held-out speech is left for its temperature: it
-stays 1. Weights stay 1: no corpus here labels two modalities of the same moment, so there is nothing to fit them on.
+    python -m benchmarks.default_model --checkpoint fusion/checkpoints/default --out benchmarks/results/default_model
 
 Scoring: FER2013 PublicTest through the bundle's face path and MELD dev through its text path (the code
 fusion.predict runs per segment), each beside its baselines fitted on the same training data with C chosen on the
@@ -34,47 +28,23 @@ from alignment import make_segments
 from benchmarks.child import describe_machine, write_results
 from benchmarks.face_expert import baselines as face_baselines
 from benchmarks.meld_text_expert import logistic_regression
-from fusion.experts import bundle as bundle_module
 from fusion.experts import face as face_expert
-from fusion.experts import text as text_expert
 from fusion.experts.bundle import BUNDLE_FILE, ExpertBundle
-from fusion.experts.late_fusion import expected_calibration_error
-from fusion.experts.recipe import read_recipe
-from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, label_indices, ravdess_fields
-from fusion.model import MODALITIES
-from fusion.training.datasets import from_spec, image_folder, meld
-from fusion.training.expert_ablation import RecordingOutputs, recording_probabilities
-from fusion.training.metrics import score
+from fusion.labels import EMOTIONS, MODALITIES, RAVDESS_CODES, canonical, label_indices, ravdess_fields
+from fusion.training.ablation import RecordingOutputs, recording_probabilities
+from fusion.training.datasets import image_folder, meld
+from fusion.training.face import stratified_split
+from fusion.training.metrics import expected_calibration_error, score
+from fusion.training.text import items_from_examples, split_by_dialogue
 
 VOICE_RECIPE = Path("benchmarks/results/voice_expert/ravdess_ensemble/results.json")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voice", help="voice expert checkpoint folder")
-    parser.add_argument("--text", nargs="+", default=[], help="text expert folders (several: an ensemble)")
-    parser.add_argument("--face", help="face expert checkpoint folder")
     parser.add_argument(
-        "--voice-data", action="append", default=[], help="the voice expert's training data, KIND=PATH (its prior)"
+        "--checkpoint", default="fusion/checkpoints/default", help="the bundle to score (written by `fusion bundle`)"
     )
-    parser.add_argument("--build", help="write the bundle here (else --checkpoint is scored as it is)")
-    parser.add_argument("--recipe", help="with --build: the recipe that made the experts, recorded in the bundle")
-    parser.add_argument(
-        "--voice-temperature", type=float, default=1.0, help="with --build: the voice expert's temperature"
-    )
-    parser.add_argument(
-        "--face-views",
-        choices=face_expert.VIEWS,
-        default="flip",
-        help="the bundle's test-time face views (default flip: 2 passes per crop; shifts costs 10)",
-    )
-    parser.add_argument(
-        "--face-precision",
-        choices=bundle_module.PRECISIONS,
-        default="bf16",
-        help="the bundle's face expert arithmetic on the CPU (default bf16: 2.5x the faces/s of fp32)",
-    )
-    parser.add_argument("--checkpoint", default="fusion/checkpoints/default", help="bundle to score without --build")
     parser.add_argument("--fer-train", default="../shared/data/fer2013/train")
     parser.add_argument("--fer-test", default="../shared/data/fer2013/validation", help="FER2013 PublicTest")
     parser.add_argument("--meld-train", default="../shared/data/meld-text/train_sent_emo.csv")
@@ -89,9 +59,7 @@ def main() -> None:
 
     fer_train, fer_test = image_folder(args.fer_train).examples, image_folder(args.fer_test).examples
     meld_train, meld_dev = meld(args.meld_train).examples, meld(args.meld_dev).examples
-    if args.build:
-        report["build"] = build(args, fer_train, meld_train)
-    folder = Path(args.build or args.checkpoint)
+    folder = Path(args.checkpoint)
     bundle = ExpertBundle.load(folder)
     report["bundle"] = {
         "folder": str(folder),
@@ -106,26 +74,6 @@ def main() -> None:
         report["ravdess_recipe"] = {"command": recipe["command"], "summary": recipe["summary"]}
     report["wall_seconds"] = time.perf_counter() - started
     write_results(report, Path(args.out), markdown)
-
-
-# ------------------------------------------------------------------------------------------------------- building
-
-
-def build(args, fer_train, meld_train) -> dict:
-    """fusion bundle's calibration and assembly (fusion.experts.bundle.build) into args.build."""
-    return bundle_module.build(
-        args.build,
-        voice=args.voice,
-        text=args.text,
-        face=args.face,
-        face_examples=fer_train,
-        text_examples=meld_train,
-        voice_examples=[e for spec in args.voice_data for e in from_spec(spec).examples if "audio" in e.modalities],
-        face_views=args.face_views,
-        face_precision=args.face_precision,
-        recipe=read_recipe(args.recipe) if args.recipe else None,
-        voice_temperature=args.voice_temperature,
-    )
 
 
 # -------------------------------------------------------------------------------------------------------- scoring
@@ -148,7 +96,7 @@ def score_faces(bundle: ExpertBundle, train, test) -> dict:
         "default_model": _scores(labels, bundle.fuse({"video": raw})),
     }
     train_labels = [e.label for e in train]
-    fit_rows, held_rows = face_expert.stratified_split(train_labels, fraction=0.1, seed=0)
+    fit_rows, held_rows = stratified_split(train_labels, fraction=0.1, seed=0)
     train_images = face_expert.read_faces([e.path for e in train])
     out["baselines"] = face_baselines(train_images, train_labels, fit_rows, held_rows, images, labels)
     return out
@@ -162,8 +110,8 @@ def score_text(bundle: ExpertBundle, train, dev) -> dict:
     raw = bundle.text.predict_proba([e.text.strip() for e in dev])
     out = {"n": len(dev), "expert": _scores(labels, raw), "default_model": _scores(labels, bundle.fuse({"text": raw}))}
     config = (bundle.text.members[0] if hasattr(bundle.text, "members") else bundle.text).config
-    items = text_expert.items_from_examples(train, context=False)
-    keep, held = text_expert.split_by_dialogue(items, config.validation_fraction, config.seed)
+    items = items_from_examples(train, context=False)
+    keep, held = split_by_dialogue(items, config.validation_fraction, config.seed)
     y = np.array([e.label for e in train])
     tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit([train[i].text for i in keep])
     words, dev_words = tfidf.transform([e.text for e in train]), tfidf.transform([e.text for e in dev])
@@ -199,8 +147,8 @@ def score_clips(folder: Path, clips: Path) -> dict:
             {
                 "clip": path.relative_to(clips).as_posix(),
                 "label": label,
-                "predicted": prediction.summary["label"],
-                "modalities": prediction.summary["modalities"],
+                "predicted": prediction.summary.label,
+                "modalities": prediction.summary.modalities,
                 "seconds": seconds,
                 "by_subset": by_subset,
             }

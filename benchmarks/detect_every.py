@@ -55,7 +55,7 @@ def compare(clip: Path, predictor) -> dict:
         predictions[every] = predictor.predict_features(predictor.extractor.extract_chunk(chunk))
     a, b = predictions[1], predictions[face.DETECT_EVERY]
     labels = list(predictor.labels)
-    clip_change = max(abs(a.summary["probabilities"][k] - b.summary["probabilities"][k]) for k in labels)
+    clip_change = max(abs(a.summary.probabilities[k] - b.summary.probabilities[k]) for k in labels)
     segment_change = float(np.nanmax(np.abs(a.timeline[labels].to_numpy() - b.timeline[labels].to_numpy())))
     return {
         "clip": clip.name,
@@ -64,7 +64,7 @@ def compare(clip: Path, predictor) -> dict:
         "presence_agreement": float((dense.present == sparse.present).mean()),
         "interpolated_iou_min": min(ious) if ious else None,
         "interpolated_iou_median": float(np.median(ious)) if ious else None,
-        "label": [a.summary["label"], b.summary["label"]],
+        "label": [a.summary.label, b.summary.label],
         "max_clip_probability_change": float(clip_change),
         "max_segment_probability_change": segment_change,
     }

@@ -25,9 +25,10 @@ import torch
 
 from benchmarks.child import describe_machine, write_results
 from fusion.experts import face as expert
-from fusion.experts.state import STORED_DTYPES
 from fusion.labels import EMOTIONS, RAVDESS_CODES, canonical, ravdess_fields
+from fusion.storage import CONFIG_FILE, STORED_DTYPES, WEIGHTS_FILE
 from fusion.training.datasets import image_folder
+from fusion.training.face import stratified_split
 from fusion.training.metrics import score
 
 # the published training command of the face expert this benchmark reports (README, model card)
@@ -58,12 +59,12 @@ def main() -> None:
     started = time.perf_counter()
 
     model = expert.FaceExpert.load(args.checkpoint)
-    saved = json.loads((Path(args.checkpoint) / expert.CONFIG_FILE).read_text())
+    saved = json.loads((Path(args.checkpoint) / CONFIG_FILE).read_text())
     training = saved["training"]
     train, test = image_folder(args.train).examples, image_folder(args.test).examples
     train_images, test_images = expert.read_faces([e.path for e in train]), expert.read_faces([e.path for e in test])
     train_labels, test_labels = [e.label for e in train], [e.label for e in test]
-    fit_rows, held_rows = expert.stratified_split(
+    fit_rows, held_rows = stratified_split(
         train_labels, fraction=training["validation_fraction"], seed=training["config"]["seed"]
     )
     report = {
@@ -100,7 +101,7 @@ def main() -> None:
         report["shipped"] = {
             "folder": args.ship,
             "dtype": args.ship_dtype,
-            "bytes": (Path(args.ship) / expert.WEIGHTS_FILE).stat().st_size,
+            "bytes": (Path(args.ship) / WEIGHTS_FILE).stat().st_size,
             "test": _scores(test_labels, expert.predict_proba(shipped, test_images, views=chosen)),
         }
     report["wall_seconds"] = time.perf_counter() - started

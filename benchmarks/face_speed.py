@@ -4,8 +4,12 @@ autocast, channels-last vs not. What chose the face expert's backbone (fusion.ex
     python -m benchmarks.face_speed --out benchmarks/results/face_expert/speed.md
 
 Training: forward, backward and an AdamW step on random 48x48 crops with a 7-way head, batch --batch (the face
-expert's); the first steps are warm-up and not timed. Inference: the predictor's CPU batch (fusion.model FACE_BATCH,
-32 crops), no gradient. The machine should be otherwise idle.
+expert's); the first steps are warm-up and not timed. Inference: batches of --infer-batch crops (default the face
+expert's CPU batch, fusion.experts.face PREDICT_BATCH), no gradient. The machine should be otherwise idle.
+
+The committed benchmarks/results/face_expert/speed.md was made with inference batches of 32 crops (the predictor's
+CPU batch then: --infer-batch 32) and also timed the retired cross-attention model's face CNN (FaceCNN, at git tag
+cross-attention-family).
 """
 
 from __future__ import annotations
@@ -19,12 +23,10 @@ import torch
 from torch import nn
 
 from benchmarks.child import describe_machine
-from encoders.face import FaceCNN
 from encoders.face_lite import LiteFaceNet
-from fusion.model import FACE_BATCH
+from fusion.experts.face import PREDICT_BATCH
 
 CANDIDATES = {
-    "FaceCNN (today's fusion face CNN, VGG-style, 1.2M parameters)": lambda: FaceCNN(),
     "EfficientNet-Lite0, stem stride 1 (the face expert)": lambda: LiteFaceNet(stem_stride=1),
     "EfficientNet-Lite0, stem stride 2": lambda: LiteFaceNet(stem_stride=2),
 }
@@ -52,7 +54,7 @@ def multiply_adds(model: nn.Module) -> int:
     return total
 
 
-def speed(build, *, bf16: bool, channels_last: bool, batch: int) -> tuple[float, float]:
+def speed(build, *, bf16: bool, channels_last: bool, batch: int, infer_batch: int) -> tuple[float, float]:
     torch.manual_seed(0)
     model = build()
     head = nn.Linear(model.dim, 7)
@@ -72,7 +74,7 @@ def speed(build, *, bf16: bool, channels_last: bool, batch: int) -> tuple[float,
         optimizer.step()
     train = batch * TIMED_STEPS / (time.perf_counter() - started)
     model.eval()
-    crops = torch.rand(FACE_BATCH["cpu"], 1, 48, 48).contiguous(memory_format=memory_format)
+    crops = torch.rand(infer_batch, 1, 48, 48).contiguous(memory_format=memory_format)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for step in range(WARMUP_STEPS + 4 * TIMED_STEPS):
             if step == WARMUP_STEPS:
@@ -85,6 +87,12 @@ def speed(build, *, bf16: bool, channels_last: bool, batch: int) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64, help="training batch (the face expert's default)")
+    parser.add_argument(
+        "--infer-batch",
+        type=int,
+        default=PREDICT_BATCH["cpu"],
+        help=f"inference batch (default {PREDICT_BATCH['cpu']}: the face expert's CPU batch)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/face_expert/speed.md")
     args = parser.parse_args()
@@ -97,7 +105,7 @@ def main() -> None:
         f"Machine: {describe_machine()}  ",
         "",
         f"Training images/s: batch {args.batch}, forward + backward + AdamW step. Inference crops/s: batches of "
-        f"{FACE_BATCH['cpu']} (the predictor's CPU batch), no gradient.",
+        f"{args.infer_batch}, no gradient.",
         "",
         "| model | parameters | multiply-adds per crop | precision | layout | training images/s | inference crops/s |",
         "|---|---|---|---|---|---|---|",
@@ -108,7 +116,9 @@ def main() -> None:
         macs = multiply_adds(model)
         for bf16 in (False, True):
             for channels_last in (False, True):
-                train, infer = speed(build, bf16=bf16, channels_last=channels_last, batch=args.batch)
+                train, infer = speed(
+                    build, bf16=bf16, channels_last=channels_last, batch=args.batch, infer_batch=args.infer_batch
+                )
                 lines.append(
                     f"| {name} | {parameters / 1e6:.2f}M | {macs / 1e6:.0f}M | {'bf16' if bf16 else 'fp32'} | "
                     f"{'channels-last' if channels_last else 'contiguous'} | {train:.0f} | {infer:.0f} |"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
@@ -23,9 +24,14 @@ import numpy as np
 import torch
 
 from benchmarks.child import describe_machine, write_results
+from encoders.loading import DEFAULT_TEXT_MODEL, TEXT_ENV, choose_model
+from encoders.runtime import PRECISIONS
 from fusion.experts import text as expert
 from fusion.labels import EMOTIONS
+from fusion.storage import CONFIG_FILE, WEIGHTS_FILE, save_weights
+from fusion.training import text as text_training
 from fusion.training.datasets import meld
+from fusion.training.loop import warmup_linear
 from fusion.training.metrics import score
 
 # Settings that differ from TextExpertConfig's defaults. --shipped names the one trained with every seed; --compare
@@ -115,7 +121,7 @@ def main() -> None:
 
 
 def _not_shipped(folder: str, names: list[str]) -> list[str]:
-    return [n for n in names if n not in (expert.WEIGHTS_FILE, expert.CONFIG_FILE)]
+    return [n for n in names if n not in (WEIGHTS_FILE, CONFIG_FILE)]
 
 
 def run_expert(train, dev, config: expert.TextExpertConfig, folder: Path, cache: str | None) -> dict:
@@ -123,15 +129,15 @@ def run_expert(train, dev, config: expert.TextExpertConfig, folder: Path, cache:
     done = folder / "scores.json"
     if done.is_file():
         return json.loads(done.read_text())
-    result = expert.train_text_expert(train, folder, config, resume=True, cache=cache)
+    result = text_training.train_text_expert(train, folder, config, resume=True, cache=cache)
     model = expert.TextExpert.load(folder)
-    probabilities = model.predict_items(expert.items_from_examples(dev, context=config.context))
+    probabilities = model.predict_items(text_training.items_from_examples(dev, context=config.context))
     record = {
         "config": dataclasses.asdict(config),
         "best_epoch": result.best_epoch,
         "history": result.history,
         "train_minutes": result.train_seconds / 60,
-        "checkpoint_bytes": (folder / expert.WEIGHTS_FILE).stat().st_size,
+        "checkpoint_bytes": (folder / WEIGHTS_FILE).stat().st_size,
         "dev": scores(dev, probabilities),
     }
     done.write_text(json.dumps(record, indent=2))
@@ -141,10 +147,10 @@ def run_expert(train, dev, config: expert.TextExpertConfig, folder: Path, cache:
 def run_ensemble(train, dev, config: expert.TextExpertConfig, folders: list[Path], cache: str | None) -> dict:
     """Members 0, 1, ... of config's seed (folders[m] holds member m; member 0 is the single expert's run) ->
     validation and dev scores of the ensemble of the first k members, for every k."""
-    items = expert.items_from_examples(train, context=config.context)
-    _, held = expert.split_by_dialogue(items, config.validation_fraction, config.seed)
+    items = text_training.items_from_examples(train, context=config.context)
+    _, held = text_training.split_by_dialogue(items, config.validation_fraction, config.seed)
     validation = [train[i] for i in held]
-    dev_items = expert.items_from_examples(dev, context=config.context)
+    dev_items = text_training.items_from_examples(dev, context=config.context)
     val_items = [items[i] for i in held]
     probabilities, minutes = [], []
     for member, folder in enumerate(folders):
@@ -173,26 +179,24 @@ def run_ensemble(train, dev, config: expert.TextExpertConfig, folders: list[Path
 def write_teacher(folder: Path, runs: Path, name: str, seed: int, members: int) -> Path:
     """An ensemble folder (expert.TextEnsemble) naming the seed's `members` runs of variant `name` in runs."""
     names = [f"../{name}-{seed}"] + [f"../{name}-{seed}-member{m}" for m in range(1, members)]
-    return expert.write_ensemble(folder, names)
+    return text_training.write_ensemble(folder, names)
 
 
 def _stored_as_shipped(folder: Path) -> Path:
-    """A copy of a run's checkpoint with its weights in expert.STORED_DTYPE, as save_checkpoint now writes them
-    (runs saved before that stored float32): what a shipped ensemble holds."""
+    """A copy of a run's checkpoint with its weights in fusion.training.text.STORED_DTYPE, as save_checkpoint now
+    writes them (runs saved before that stored float32): what a shipped ensemble holds."""
     from safetensors.torch import load_file
 
-    from fusion.experts.state import save_weights
-
     copy = folder / "stored"
-    if not (copy / expert.WEIGHTS_FILE).is_file():
+    if not (copy / WEIGHTS_FILE).is_file():
         copy.mkdir(exist_ok=True)
         save_weights(
-            copy / expert.WEIGHTS_FILE,
-            load_file(folder / expert.WEIGHTS_FILE),
-            dtype=expert.STORED_DTYPE,
+            copy / WEIGHTS_FILE,
+            load_file(folder / WEIGHTS_FILE),
+            dtype=text_training.STORED_DTYPE,
             metadata={"format_version": str(expert.FORMAT_VERSION)},
         )
-        shutil.copy(folder / expert.CONFIG_FILE, copy / expert.CONFIG_FILE)
+        shutil.copy(folder / CONFIG_FILE, copy / CONFIG_FILE)
     return copy
 
 
@@ -208,8 +212,8 @@ def run_baselines(train, dev, seed: int, runs: Path, cache: str | None) -> dict:
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    items = expert.items_from_examples(train, context=False)
-    keep, held = expert.split_by_dialogue(items, expert.TextExpertConfig.validation_fraction, seed)
+    items = text_training.items_from_examples(train, context=False)
+    keep, held = text_training.split_by_dialogue(items, expert.TextExpertConfig.validation_fraction, seed)
     labels = np.array([e.label for e in train])
     tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit([train[i].text for i in keep])
     words, dev_words = tfidf.transform([e.text for e in train]), tfidf.transform([e.text for e in dev])
@@ -263,27 +267,37 @@ def frozen_embeddings(texts: list[str], path: Path) -> np.ndarray:
 
 
 def measure_speed(train, dev) -> dict:
-    """Utterances/s of LoRA training (SPEED_UTTERANCES, batches as in training) and dev inference, fp32 vs bf16."""
+    """Utterances/s of LoRA training (one epoch of SPEED_UTTERANCES, batches as in training, no validation) and
+    dev inference, fp32 vs bf16."""
     from encoders.text import _load_bert
 
-    items = expert.items_from_examples(train[:SPEED_UTTERANCES], context=False)
-    dev_items = expert.items_from_examples(dev, context=False)
+    items = text_training.items_from_examples(train[:SPEED_UTTERANCES], context=False)
+    dev_items = text_training.items_from_examples(dev, context=False)
+    device = torch.device("cpu")
     speeds = {}
-    for precision in expert.PRECISIONS:
+    for precision in PRECISIONS:
         config = expert.TextExpertConfig(precision=precision)
-        tokenizer, bert = _load_bert(
-            expert.choose_model(None, env_var=expert.TEXT_ENV, default=expert.DEFAULT_TEXT_MODEL)
+        tokenizer, bert = _load_bert(choose_model(None, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL))
+        model = text_training.build_model(bert, config)
+        optimiser = text_training._optimiser(model, config)
+        steps = math.ceil(len(items) / config.batch_size)
+        run = _UntimedValidation(
+            expert.encode(tokenizer, items, config.max_tokens),
+            torch.tensor([item.label for item in items]),
+            None,
+            ([], []),
+            tokenizer.pad_token_id,
+            config,
+            lambda: None,
+            model=model,
+            optimizer=optimiser,
+            schedule=warmup_linear(optimiser, total_steps=steps, warmup_fraction=config.warmup),
+            device=device,
+            generator=torch.Generator(),
+            bf16=precision == "bf16",
         )
-        model = expert.build_model(bert, config)
-        encoded = expert.encode(tokenizer, items, config.max_tokens)
-        labels = torch.tensor([item.label for item in items])
-        batches = expert.training_batches([len(e.input_ids) for e in encoded], config.batch_size, torch.Generator())
-        optimiser, schedule = expert._optimiser(model, config, steps=len(batches))
-        device = torch.device("cpu")
         started = time.perf_counter()
-        expert._train_epoch(
-            model, encoded, labels, batches, optimiser, schedule, tokenizer.pad_token_id, device, config
-        )
+        run.run(1)
         train_seconds = time.perf_counter() - started
         dev_encoded = expert.encode(tokenizer, dev_items, config.max_tokens)
         started = time.perf_counter()
@@ -293,6 +307,19 @@ def measure_speed(train, dev) -> dict:
             "inference_utterances_per_s": len(dev_items) / (time.perf_counter() - started),
         }
     return speeds
+
+
+class _UntimedValidation(text_training.TextFit):
+    """The text expert's training loop without validation or checkpoints: training alone is timed."""
+
+    def validate(self) -> None:
+        return None
+
+
+def _validation_weighted_f1(record: dict) -> float:
+    """A training history record's validation weighted F1: flat in today's records, under "validation" in those of
+    runs finished before the training loop was shared (kept in --runs)."""
+    return record["weighted_f1"] if "weighted_f1" in record else record["validation"]["weighted_f1"]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -371,7 +398,7 @@ def markdown(report: dict) -> str:
     for key, run in report["runs"].items():
         first.setdefault(key.split("/")[0], run)
     for variant, run in first.items():
-        validation = run["history"][run["best_epoch"] - 1]["validation"]["weighted_f1"]
+        validation = _validation_weighted_f1(run["history"][run["best_epoch"] - 1])
         lines.append(
             f"| {variant} | {VARIANTS[variant]} | {100 * validation:.1f} | {100 * run['dev']['weighted_f1']:.1f} | "
             f"{100 * run['dev']['ua']:.1f} | {run['best_epoch']} | {run['train_minutes']:.1f} | "
@@ -410,7 +437,7 @@ def ensemble_markdown(ensembles: dict, title: str, explanation: str) -> list[str
         explanation,
         "",
         "| members | validation weighted F1 | dev weighted F1 | dev macro-F1 | dev UA | dev WA | dev weighted F1, "
-        f"weights stored in {str(expert.STORED_DTYPE).removeprefix('torch.')} |",
+        f"weights stored in {str(text_training.STORED_DTYPE).removeprefix('torch.')} |",
         "|---|---|---|---|---|---|---|",
     ]
     for k in sizes:

@@ -6,7 +6,7 @@
 
 Folds are over the test corpus's speakers (RAVDESS: 6 folds of 3 of actors 01-18, 8 native classes; nEMO: 3 folds
 of 3 of its 9 speakers, 6 classes). Every model of a fold is trained on all the other speakers with the fixed recipe
-(fusion.experts.audio.VoiceTrainConfig: its epochs and settings were chosen on validation speakers drawn from
+(fusion.training.voice.VoiceTrainConfig: its epochs and settings were chosen on validation speakers drawn from
 training speakers, benchmarks/voice_selection.py; no test fold chooses anything). With ``--train-on ravdess+nemo``
 the other corpus's speakers all join the training side. In the same run and on the same folds: MFCC
 statistics + SVM and a logistic-regression probe on pooled Whisper states (benchmarks/voice_baselines.py), trained
@@ -29,16 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
 from benchmarks.voice_baselines import mfcc_svm, pooled_probe  # noqa: E402
-from fusion.experts.audio import (  # noqa: E402
-    VOICE_LABELS,
-    SpeechCache,
-    VoiceConfig,
-    VoiceTrainConfig,
-    fit,
-    predict_proba,
-    to_canonical,
-    voice_label,
-)
+from fusion.experts.voice import VOICE_LABELS, VoiceConfig, predict_proba, to_canonical, voice_label  # noqa: E402
 from fusion.labels import (  # noqa: E402
     EMOTIONS,
     RAVDESS_CODES,
@@ -48,8 +39,10 @@ from fusion.labels import (  # noqa: E402
     ravdess_fields,
 )
 from fusion.media.decoding import decode  # noqa: E402
-from fusion.training.datasets import nemo, ravdess, speaker_folds  # noqa: E402
+from fusion.training.datasets import nemo, ravdess  # noqa: E402
 from fusion.training.metrics import score  # noqa: E402
+from fusion.training.splits import speaker_folds  # noqa: E402
+from fusion.training.voice import SpeechCache, VoiceTrainConfig, fit  # noqa: E402
 
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
 PROBE_BLOCK = 3  # the block whose pooled states the probe reads: its best in benchmarks/results/whisper_blocks.md

@@ -28,7 +28,7 @@ from benchmarks.child import describe_machine
 from benchmarks.speakers import der, recordings, takes, trimmed
 from encoders.speakers import NUISANCE_FILE, SAMPLE_RATE, SpeakerEncoder, remove_nuisance
 from encoders.vad import SpeechDetector
-from fusion.experts.state import save_weights
+from fusion.storage import save_weights
 
 NEMO_TAKES = 100  # takes per nEMO speaker (of about 500): enough to estimate how one voice varies
 CANDIDATES = (0, 2, 5, 10, 15, 20)  # numbers of directions tried

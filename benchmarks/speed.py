@@ -9,7 +9,8 @@ it is not kept) and, in the same run, timed three ways, each in its own process 
 - bare decode: ``ffmpeg -i FILE -f null -`` (every frame and sample decoded, nothing else);
 - bare Whisper: ``whisper.transcribe`` of the recording's audio with the same model and options as fusion uses
   (word timestamps, greedy decoding, the same thresholds), model loading and audio extraction not timed;
-- fusion: ``fusion score FILE --out ...`` end to end (decode, Whisper, BERT, faces, fusion, writing the tables).
+- fusion: ``fusion score FILE --out ...`` end to end (decode, Whisper, the Whisper states, faces, the experts and
+  their fusion, writing the tables).
 
 Real-time factor (RTF) = seconds of processing / seconds of recording. The ratio that matters is
 fusion / (bare decode + bare Whisper): what the whole pipeline costs over the two things it cannot avoid.
@@ -209,8 +210,8 @@ def _markdown(rows: list[dict], command: str, machine: str) -> str:
     if compared:
         lines += [
             "",
-            "Feature extraction alone (decode, faces, Whisper, BERT; models loaded first), with decoding and face",
-            "detection run inline, in turn with the models, or in the decoding process one chunk ahead:",
+            "Feature extraction alone (decode, faces, Whisper; models loaded first), with decoding and face detection",
+            "run inline, in turn with the models, or in the decoding process one chunk ahead:",
             "",
             "| input | inline s | decoding process s |",
             "|---|---|---|",

@@ -22,7 +22,9 @@ import numpy as np
 
 from benchmarks.child import describe_machine
 from benchmarks.ravdess_folds import read_probabilities
-from fusion.experts.late_fusion import calibrated_log_probabilities, expected_calibration_error, fit_temperature
+from fusion.experts.late_fusion import calibrated_log_probabilities
+from fusion.training.calibration import fit_temperature
+from fusion.training.metrics import expected_calibration_error
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
         --cache ../cache/speech --out benchmarks/results/voice_expert/selection.md
 
 For each of the 6 RAVDESS folds of benchmarks/ravdess_folds.py, the fold's 15 training actors are split into 13
-to train on and 2 to validate on (fusion.training.datasets.speaker_split, seed 0); the fold's 3 test actors are not
+to train on and 2 to validate on (fusion.training.splits.speaker_split, seed 0); the fold's 3 test actors are not
 used.
 Each candidate recipe is trained on the 13 and scored (8-class UA) on the 2 after every epoch; the table gives the
 mean over the 6 folds' validation actors (12 actors in all) at the last epoch, and at the best epoch for reference.
@@ -21,8 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
-from fusion.experts.audio import SpeechCache, VoiceConfig, VoiceTrainConfig, fit, voice_label  # noqa: E402
-from fusion.training.datasets import nemo, ravdess, speaker_folds, speaker_split  # noqa: E402
+from fusion.experts.voice import VoiceConfig, voice_label  # noqa: E402
+from fusion.training.datasets import nemo, ravdess  # noqa: E402
+from fusion.training.splits import speaker_folds, speaker_split  # noqa: E402
+from fusion.training.voice import SpeechCache, VoiceTrainConfig, fit  # noqa: E402
 
 # name -> (model settings, training settings, extra corpus); the first is the reference the others change one thing of
 CANDIDATES = {

@@ -28,7 +28,8 @@ from encoders.text import Transcriber  # noqa: E402
 from encoders.whisper_states import WhisperStates  # noqa: E402
 from fusion.labels import ravdess_native  # noqa: E402
 from fusion.media.decoding import decode  # noqa: E402
-from fusion.training.datasets import ravdess, speaker_folds  # noqa: E402
+from fusion.training.datasets import ravdess  # noqa: E402
+from fusion.training.splits import speaker_folds  # noqa: E402
 
 
 def main() -> None:

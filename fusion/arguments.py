@@ -35,6 +35,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+EXPERT_NAMES = ("voice", "text", "face")  # a bundle's experts, as the command line names them
+
+
+def expert_names(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated expert names, e.g. voice,text."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in EXPERT_NAMES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct names from {', '.join(EXPERT_NAMES)}: {text!r}")
+    return names
+
+
 def out_of_fold_spec(text: str) -> str:
     """argparse type: MODALITY=FOLDER, a modality the models know and a folder of *seed<S>-fold<K>.npz files."""
     modality, _, folder = text.partition("=")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from alignment.timeline import DEFAULT_WINDOW_S, SEGMENT_MODES
-from fusion.arguments import ENGINES, out_of_fold_spec, positive_float, positive_int
+from fusion.arguments import ENGINES, expert_names, out_of_fold_spec, positive_float, positive_int
 from fusion.errors import FusionError, check_writable
 from fusion.training.datasets import DATA_KINDS
 from fusion.training.metrics import METRICS
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     commands_by_name = {
         "predict": _predict,
         "ablate": _ablate,
+        "evaluate": _evaluate,
         "score": _score,
         "train-expert": lambda args: importlib.import_module(f"fusion.training.{args.modality}").run(args),
         "bundle": lambda args: importlib.import_module("fusion.training.bundle").run(args),
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `fusion` command line: one subcommand per task (predict, score, train-expert, bundle, ablate)."""
+    """The `fusion` command line: one subcommand per task (predict, score, evaluate, train-expert, bundle, ablate)."""
     parser = argparse.ArgumentParser(prog="fusion", description="Multimodal emotion recognition from recordings.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -47,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     predict.add_argument("--output", "-o", help="write to this file instead of standard output")
     _add_prediction_options(predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a labelled set through the path users get (fusion.predict per file): UA, WA, F1, ECE"
+    )
+    evaluate.add_argument(
+        "data", nargs="+", help="labelled recordings: KIND=PATH (" + ", ".join(DATA_KINDS) + ") or a csv of path,label"
+    )
+    evaluate.add_argument("--experts", type=expert_names, help="only these experts, e.g. voice,text (default: all)")
+    evaluate.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    evaluate.add_argument("--output", "-o", help="write the table or JSON to this file instead of standard output")
+    evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this picture")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("--checkpoint", help="bundle folder (default: $FUSION_CHECKPOINT or the shipped model)")
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    _add_model_options(evaluate)
 
     ablate = commands.add_parser(
         "ablate", help="modality ablation: every subset of a bundle's experts, pooled by its fusion, on labelled data"
@@ -149,6 +165,7 @@ def _sources(args: argparse.Namespace):
 
 def _predict(args: argparse.Namespace) -> int:
     from fusion.serving.predictor import Predictor
+    from fusion.storage import write_output
 
     if args.output:
         check_writable(args.output)  # before any model loads
@@ -166,10 +183,32 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         text = _table(result)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+        write_output(args.output, text.encode())
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fusion.evaluation import evaluate, plot_confusion
+    from fusion.serving.predictor import Predictor
+    from fusion.storage import write_output
+
+    for path in (args.output, args.confusion):
+        if path:
+            check_writable(path)  # before any model loads
+    predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device, experts=args.experts)
+    progress = None if args.quiet else (lambda items: tqdm(items, desc="evaluate", unit="file"))
+    result = evaluate(predictor, args.data, progress=progress)
+    text = result.to_json() + "\n" if args.format == "json" else result.table()
+    if args.output:
+        write_output(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
+    if args.confusion:
+        plot_confusion(result, args.confusion)
     return 0
 
 

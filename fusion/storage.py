@@ -90,6 +90,17 @@ def write_atomic(path: Path, data: bytes) -> None:
         temporary.write_bytes(data)
 
 
+def write_output(path: str | os.PathLike, data: bytes) -> None:
+    """A user's output file (a table, JSON): written like write_atomic, a failure to write (a full disk, a folder
+    gone) an OutputError naming the file, and nothing half-written left at path."""
+    from fusion.errors import OutputError
+
+    try:
+        write_atomic(Path(path), data)
+    except OSError as error:
+        raise OutputError(path, f"cannot write: {error.strerror or error}") from error
+
+
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Plain arrays (no pickle) as an .npz at path, written like write_atomic (a crash leaves no partial entry);
     the folder is made when missing. The caches of features and expert outputs store their entries so."""

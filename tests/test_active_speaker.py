@@ -104,6 +104,6 @@ def test_the_answer_is_on_camera_and_the_question_is_not(question_and_answer):
         # the face counts only where it is the speaker's
         assert ("video" in row.modalities.split(",")) is expected, row
     assert scored >= 3  # the question, the answer and the follow-up
-    shown = [s for s, theirs in result.summary["speakers"].items() if theirs["on_camera"]]
-    assert result.for_speaker("on-camera").summary["speaker"] == shown[0]
+    shown = [s for s, theirs in result.summary.speakers.items() if theirs.on_camera]
+    assert result.for_speaker("on-camera").summary.speaker == shown[0]
     assert result.for_speaker("all") is result

@@ -5,6 +5,7 @@ import torch
 
 from fusion.experts import attention
 from fusion.experts.late_fusion import LateFusion
+from fusion.training import attention as training
 
 C = 7
 
@@ -30,7 +31,7 @@ def test_the_untrained_model_is_late_fusion_and_padding_changes_nothing():
     rng = np.random.default_rng(0)
     late = LateFusion(temperatures={"text": 1.5}, priors={"video": list(np.arange(1, C + 1) / 28)})
     model = attention.AttentionFusion(attention.AttentionFusionConfig(), late).eval()
-    examples, _ = attention.paired_examples(_pools(rng), 50, rng, modality_dropout=0.5)
+    examples, _ = training.paired_examples(_pools(rng), 50, rng, modality_dropout=0.5)
     assert {len(e) for e in examples} > {1}, "dropout leaves one, two or three modalities"
     fused = attention.predict_proba(model, examples)
     np.testing.assert_allclose(fused, attention.late_fusion_proba(late, examples), atol=1e-5)
@@ -45,11 +46,11 @@ def test_fitting_learns_to_distrust_an_overconfident_modality():
     should beat it on held-out pairs, and the chosen epoch is a trained one."""
     rng = np.random.default_rng(1)
     late = LateFusion()
-    validation = attention.paired_examples(_pools(rng), 1500, rng)
-    config = attention.AttentionFusionConfig(epochs=6, examples_per_epoch=3000, seed=0)
-    result = attention.fit(late, _pools(rng), validation, config)
+    validation = training.paired_examples(_pools(rng), 1500, rng)
+    config = training.AttentionTrainConfig(epochs=6, examples_per_epoch=3000, seed=0)
+    result = training.fit(late, _pools(rng), validation, config)
     assert result.epoch > 0 and min(result.history[1:]) < result.history[0]
-    test, labels = attention.paired_examples(_pools(rng), 1500, rng)
+    test, labels = training.paired_examples(_pools(rng), 1500, rng)
     learned = (attention.predict_proba(result.model, test).argmax(1) == labels).mean()
     floor = (attention.late_fusion_proba(late, test).argmax(1) == labels).mean()
     assert learned > floor + 0.05, (learned, floor)

@@ -29,9 +29,8 @@ from fusion.training.datasets import (
     meld,
     ravdess,
     save_manifest,
-    speaker_folds,
-    speaker_split,
 )
+from fusion.training.splits import speaker_folds, speaker_split
 
 # Per RAVDESS actor: neutral has no strong intensity, so 2 statements x 2 repetitions = 4 clips; the seven other
 # emotions 2 intensities x 2 statements x 2 repetitions = 8 each: 60 clips. Calm joins neutral canonically.

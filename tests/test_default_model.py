@@ -54,16 +54,16 @@ def test_default_model_predicts_every_clip(default_predictor, shared, monkeypatc
         probabilities = result.timeline[list(EMOTIONS)].to_numpy()
         assert np.isfinite(probabilities).all()
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-        assert result.summary["label"] in EMOTIONS
+        assert result.summary.label in EMOTIONS
         assert set(",".join(result.timeline.modalities).split(",")) <= {"audio", "text", "video"}
-    assert result.summary["modalities"] == ["audio", "text"], "the flac has no video"
+    assert result.summary.modalities == ("audio", "text"), "the flac has no video"
     assert "video" not in ",".join(result.timeline.modalities)
 
 
 def test_predict_without_checkpoint_argument_uses_the_default(shared, ravdess_clips, monkeypatch):
     monkeypatch.delenv("FUSION_CHECKPOINT", raising=False)
     result = fusion.predict(ravdess_clips[0])
-    assert result.summary["label"] in EMOTIONS
+    assert result.summary.label in EMOTIONS
 
 
 def test_accuracy_guard_faces(bundle, shared):
@@ -93,7 +93,7 @@ def test_accuracy_guard_voice_on_speech_it_trained_on(default_predictor, shared)
     from fusion.labels import ravdess_label
 
     files = sorted((shared / "data/ravdess-speech-16k/Actor_01").glob("*.flac"))[::2][:24]
-    right = [default_predictor.predict(f).summary["label"] == ravdess_label(f.name) for f in files]
+    right = [default_predictor.predict(f).summary.label == ravdess_label(f.name) for f in files]
     assert np.mean(right) > 0.7, np.mean(right)
 
 
@@ -128,14 +128,16 @@ def test_fusion_bundle_reuses_trained_experts_and_calibrates_them(shared, tmp_pa
     assert json.loads((out / "face" / "config.json").read_text())["dtype"] == "int8"
     assert not (out / ".face").exists()
     result = fusion.load(out).predict(ravdess_clips[0])
-    assert result.summary["modalities"] == ["audio", "text", "video"] and result.summary["label"] in EMOTIONS
+    assert result.summary.modalities == ("audio", "text", "video") and result.summary.label in EMOTIONS
 
 
 def test_the_default_model_loads_no_second_text_model(default_predictor, ravdess_clips):
-    """The bundle's text expert reads the words; the feature extractor embeds none (no plain MiniLM loaded)."""
-    assert default_predictor.extractor.word_encoder is None
+    """The bundle's text expert reads the words; the feature extractor holds no text model of its own."""
+    from encoders.text import WordEncoder
+
+    assert not [name for name, value in vars(default_predictor.extractor).items() if isinstance(value, WordEncoder)]
     features = default_predictor.extractor(ravdess_clips[0])
-    assert features.modalities == ("audio", "text", "video") and features.word_embeddings.shape[1] == 0
+    assert features.modalities == ("audio", "text", "video")
 
 
 def test_recipe_runs_every_stage_once_and_reuses_an_expert_given_by_path(shared, tmp_path, ravdess_clips):
@@ -145,7 +147,7 @@ def test_recipe_runs_every_stage_once_and_reuses_an_expert_given_by_path(shared,
     import subprocess
     import sys
 
-    from fusion.experts.recipe import DONE_SUFFIX
+    from fusion.training.recipe import DONE_SUFFIX
 
     speech = tmp_path / "ravdess" / "Actor_01"
     speech.mkdir(parents=True)
@@ -191,8 +193,17 @@ def test_recipe_runs_every_stage_once_and_reuses_an_expert_given_by_path(shared,
     assert config["experts"]["face"] == str(DEFAULT_CHECKPOINT / "face")
     assert config["experts"]["voice"] == str(work / "voice")
     result = fusion.load(out).predict(ravdess_clips[0])
-    assert result.summary["modalities"] == ["audio", "text", "video"]
+    assert result.summary.modalities == ("audio", "text", "video")
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done before") == 2 and "train-expert" not in again.stdout
+
+
+def test_the_shipped_models_recipe_keeps_the_voice_temperature_it_was_given():
+    """`fusion bundle --recipe fusion/checkpoints/default` rebuilds the shipped model: its recipe carries the voice
+    temperature that calibration records (given to `fusion bundle`, not fitted by it)."""
+    from fusion.training.recipe import read_recipe
+
+    recorded = json.loads((DEFAULT_CHECKPOINT / BUNDLE_FILE).read_text())["calibration"]["audio"]["temperature"]
+    assert read_recipe(DEFAULT_CHECKPOINT)["bundle"]["voice_temperature"] == recorded

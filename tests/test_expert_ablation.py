@@ -1,4 +1,4 @@
-"""Modality ablation of an experts bundle (fusion.training.expert_ablation): pooling over subsets, out-of-fold
+"""Modality ablation of an experts bundle (fusion.training.ablation): pooling over subsets, out-of-fold
 outputs in place of an expert that heard the test speakers, and the command on the real clips."""
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from fusion.cli import main
 from fusion.experts.bundle import ExpertBundle
 from fusion.experts.late_fusion import LateFusion
 from fusion.labels import EMOTIONS, MODALITIES
-from fusion.training.ablation import AblationConfig
-from fusion.training.datasets import Example
-from fusion.training.expert_ablation import (
+from fusion.training.ablation import (
+    AblationConfig,
     ExpertOutputs,
     RecordingOutputs,
-    read_out_of_fold,
-    recording_key,
     run_expert_ablation,
 )
+from fusion.training.datasets import Example
+from fusion.training.out_of_fold import read_out_of_fold, recording_key
 
 C = len(EMOTIONS)
 
@@ -126,7 +125,7 @@ def test_ablate_experts_on_the_real_clips(shared, tmp_path):
     """The shipped bundle on the 12 real clips: every subset of its three experts, the clip without audio counted."""
     out = tmp_path / "ablation"
     code = main(
-        ["ablate", f"ravdess={shared / 'data/av-clips'}", "--experts", "--folds", "4", "--cache", str(tmp_path / "c")]
+        ["ablate", f"ravdess={shared / 'data/av-clips'}", "--folds", "4", "--cache", str(tmp_path / "c")]
         + ["--out", str(out)]
     )
     assert code == 0
@@ -164,6 +163,6 @@ def test_a_recording_with_a_transcript_is_keyed_by_its_media_and_a_transcript_ro
 @pytest.mark.parametrize("spec", ["speech=.", "audio=", "audio=/nowhere"])
 def test_a_malformed_out_of_fold_option_is_a_usage_error(spec, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["ablate", "ravdess=x", "--experts", "--out-of-fold", spec, "--cache", "c", "--out", "o"])
+        main(["ablate", "ravdess=x", "--out-of-fold", spec, "--cache", "c", "--out", "o"])
     assert exit_.value.code == 2
     assert "--out-of-fold" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 import torch
 
-from fusion.experts.state import INT8_MIN_ELEMENTS, INT8_SCALE, load_weights, save_weights
+from fusion.storage import INT8_MIN_ELEMENTS, INT8_SCALE, load_weights, save_weights
 
 
 def test_int8_storage_keeps_large_weights_close_and_small_tensors_in_float16(tmp_path):

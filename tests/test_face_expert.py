@@ -16,11 +16,13 @@ from encoders.face_lite import (
     imagenet_weights_path,
     load_imagenet_weights,
 )
-from fusion.experts import face
-from fusion.experts.face import FaceConfig, FaceExpert, FaceTrainConfig, fit, predict_proba, read_faces
+from fusion.experts.face import FaceConfig, FaceExpert, predict_proba, read_faces
 from fusion.labels import EMOTIONS
+from fusion.storage import WEIGHTS_FILE
+from fusion.training import loop
 from fusion.training.augment import FaceImageAugment, augment_face_images
 from fusion.training.datasets import image_folder
+from fusion.training.face import FaceTrainConfig, fit
 
 # one cosine epoch, then one epoch of weight averaging (a snapshot every 2 of its 6 steps)
 QUICK = FaceTrainConfig(epochs=1, average_epochs=1, average_every=2, batch_size=32, warmup_fraction=0.1)
@@ -75,7 +77,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads(fer_images, tmp_path)
     result.model.save(tmp_path / "run")
     loaded = FaceExpert.load(tmp_path / "run")
     np.testing.assert_allclose(predict_proba(loaded, images[:16]), predict_proba(result.model, images[:16]), atol=1e-5)
-    assert (tmp_path / "run" / face.WEIGHTS_FILE).stat().st_size < 16e6
+    assert (tmp_path / "run" / WEIGHTS_FILE).stat().st_size < 16e6
 
 
 def test_resuming_an_interrupted_run_gives_the_same_weights(fer_images, tmp_path, monkeypatch):
@@ -85,15 +87,15 @@ def test_resuming_an_interrupted_run_gives_the_same_weights(fer_images, tmp_path
     class Killed(Exception):
         pass
 
-    def save_then_die(*args, **kwargs):  # the run dies right after saving its first epoch
-        real_save(*args, **kwargs)
+    def save_then_die(self):  # the run dies right after saving its first epoch
+        real_save(self)
         raise Killed
 
-    real_save = face.save_training_state
-    monkeypatch.setattr(face, "save_training_state", save_then_die)
+    real_save = loop.Fit._save
+    monkeypatch.setattr(loop.Fit, "_save", save_then_die)
     with pytest.raises(Killed):
         fit(images, labels, train_config=QUICK, state_dir=tmp_path / "cut")
-    monkeypatch.setattr(face, "save_training_state", real_save)
+    monkeypatch.setattr(loop.Fit, "_save", real_save)
     resumed = fit(images, labels, train_config=QUICK, state_dir=tmp_path / "cut", resume=True)
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
     for key, value in whole.model.state_dict().items():

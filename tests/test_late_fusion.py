@@ -3,12 +3,9 @@
 import numpy as np
 import pytest
 
-from fusion.experts.late_fusion import (
-    LateFusion,
-    expected_calibration_error,
-    fit_temperature,
-    fit_weights,
-)
+from fusion.experts.late_fusion import LateFusion
+from fusion.training.calibration import fit_temperature, fit_weights
+from fusion.training.metrics import expected_calibration_error
 
 C = 7
 

@@ -55,9 +55,9 @@ def test_the_public_api_imports_from_fusion():
 
 
 def test_every_command_is_listed():
-    assert {c[0] for c in COMMANDS} == {"predict", "features", "train", "ablate", "train-expert", "bundle", "score"}
+    assert {c[0] for c in COMMANDS} == {"predict", "evaluate", "ablate", "train-expert", "bundle", "score"}
     assert {c for c in COMMANDS if c[0] == "train-expert" and len(c) == 2} == {
-        ("train-expert", "audio"),
+        ("train-expert", "voice"),
         ("train-expert", "text"),
         ("train-expert", "face"),
     }
@@ -71,7 +71,7 @@ def test_every_command_prints_its_help(command, capsys):
     assert capsys.readouterr().out.startswith(f"usage: fusion {' '.join(command)}")
 
 
-@pytest.mark.parametrize("command", ["features", "train", "ablate", "predict", "score"])
+@pytest.mark.parametrize("command", ["ablate", "evaluate", "predict", "score"])
 def test_commands_that_extract_features_choose_the_models(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
@@ -122,8 +122,111 @@ def test_training_imports_nothing_of_serving():
 
 def test_the_moved_modules_left_nothing_at_their_old_paths():
     old = ("media", "streaming", "decode_worker", "features", "orphans", "predictor", "score", "plot", "memory")
-    old += ("datasets", "cache", "augment", "train", "ablation", "metrics")
+    old += ("datasets", "cache", "augment", "train", "ablation", "metrics", "model", "checkpoint")
     assert not [name for name in old if (REPO_ROOT / "fusion" / f"{name}.py").exists()]
+    retired = ("fusion/experts/audio.py", "fusion/experts/state.py", "fusion/training/train.py", "encoders/face.py")
+    assert not [path for path in retired if (REPO_ROOT / path).exists()]
+
+
+PACKAGES = ("fusion", "encoders", "alignment")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """{module: the package's modules it imports} over fusion, encoders and alignment (imports inside functions
+    count: they run too)."""
+    paths = [path for package in PACKAGES for path in _modules(package)]
+    names = {_module_name(path) for path in paths}
+    graph = {}
+    for path in paths:
+        targets = set()
+        for imported in _imports(path):
+            while imported and imported not in names:  # `from a.b import c`: a.b.c when c is a module, else a.b
+                imported = imported.rpartition(".")[0]
+            if imported:
+                targets.add(imported)
+        graph[_module_name(path)] = targets - {_module_name(path)}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _package_of(module: str) -> str:
+    """fusion.experts.voice -> fusion.experts; a top-level module of a package (fusion.errors) is its own node."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_no_import_cycles_between_modules_or_packages():
+    graph = _import_graph()
+    assert _cycles(graph) == []
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        packages.setdefault(_package_of(module), set()).update(_package_of(t) for t in targets)
+    assert _cycles({p: t - {p} for p, t in packages.items()}) == []
+
+
+def test_the_model_imports_nothing_of_training_or_the_command_line():
+    offending = {
+        module: sorted(t for t in targets if t.startswith(("fusion.training", "fusion.cli", "fusion.arguments")))
+        for module, targets in _import_graph().items()
+        if module.startswith("fusion.experts")
+    }
+    assert not {module: targets for module, targets in offending.items() if targets}
+
+
+def test_serving_imports_nothing_of_training_at_run_time():
+    code = (
+        "import sys, fusion.serving.predictor, fusion.serving.batch; "
+        "print(sorted(m for m in sys.modules if m.startswith('fusion.training')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert run.stdout.strip() == "[]"
+
+
+MAX_MODULE_LINES = 450  # a module longer than this holds more than one thing
+
+
+def test_no_package_module_is_longer_than_it_should_be():
+    lengths = {
+        str(path.relative_to(REPO_ROOT)): len(path.read_text().splitlines())
+        for package in PACKAGES
+        for path in _modules(package)
+    }
+    assert not {path: n for path, n in lengths.items() if n > MAX_MODULE_LINES}
 
 
 def test_the_shipped_model_is_found_from_the_serving_package(monkeypatch):

@@ -59,8 +59,9 @@ def test_check_writable_names_what_is_wrong(tmp_path):
         ["predict", "x.mp4", "--window", "-1"],
         ["predict", "x.mp4", "--window", "nan"],
         ["score", "x.mp4", "--out", "s.csv", "--workers", "0"],
-        ["train", "--data", "ravdess=x", "--cache", "c", "--out", "o", "--epochs", "0"],
-        ["ablate", "ravdess=x", "--cache", "c", "--out", "o", "--seeds", "zero"],
+        ["train-expert", "voice", "--data", "ravdess=x", "--cache", "c", "--out", "o", "--epochs", "0"],
+        ["train-expert", "text", "--data", "meld=x", "--out", "o", "--epochs", "zero"],
+        ["evaluate", "ravdess=x", "--experts", "voice,mouth"],
     ],
 )
 def test_bad_numbers_are_refused_by_the_parser(args, capsys):
@@ -68,7 +69,7 @@ def test_bad_numbers_are_refused_by_the_parser(args, capsys):
         main(args)
     assert exit.value.code == 2
     error = capsys.readouterr().err
-    assert "must be" in error or "not an integer" in error
+    assert "must be" in error or "not an integer" in error or "expected distinct names" in error
 
 
 def test_tables_get_the_usual_permissions(ravdess_clips, tmp_path):

@@ -31,7 +31,7 @@ def interview(shared, tmp_path_factory):
 def test_each_take_is_said_by_its_speaker(predictor, interview):
     path, spans, who = interview
     result = predictor.predict(path)
-    assert set(result.summary["speakers"]) == {"S1", "S2"}
+    assert set(result.summary.speakers) == {"S1", "S2"}
     timeline = result.timeline
     said = timeline[timeline["text"].str.strip() != ""]
     # the speaker of every segment with words is the actor whose take holds the segment's middle
@@ -45,23 +45,23 @@ def test_each_take_is_said_by_its_speaker(predictor, interview):
 
 def test_the_summary_of_a_speaker_is_the_weighted_mean_of_their_segments(predictor, interview):
     result = predictor.predict(interview[0])
-    for speaker, summary in result.summary["speakers"].items():
+    for speaker, summary in result.summary.speakers.items():
         rows = result.timeline[result.timeline["speaker"] == speaker]
         probabilities = rows[list(result.labels)].to_numpy()
         kept = ~np.isnan(probabilities).any(1)
         weights = (rows["end"] - rows["start"]).to_numpy()[kept]
         expected = (probabilities[kept] * weights[:, None]).sum(0) / weights.sum()
-        assert np.allclose([summary["probabilities"][e] for e in result.labels], expected)
-        assert summary["label"] == result.labels[int(np.argmax(expected))]
-        assert summary["seconds"] == pytest.approx(weights.sum())
+        assert np.allclose([summary.probabilities[e] for e in result.labels], expected)
+        assert summary.label == result.labels[int(np.argmax(expected))]
+        assert summary.seconds == pytest.approx(weights.sum())
     only = result.for_speaker("S2")
-    assert set(only.timeline["speaker"]) == {"S2"} and only.summary["speaker"] == "S2"
+    assert set(only.timeline["speaker"]) == {"S2"} and only.summary.speaker == "S2"
     assert result.to_dict()["segments"][0]["speaker"] in {"S1", "S2", None}
 
 
 def test_one_clip_is_one_speaker_and_an_absent_speaker_is_a_clear_error(predictor, ravdess_clips, capsys):
     result = predictor.predict(ravdess_clips[0])
-    assert set(result.summary["speakers"]) == {"S1"}
+    assert set(result.summary.speakers) == {"S1"}
     with pytest.raises(NoSpeakerError, match="no speaker 'S3'"):
         result.for_speaker("S3")
     assert main(["predict", str(ravdess_clips[0]), "--speaker", "S3"]) == 1
@@ -71,7 +71,7 @@ def test_one_clip_is_one_speaker_and_an_absent_speaker_is_a_clear_error(predicto
 def test_on_camera_of_an_audio_only_file_is_a_clear_error(predictor, interview, capsys, tmp_path):
     result = predictor.predict(interview[0])
     assert result.timeline["on_camera_speaking"].isna().all()  # no face: unknown everywhere
-    assert all(theirs["on_camera"] is None for theirs in result.summary["speakers"].values())
+    assert all(theirs.on_camera is None for theirs in result.summary.speakers.values())
     assert main(["predict", str(interview[0]), "--speaker", "on-camera"]) == 1
     assert "no speaker is on camera: it has no video track" in capsys.readouterr().err
     out = tmp_path / "scores.csv"
@@ -93,6 +93,6 @@ def test_score_tables_have_the_speaker_columns(interview, ravdess_clips, tmp_pat
 
 def test_on_camera_of_a_video_where_no_one_speaks_says_so(predictor, no_audio_clip):
     result = predictor.predict(no_audio_clip)
-    assert result.summary["speakers"] == {} and result.timeline["on_camera_speaking"].isna().all()
+    assert result.summary.speakers == {} and result.timeline["on_camera_speaking"].isna().all()
     with pytest.raises(NoSpeakerError, match="no speaker is on camera: no one speaks in it"):
         result.for_speaker("on-camera")

@@ -16,6 +16,9 @@ from encoders.text import Utterance, Word, WordEncoder
 from fusion.cli import main as fusion_main
 from fusion.experts import text as expert
 from fusion.labels import EMOTIONS
+from fusion.storage import CONFIG_FILE, WEIGHTS_FILE
+from fusion.training import loop
+from fusion.training import text as training
 from fusion.training.datasets import meld
 
 ROWS = 240  # MELD train rows: dialogues 0-22, about 2 s per epoch on one core
@@ -28,8 +31,8 @@ def examples(shared: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def trained(examples, tmp_path_factory) -> expert.TrainResult:
-    return expert.train_text_expert(examples, tmp_path_factory.mktemp("expert"), CONFIG, log=lambda _: None)
+def trained(examples, tmp_path_factory) -> training.TrainResult:
+    return training.train_text_expert(examples, tmp_path_factory.mktemp("expert"), CONFIG, log=lambda _: None)
 
 
 def utterances(examples) -> list[Utterance]:
@@ -47,8 +50,8 @@ def test_fine_tuning_lowers_the_loss(trained, examples):
 
     torch.manual_seed(CONFIG.seed)
     tokenizer, bert = _load_bert(expert.choose_model(None, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL))
-    untrained = expert.build_model(bert, CONFIG)
-    items = expert.items_from_examples(examples, context=False)
+    untrained = training.build_model(bert, CONFIG)
+    items = training.items_from_examples(examples, context=False)
     encoded = expert.encode(tokenizer, items, CONFIG.max_tokens)
     before = expert.predict_logits(untrained, encoded, tokenizer.pad_token_id, torch.device("cpu"), "fp32")
     after = expert.TextExpert.load(trained.out).predict_items(items)
@@ -69,7 +72,7 @@ def test_round_trip_gives_the_same_embeddings_and_probabilities(trained, example
 
     _, bert = _load_bert(first.words.name)
     meta, weights = expert.read_checkpoint(trained.out)
-    model = expert.build_model(bert, expert.TextExpertConfig(**meta["config"]))
+    model = training.build_model(bert, expert.TextExpertConfig(**meta["config"]))
     model.load_state_dict(weights, strict=False)
     unmerged = WordEncoder()
     unmerged.model = model.encoder.eval()
@@ -82,11 +85,11 @@ def test_round_trip_gives_the_same_embeddings_and_probabilities(trained, example
 
 
 def test_checkpoint_holds_adapters_and_head_only(trained):
-    weights = load_file(trained.out / expert.WEIGHTS_FILE)
+    weights = load_file(trained.out / WEIGHTS_FILE)
     assert set(weights) >= {"head.weight", "head.bias"}
     assert all(k.startswith("head.") or ".lora_" in k for k in weights), sorted(weights)[:5]
-    assert (trained.out / expert.WEIGHTS_FILE).stat().st_size < 5_000_000
-    meta = json.loads((trained.out / expert.CONFIG_FILE).read_text())
+    assert (trained.out / WEIGHTS_FILE).stat().st_size < 5_000_000
+    meta = json.loads((trained.out / CONFIG_FILE).read_text())
     assert meta["base_model"] == DEFAULT_TEXT_MODEL  # the shared copy is recorded by its portable name
     assert meta["lora"] == {
         "r": CONFIG.lora_r,
@@ -103,24 +106,23 @@ def test_missing_base_model_names_the_variable(trained, monkeypatch):
 
 
 def test_resume_after_an_interrupted_epoch_continues_from_saved_state(trained, examples, tmp_path, monkeypatch):
-    real_epoch = expert._train_epoch
-    calls = []
+    real_batches = training.TextFit.batches
 
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed half-way through the second epoch
-        return real_epoch(*args, **kwargs)
+    def interrupted(self, epoch):
+        for number, batch in enumerate(real_batches(self, epoch)):
+            if epoch == 2 and number == 2:
+                raise KeyboardInterrupt  # killed part-way through the second epoch
+            yield batch
 
-    monkeypatch.setattr(expert, "_train_epoch", interrupted)
+    monkeypatch.setattr(training.TextFit, "batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        expert.train_text_expert(examples, tmp_path, CONFIG, log=lambda _: None)
-    monkeypatch.setattr(expert, "_train_epoch", real_epoch)
-    resumed = expert.train_text_expert(examples, tmp_path, CONFIG, resume=True, log=lambda _: None)
+        training.train_text_expert(examples, tmp_path, CONFIG, log=lambda _: None)
+    monkeypatch.setattr(training.TextFit, "batches", real_batches)
+    resumed = training.train_text_expert(examples, tmp_path, CONFIG, resume=True, log=lambda _: None)
 
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in trained.history]
-    final = torch.load(tmp_path / expert.STATE_FILE, weights_only=True)["weights"]
-    uninterrupted = torch.load(trained.out / expert.STATE_FILE, weights_only=True)["weights"]
+    final = torch.load(tmp_path / loop.STATE_FILE, weights_only=True)["weights"]
+    uninterrupted = torch.load(trained.out / loop.STATE_FILE, weights_only=True)["weights"]
     assert final.keys() == uninterrupted.keys()
     assert all(torch.equal(final[k], uninterrupted[k]) for k in final)
 
@@ -142,10 +144,10 @@ def test_a_distilled_student_follows_its_teacher_closer_than_the_labels_alone(tr
     student_config = dataclasses.replace(CONFIG, member=1)
     distilled = dataclasses.replace(student_config, teacher=str(trained.out), distill_weight=1.0)
     runs = {
-        name: expert.train_text_expert(examples, tmp_path / name, config, log=lambda _: None).out
+        name: training.train_text_expert(examples, tmp_path / name, config, log=lambda _: None).out
         for name, config in (("labels", student_config), ("teacher", distilled))
     }
-    items = expert.items_from_examples(examples, context=False)
+    items = training.items_from_examples(examples, context=False)
     teacher = expert.TextExpert.load(trained.out).predict_items(items)
 
     def divergence(folder) -> float:
@@ -153,4 +155,4 @@ def test_a_distilled_student_follows_its_teacher_closer_than_the_labels_alone(tr
         return float((teacher * (np.log(teacher) - np.log(student))).sum(1).mean())
 
     assert divergence(runs["teacher"]) < divergence(runs["labels"])
-    assert json.loads((runs["teacher"] / expert.CONFIG_FILE).read_text())["config"]["teacher"] == str(trained.out)
+    assert json.loads((runs["teacher"] / CONFIG_FILE).read_text())["config"]["teacher"] == str(trained.out)

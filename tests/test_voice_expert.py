@@ -12,21 +12,14 @@ import whisper
 
 from encoders.text import Transcriber
 from encoders.whisper_states import STATE_SECONDS, WhisperStates
-from fusion.experts import audio as voice
-from fusion.experts.audio import (
-    VOICE_LABELS,
-    SpeechCache,
-    VoiceConfig,
-    VoiceExpert,
-    VoiceTrainConfig,
-    fit,
-    predict_proba,
-    to_canonical,
-    voice_label,
-)
+from fusion.experts import voice
+from fusion.experts.voice import VOICE_LABELS, VoiceConfig, VoiceExpert, predict_proba, to_canonical, voice_label
 from fusion.labels import EMOTIONS
 from fusion.media.decoding import decode
+from fusion.training import loop
+from fusion.training import voice as voice_training
 from fusion.training.datasets import nemo, ravdess
+from fusion.training.voice import SpeechCache, VoiceTrainConfig, fit
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +77,14 @@ def test_speech_cache_stores_reloads_and_keys_by_whisper_model(shared, speech_fi
     for a, b in zip(computed, reloaded):
         np.testing.assert_array_equal(a.mel, b.mel)
         np.testing.assert_array_equal(a.states, b.states)
-        assert a.states.shape[0] == voice.WHISPER_BLOCKS and a.states.dtype == np.float16
+        assert a.states.shape[0] == voice_training.WHISPER_BLOCKS and a.states.dtype == np.float16
     assert cache._entry(paths[0]) != SpeechCache(tmp_path, whisper_model="base.en")._entry(paths[0])
 
 
 def test_speech_cache_key_changes_with_the_whisper_blocks(shared, speech_files, tmp_path, monkeypatch):
     cache = SpeechCache(tmp_path)
     before = cache._entry(speech_files[0].path)
-    monkeypatch.setattr(voice, "WHISPER_BLOCKS", 3)
+    monkeypatch.setattr(voice_training, "WHISPER_BLOCKS", 3)
     assert cache._entry(speech_files[0].path) != before
 
 
@@ -133,18 +126,18 @@ def test_resuming_an_interrupted_run_gives_the_weights_of_an_uninterrupted_one(s
     whole = fit(features, labels, validation=validation, train_config=config, state_dir=tmp_path / "whole")
 
     # the same run killed right after it saved its second epoch, then resumed
-    save_state, saved = voice.save_training_state, []
+    save_state, saved = loop.Fit._save, []
 
-    def save_then_die_after_two(*args, **kwargs):
-        save_state(*args, **kwargs)
+    def save_then_die_after_two(self):
+        save_state(self)
         saved.append(1)
         if len(saved) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(voice, "save_training_state", save_then_die_after_two)
+    monkeypatch.setattr(loop.Fit, "_save", save_then_die_after_two)
     with pytest.raises(KeyboardInterrupt):
         fit(features, labels, validation=validation, train_config=config, state_dir=tmp_path / "cut")
-    monkeypatch.setattr(voice, "save_training_state", save_state)
+    monkeypatch.setattr(loop.Fit, "_save", save_state)
     resumed = fit(features, labels, validation=validation, train_config=config, state_dir=tmp_path / "cut", resume=True)
     assert resumed.history == whole.history
     for name, value in whole.model.state_dict().items():
@@ -190,7 +183,7 @@ def test_nemo_adapter_reads_every_file_with_speakers_and_canonical_labels(shared
 
 def test_train_expert_command_lists_its_options():
     run = subprocess.run(
-        [sys.executable, "-m", "fusion.cli", "train-expert", "audio", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "fusion.cli", "train-expert", "voice", "--help"], capture_output=True, text=True
     )
     assert run.returncode == 0 and "--resume" in run.stdout and "--parts" in run.stdout
 

@@ -77,24 +77,34 @@ class ExpertBundle:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike, *, text_model: str | os.PathLike | None = None, device=None
+        cls,
+        directory: str | os.PathLike,
+        *,
+        text_model: str | os.PathLike | None = None,
+        device=None,
+        experts: Sequence[str] | None = None,
     ) -> ExpertBundle:
-        """Read a bundle folder. CheckpointError names what is missing or malformed; ModelNotFoundError (from the
-        text expert) says how to point at its base model."""
+        """Read a bundle folder. experts: load only these (voice, text, face), as if it had no others (default:
+        all). CheckpointError names what is missing or malformed; ModelNotFoundError (from the text expert) says
+        how to point at its base model."""
         directory = Path(directory)
         config = read_bundle_config(directory)
         device = pick_device(device)
         voice = text = face = None
-        if (directory / FOLDERS["audio"]).is_dir():
+        wanted = set(FOLDERS.values()) if experts is None else set(experts)
+        unknown = sorted(wanted - set(FOLDERS.values()))
+        if unknown or not wanted:
+            raise CheckpointError(f"no expert {unknown or '(none named)'}: a bundle's are {list(FOLDERS.values())}")
+        if "voice" in wanted and (directory / FOLDERS["audio"]).is_dir():
             voice = VoiceExpert.load(directory / FOLDERS["audio"], device=device)
             if len(voice.config.whisper_blocks) != 1:
                 raise CheckpointError(f"{directory}: the voice expert must read the states of one Whisper block")
-        if (directory / FOLDERS["text"]).is_dir():
+        if "text" in wanted and (directory / FOLDERS["text"]).is_dir():
             text = load_expert(directory / FOLDERS["text"], text_model=text_model, device=device)
-        if (directory / FOLDERS["video"]).is_dir():
+        if "face" in wanted and (directory / FOLDERS["video"]).is_dir():
             face = face_expert.FaceExpert.load(directory / FOLDERS["video"], device=device)
         if voice is None and text is None and face is None:
-            raise CheckpointError(f"{directory}: a bundle needs at least one of {sorted(FOLDERS.values())}")
+            raise CheckpointError(f"{directory}: no expert of {sorted(wanted)} in it (a bundle has voice, text, face)")
         try:
             late = LateFusion.from_dict(config["late_fusion"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -112,6 +122,11 @@ class ExpertBundle:
         """The modalities the bundle has an expert for, in MODALITIES order."""
         experts = {"audio": self.voice, "text": self.text, "video": self.face}
         return tuple(m for m in MODALITIES if experts[m] is not None)
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """The names of the experts the bundle has (voice, text, face), in MODALITIES order."""
+        return tuple(FOLDERS[m] for m in self.modalities)
 
     @property
     def whisper_block(self) -> int | None:

@@ -61,11 +61,9 @@ OUTPUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
 STAGE_COLUMNS = {
     "seconds_decode": ("decode",),
     "seconds_asr": ("whisper",),
-    "seconds_text": ("bert",),
-    "seconds_face": ("face_detection", "face_cnn"),
-    "seconds_audio": ("log_mel", "audio_cnn", "whisper_states"),
-    "seconds_fusion": ("fusion",),  # a cross-attention checkpoint's fusion layers
-    "seconds_experts": ("experts",),  # an experts bundle's voice, text and face experts and their pooling
+    "seconds_face": ("face_detection",),
+    "seconds_audio": ("log_mel", "whisper_states"),
+    "seconds_experts": ("experts",),  # the voice, text and face experts and their fusion
     "seconds_speakers": ("voice_prints", "diarization"),  # who speaks when, with --speakers
     "seconds_total": ("total",),
 }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +56,18 @@ class Predictor:
         device: str | torch.device | None = None,
         chunk_s: float = CHUNK_S,
         speakers: bool = False,
+        experts: Sequence[str] | None = None,
     ):
         """speakers: also find who speaks when (alignment.diarization), giving the timeline a speaker column and
-        the summary one entry per speaker; loads the speaker encoder."""
+        the summary one entry per speaker; loads the speaker encoder. experts: only these of the bundle's experts
+        (voice, text, face) take part, as if it had no others (default: all it has)."""
         chosen = sources or EncoderSources()
         self.speakers = speakers
         self.device = pick_device(device)
         self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
         # the text expert resolves its own base model: the one chosen, $FUSION_TEXT_MODEL, the one it names
-        self.bundle = ExpertBundle.load(resolve_checkpoint(checkpoint), text_model=chosen.text, device=self.device)
+        path = resolve_checkpoint(checkpoint)
+        self.bundle = ExpertBundle.load(path, text_model=chosen.text, device=self.device, experts=experts)
         self.extractor = FeatureExtractor(
             sources=chosen.resolve(),
             fps=DEFAULT_FPS,
@@ -76,6 +79,11 @@ class Predictor:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.bundle.labels
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """The experts that take part (voice, text, face)."""
+        return self.bundle.experts
 
     @property
     def model_id(self) -> str:

@@ -10,13 +10,13 @@ the bundle's late fusion and averaged over the recording, weighted by segment du
 A recording with none of a subset's modalities gets the pooled prior's most likely class (the model's guess
 without evidence). The experts' outputs are cached per recording, keyed by its bytes and the bundle's id.
 
-Honest numbers need experts that never heard the test speakers. A bundle's expert trained on the data being
-ablated (the shipped voice expert heard every RAVDESS speaker) is replaced by out-of-fold outputs of its recipe:
-files of `{...}seed{S}-fold{K}.npz` holding `paths` (N,) and `probabilities` (N, len(EMOTIONS)), as
+Honest numbers need experts that never heard the test speakers. A bundle's expert trained on the data being ablated
+(the shipped voice expert heard every RAVDESS speaker) is replaced by out-of-fold outputs of its recipe: files of
+`{...}seed{S}-fold{K}.npz` holding `paths` (N,) and `probabilities` (N, len(EMOTIONS)), as
 benchmarks/ravdess_folds.py --save-probabilities writes them. They are matched to recordings by
-:func:`recording_key` (a RAVDESS audio-visual clip takes the output for its audio-only twin, the same
-performance) and replace the expert's output in every segment where the bundle's expert is present. Each seed
-of the out-of-fold outputs is one run of the ablation; without them, the shipped experts are one run.
+:func:`fusion.training.out_of_fold.recording_key` (a RAVDESS audio-visual clip takes the output for its audio-only
+twin, the same performance) and replace the expert's output in every segment where the bundle's expert is present.
+Each seed of the out-of-fold outputs is one run of the ablation; without them, the shipped experts are one run.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -34,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from statistics import mean, stdev
 
 import numpy as np
 import torch
@@ -43,17 +43,20 @@ from alignment import make_segments
 from encoders.loading import EncoderSources
 from fusion.errors import FileError
 from fusion.experts.bundle import ExpertBundle
-from fusion.labels import EMOTIONS, MODALITIES, ravdess_fields
+from fusion.labels import MODALITIES
 from fusion.media.features import FeatureExtractor
 from fusion.storage import save_npz
-from fusion.training.ablation_report import folds_record, predictions_record, summarize, write
+from fusion.training.ablation_report import write
 from fusion.training.cache import CacheReport, example_features, is_transcript_only, read_entry
-from fusion.training.datasets import Example, from_specs, speaker_folds
-from fusion.training.metrics import score
+from fusion.training.datasets import Example, from_specs
+from fusion.training.metrics import METRICS, score
+from fusion.training.out_of_fold import read_specs, recording_key
+from fusion.training.splits import speaker_folds
+from fusion.training.statistics import bootstrap
 
+BASELINE = ("audio",)  # the subset every other is compared with
 MODE = "experts"  # the record's name for this kind of ablation (earlier records also hold "retrain" and "drop")
 OUTPUTS_VERSION = 1  # bump when the code computes different expert outputs from the same bundle and file
-OUT_OF_FOLD_NAME = re.compile(r"seed(\d+)-fold(\d+)\.npz$")
 
 
 @dataclass
@@ -111,37 +114,6 @@ class RecordingOutputs:
 
     durations: np.ndarray  # (S,) seconds of each segment
     probabilities: dict[str, np.ndarray]  # modality -> (S, len(EMOTIONS)), NaN rows where the segment lacks it
-
-
-def recording_key(path: str | os.PathLike) -> str:
-    """What identifies a performance across a corpus's file formats: for a RAVDESS name every field but the first
-    (the format: 01 audio-visual, 02 video-only, 03 audio-only), else the file name without its suffix."""
-    try:
-        fields = ravdess_fields(path)
-    except ValueError:
-        return Path(path).stem
-    return "ravdess:" + "-".join(list(fields.values())[1:])
-
-
-def read_out_of_fold(folder: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
-    """{seed: {recording key: (len(EMOTIONS),) probabilities}} from the `*seed{S}-fold{K}.npz` files of a folder."""
-    seeds: dict[int, dict[str, np.ndarray]] = {}
-    paths = sorted(p for p in Path(folder).glob("*.npz") if OUT_OF_FOLD_NAME.search(p.name))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no out-of-fold outputs (files named *seed<S>-fold<K>.npz)")
-    for path in paths:
-        seed = int(OUT_OF_FOLD_NAME.search(path.name).group(1))
-        with np.load(path, allow_pickle=False) as data:
-            names, probabilities = data["paths"], data["probabilities"]
-        if probabilities.shape != (len(names), len(EMOTIONS)):
-            raise ValueError(f"{path}: probabilities of shape {probabilities.shape}, expected ({len(names)}, 7)")
-        outputs = seeds.setdefault(seed, {})
-        for name, row in zip(names, probabilities):
-            key = recording_key(str(name))
-            if key in outputs:
-                raise ValueError(f"{path}: seed {seed} has a second output for {name}")
-            outputs[key] = row.astype(np.float64)
-    return seeds
 
 
 class ExpertOutputs:
@@ -303,7 +275,7 @@ def ablate_experts(
     modality add their seeds. Returns the summary rows (fusion.training.ablation_report.summarize).
     """
     started = time.perf_counter()
-    replacements = _read_specs(out_of_fold)
+    replacements = read_specs(out_of_fold)
     chosen = sources or EncoderSources()
     bundle = ExpertBundle.load(bundle_path, text_model=chosen.text, device=device)
     manifest = from_specs(data)
@@ -354,18 +326,68 @@ def ablate_experts(
     return record["rows"]
 
 
-def _read_specs(specs: Sequence[str]) -> dict[str, dict[int, dict[str, np.ndarray]]]:
-    """["audio=DIR", ...] -> {modality: {seed: {recording key: probabilities}}}, folders of one modality merged."""
-    merged: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-    for spec in specs:
-        modality, _, folder = spec.partition("=")
-        if modality not in MODALITIES or not folder:
-            raise ValueError(f"out-of-fold outputs are MODALITY=FOLDER with a modality of {MODALITIES}: {spec!r}")
-        for seed, outputs in read_out_of_fold(folder).items():
-            if seed in merged.setdefault(modality, {}):
-                raise ValueError(f"{folder}: {modality} outputs of seed {seed} are also in another folder")
-            merged[modality][seed] = outputs
-    return merged
+def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
+    """One row per mode and subset: metrics over runs, pooled metrics and the difference to the baseline, with CIs.
+
+    mean / std: over the (seed, fold) runs, each scored on its fold's test examples. pooled: each seed's
+    out-of-fold predictions scored over all examples, averaged over seeds, with a bootstrap interval; difference:
+    pooled metric minus the baseline's (audio alone, same mode), with the paired bootstrap interval.
+    """
+    n_labels = len(ablation.labels)
+    rows = []
+    for mode in sorted({mode for mode, _ in ablation.predicted}):
+        baseline = ablation.predicted.get((mode, BASELINE))
+        for subset in ablation.subsets:
+            if (mode, subset) not in ablation.predicted:
+                continue
+            predicted = ablation.predicted[mode, subset]
+            runs = [r["scores"] for r in ablation.runs if r["mode"] == mode and r["subset"] == subset_name(subset)]
+            settings = {"resamples": config.bootstrap, "confidence": config.confidence, "seed": config.bootstrap_seed}
+            pooled = bootstrap(ablation.true, predicted, n_labels=n_labels, **settings)
+            difference = None
+            if baseline is not None and subset != BASELINE:
+                difference = bootstrap(ablation.true, predicted, baseline, n_labels=n_labels, **settings)
+            rows.append(
+                {
+                    "mode": mode,
+                    "subset": subset_name(subset),
+                    "mean": {m: mean(s[m] for s in runs) for m in METRICS},
+                    "std": {m: _std([s[m] for s in runs]) for m in METRICS},
+                    "pooled": pooled,
+                    "difference_to_audio": difference,
+                    "recall": {
+                        label: mean(s["recall"][label] for s in runs if label in s["recall"])
+                        for label in ablation.labels
+                        if any(label in s["recall"] for s in runs)
+                    },
+                    "runs": len(runs),
+                }
+            )
+    return rows
+
+
+def _std(values: list[float]) -> float:
+    return stdev(values) if len(values) > 1 else 0.0
+
+
+def folds_record(ablation: Ablation, examples: Sequence[Example]) -> list[dict]:
+    """Each fold's test speakers and number of examples, for the record of a run."""
+    return [
+        {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
+        for k, test in enumerate(ablation.folds)
+    ]
+
+
+def predictions_record(ablation: Ablation, examples: Sequence[Example]) -> dict:
+    """Every example's path and label, and its predicted label per mode, subset and seed, for the record."""
+    return {
+        "paths": [e.path for e in examples],
+        "true": [ablation.labels[i] for i in ablation.true],
+        **{
+            f"{mode}:{subset_name(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
+            for (mode, subset), predicted in ablation.predicted.items()
+        },
+    }
 
 
 def _shown(path: str | os.PathLike) -> str:

@@ -9,21 +9,12 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
-from statistics import mean, stdev
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fusion.training.metrics import METRICS
-from fusion.training.statistics import bootstrap
 
-if TYPE_CHECKING:
-    from fusion.training.ablation import Ablation, AblationConfig
-    from fusion.training.datasets import Example
-
-BASELINE = ("audio",)  # the subset every other is compared with
 METRIC_NAMES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "weighted_f1": "weighted F1"}
 
 
@@ -214,67 +205,3 @@ def plot(record: dict, path: str | os.PathLike) -> None:
     title = f"{corpora}: bars with {confidence:.0f}% bootstrap intervals over test examples"
     figure.suptitle("\n".join(textwrap.wrap(title, width=60 * len(panels))), fontsize=9)
     figure.savefig(path, dpi=120)
-
-
-def summarize(ablation: Ablation, config: AblationConfig) -> list[dict]:
-    """One row per mode and subset: metrics over runs, pooled metrics and the difference to the baseline, with CIs.
-
-    mean / std: over the (seed, fold) runs, each scored on its fold's test examples. pooled: each seed's
-    out-of-fold predictions scored over all examples, averaged over seeds, with a bootstrap interval; difference:
-    pooled metric minus the baseline's (audio alone, same mode), with the paired bootstrap interval.
-    """
-    n_labels = len(ablation.labels)
-    rows = []
-    for mode in sorted({mode for mode, _ in ablation.predicted}):
-        baseline = ablation.predicted.get((mode, BASELINE))
-        for subset in ablation.subsets:
-            if (mode, subset) not in ablation.predicted:
-                continue
-            predicted = ablation.predicted[mode, subset]
-            runs = [r["scores"] for r in ablation.runs if r["mode"] == mode and r["subset"] == "+".join(subset)]
-            settings = {"resamples": config.bootstrap, "confidence": config.confidence, "seed": config.bootstrap_seed}
-            pooled = bootstrap(ablation.true, predicted, n_labels=n_labels, **settings)
-            difference = None
-            if baseline is not None and subset != BASELINE:
-                difference = bootstrap(ablation.true, predicted, baseline, n_labels=n_labels, **settings)
-            rows.append(
-                {
-                    "mode": mode,
-                    "subset": "+".join(subset),
-                    "mean": {m: mean(s[m] for s in runs) for m in METRICS},
-                    "std": {m: _std([s[m] for s in runs]) for m in METRICS},
-                    "pooled": pooled,
-                    "difference_to_audio": difference,
-                    "recall": {
-                        label: mean(s["recall"][label] for s in runs if label in s["recall"])
-                        for label in ablation.labels
-                        if any(label in s["recall"] for s in runs)
-                    },
-                    "runs": len(runs),
-                }
-            )
-    return rows
-
-
-def _std(values: list[float]) -> float:
-    return stdev(values) if len(values) > 1 else 0.0
-
-
-def folds_record(ablation: Ablation, examples: Sequence[Example]) -> list[dict]:
-    """Each fold's test speakers and number of examples, for the record of a run."""
-    return [
-        {"fold": k, "test_speakers": sorted({examples[i].speaker for i in test}), "examples": len(test)}
-        for k, test in enumerate(ablation.folds)
-    ]
-
-
-def predictions_record(ablation: Ablation, examples: Sequence[Example]) -> dict:
-    """Every example's path and label, and its predicted label per mode, subset and seed, for the record."""
-    return {
-        "paths": [e.path for e in examples],
-        "true": [ablation.labels[i] for i in ablation.true],
-        **{
-            f"{mode}:{'+'.join(subset)}": [[ablation.labels[i] for i in seed_row] for seed_row in predicted]
-            for (mode, subset), predicted in ablation.predicted.items()
-        },
-    }

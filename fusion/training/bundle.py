@@ -298,6 +298,7 @@ def _run_recipe(args) -> dict:
     args.face_views = plan.get("face_views", args.face_views)
     args.face_precision = plan.get("face_precision", args.face_precision)
     args.face_dtype = args.face_dtype or plan.get("face_dtype")
+    args.voice_temperature = plan.get("voice_temperature", args.voice_temperature)
     return recipe
 
 

@@ -40,7 +40,7 @@ STATE_FILE = "training_state.pt"  # the resumable state, in the folder the run w
 
 @dataclass
 class FitResult:
-    history: list[dict]  # one record per epoch: epoch, train_loss, seconds, and what validate() returned
+    history: list[dict]  # one record per epoch: epoch, train_loss, and what validate() returned
     best_epoch: int  # 1-based epoch of the best validation score; the last epoch without one (0: none trained)
     seconds: float  # training wall time, this run's and any run it resumed
 
@@ -142,12 +142,11 @@ class Fit:
             self.model.eval()
             record |= self.validate() or {}
             self.progress["seconds"] += time.perf_counter() - started
-            record["seconds"] = round(time.perf_counter() - started, 2)
             self.progress["epoch"] = epoch
             self._judge(epoch, record)
             self._save()
             if show:
-                print(json.dumps(record), flush=True)
+                print(json.dumps(record | {"minutes": round(self.progress["seconds"] / 60, 2)}), flush=True)
         self.model.eval()
         best = self.progress["best_epoch"] if self.keep else self.progress["epoch"]
         return FitResult(self.progress["history"], best, self.progress["seconds"])

@@ -10,10 +10,12 @@ one that made it) lists the stages in order, each a `fusion train-expert` comman
                 {"name": "text", "modality": "text", "arguments": [..., "--teacher", "{stage:text-teacher}"]},
                 {"name": "face", "modality": "face", "arguments": [...]}],
      "bundle": {"voice": "voice", "text": "text", "face": "face", "voice_data": [...], "text_data": "meld=...",
-                "face_data": "fer2013=...", "face_views": "flip", "face_precision": "bf16", "face_dtype": "int8"}}
+                "face_data": "fer2013=...", "face_views": "flip", "face_precision": "bf16", "face_dtype": "int8",
+                "voice_temperature": 0.86}}
 
 In arguments and data, {shared} is the shared data folder (--shared, else $FUSION_SHARED, else ../shared), {work}
-the work folder, and {stage:NAME} the folder of an earlier stage. Stage NAME trains into WORK/NAME in a process of
+the work folder, and {stage:NAME} the folder of an earlier stage. A bundle's experts.json that lacks
+voice_temperature in its recipe gives the one its calibration records. Stage NAME trains into WORK/NAME in a process of
 its own; it is done when WORK/NAME.done exists (written after the stage exits cleanly), and a stage cut short
 continues with --resume (each expert saves its whole state every epoch). An expert given by path (--voice, --text,
 --face) is reused: the stages that make it, and those only it needed, are not run.
@@ -56,6 +58,10 @@ def read_recipe(path: str | os.PathLike) -> dict:
         named = recipe["bundle"].get(role)
         if named is not None and named not in names:
             raise ValueError(f"{path}: the bundle's {role} names no stage ({named!r})")
+    given = data.get("calibration", {}).get("audio", {}).get("temperature")
+    if "recipe" in data and given is not None and "voice_temperature" not in recipe["bundle"]:
+        # a bundle that records its recipe: its voice temperature was given to `fusion bundle`, and is kept
+        recipe = {**recipe, "bundle": {**recipe["bundle"], "voice_temperature": given}}
     return recipe
 
 

@@ -151,7 +151,7 @@ def member_folder(member: int) -> str:
 class TrainResult:
     out: Path
     best_epoch: int  # 1-based; the checkpoint in out holds this epoch's weights
-    history: list[dict]  # per epoch: train_loss, seconds and the validation scores
+    history: list[dict]  # per epoch: train_loss and the validation scores
     train_seconds: float  # training and validation of every epoch, this call's and resumed ones'
 
 
@@ -258,7 +258,7 @@ def train_text_expert(
     for record in result.history:
         log(
             f"epoch {record['epoch']}/{config.epochs}: loss {record['train_loss']:.4f}, validation weighted F1 "
-            f"{record['weighted_f1']:.4f} UA {record['ua']:.4f}, {record['seconds']:.0f} s"
+            f"{record['weighted_f1']:.4f} UA {record['ua']:.4f}"
         )
     return TrainResult(out, result.best_epoch, result.history, result.seconds)
 

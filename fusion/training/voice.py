@@ -280,7 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.training.datasets import from_specs, speaker_split
+    from fusion.training.datasets import from_specs
+    from fusion.training.splits import speaker_split
 
     examples = [e for e in from_specs(args.data).examples if "audio" in e.modalities]
     cache = SpeechCache(args.cache, whisper_model=args.whisper_model)
