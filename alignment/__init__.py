@@ -1,27 +1,5 @@
-"""Put the three modalities on one timeline: output segments, token streams with times and masks."""
+"""Put the three modalities on one timeline: the output segments, who speaks when, and who is on camera."""
 
-from alignment.timeline import (
-    DEFAULT_WINDOW_S,
-    SEGMENT_MODES,
-    PaddedStreams,
-    Segment,
-    Stream,
-    in_segments,
-    make_segments,
-    near_in_time,
-    pad_streams,
-    segment_index,
-)
+from alignment.timeline import DEFAULT_WINDOW_S, SEGMENT_MODES, Segment, make_segments
 
-__all__ = [
-    "DEFAULT_WINDOW_S",
-    "SEGMENT_MODES",
-    "PaddedStreams",
-    "Segment",
-    "Stream",
-    "in_segments",
-    "make_segments",
-    "near_in_time",
-    "pad_streams",
-    "segment_index",
-]
+__all__ = ["DEFAULT_WINDOW_S", "SEGMENT_MODES", "Segment", "make_segments"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -18,11 +19,19 @@ from fusion.training.datasets import DATA_KINDS
 from fusion.training.metrics import METRICS
 
 FORMATS = ("table", "json", "csv")
-EXPERT_TRAINING = ("voice", "text", "face")  # `fusion train-expert NAME` runs fusion.training.NAME
+# `fusion train-expert NAME` runs fusion.training.NAME, whose add_arguments defines its options
+EXPERT_TRAINING = {
+    "voice": "the voice expert (log-mel CNN + Whisper states) on emotional speech",
+    "text": "the text expert (LoRA on the text encoder) on transcripts",
+    "face": "the face expert (EfficientNet-Lite0) on face images",
+}
+HEAVY = ("train-expert", "bundle")  # commands whose options come from modules that import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(command if command in HEAVY else ()).parse_args(argv)
     commands_by_name = {
         "predict": _predict,
         "ablate": _ablate,
@@ -38,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `fusion` command line: one subcommand per task (predict, score, evaluate, train-expert, bundle, ablate)."""
+def build_parser(full=HEAVY) -> argparse.ArgumentParser:
+    """The `fusion` command line: one subcommand per task (predict, score, evaluate, train-expert, bundle, ablate).
+
+    full: the commands of HEAVY whose own options are defined (importing their modules, and torch); the others are
+    listed with their help only. main() asks for the one command being run."""
     parser = argparse.ArgumentParser(prog="fusion", description="Multimodal emotion recognition from recordings.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -55,10 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "data", nargs="+", help="labelled recordings: KIND=PATH (" + ", ".join(DATA_KINDS) + ") or a csv of path,label"
     )
-    evaluate.add_argument("--experts", type=expert_names, help="only these experts, e.g. voice,text (default: all)")
+    evaluate.add_argument(
+        "--experts",
+        type=expert_names,
+        action="append",
+        help="score with only these experts, e.g. voice,text; repeat for several subsets in one run (default: all)",
+    )
     evaluate.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     evaluate.add_argument("--output", "-o", help="write the table or JSON to this file instead of standard output")
-    evaluate.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix to this picture")
+    evaluate.add_argument(
+        "--confusion", metavar="PNG", help="also draw the confusion matrix (of the last --experts) to this picture"
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--checkpoint", help="bundle folder (default: $FUSION_CHECKPOINT or the shipped model)")
     evaluate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -92,14 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     expert = commands.add_parser("train-expert", help="train one modality's expert alone (resumable)")
     experts = expert.add_subparsers(dest="modality", required=True)
-    for name in EXPERT_TRAINING:
-        module = importlib.import_module(f"fusion.training.{name}")
-        module.add_arguments(experts.add_parser(name, help=module.__doc__.splitlines()[0]))
+    for name, description in EXPERT_TRAINING.items():
+        command = experts.add_parser(name, help=description)
+        if "train-expert" in full:
+            importlib.import_module(f"fusion.training.{name}").add_arguments(command)
 
     bundle = commands.add_parser(
         "bundle", help="combine trained experts into one model, each calibrated on its own validation data"
     )
-    importlib.import_module("fusion.training.bundle").add_arguments(bundle)
+    if "bundle" in full:
+        importlib.import_module("fusion.training.bundle").add_arguments(bundle)
 
     score = commands.add_parser(
         "score", help="score many recordings into one table (resumable; bad files go to an errors table)"
@@ -199,16 +220,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     for path in (args.output, args.confusion):
         if path:
             check_writable(path)  # before any model loads
-    predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device, experts=args.experts)
+    needed = sorted({name for subset in args.experts or () for name in subset}) or None
+    predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device, experts=needed)
     progress = None if args.quiet else (lambda items: tqdm(items, desc="evaluate", unit="file"))
-    result = evaluate(predictor, args.data, progress=progress)
-    text = result.to_json() + "\n" if args.format == "json" else result.table()
+    results = evaluate(predictor, args.data, subsets=args.experts, progress=progress)
+    if args.format == "json":
+        text = json.dumps([r.to_dict() for r in results], indent=1) + "\n"
+    else:
+        text = "\n".join(r.table() for r in results)
     if args.output:
         write_output(args.output, text.encode())
     else:
         sys.stdout.write(text)
     if args.confusion:
-        plot_confusion(result, args.confusion)
+        plot_confusion(results[-1], args.confusion)
     return 0
 
 

@@ -6,13 +6,12 @@ runs them; its predicted label is its summary's (the duration-weighted mean over
 calibration error of the summaries' probabilities. A file that cannot be predicted is listed with its error and
 counted as a miss (its predicted label: none), so one bad file never hides the others nor flatters the figures.
 
-    fusion evaluate ravdess=$FUSION_SHARED/data/ravdess-speech-16k --experts voice,text --format json
+    fusion evaluate ravdess=$FUSION_SHARED/data/ravdess-speech-16k --experts voice --experts voice,text
     fusion evaluate my_interviews.csv --confusion confusion.png     # a csv of path, label[, speaker]
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -21,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fusion.errors import FusionError
+from fusion.experts.bundle import FOLDERS, ExpertBundle
 from fusion.labels import EMOTIONS
+from fusion.serving.prediction import Prediction, Summary, weighted_summary
 from fusion.serving.predictor import Predictor
 from fusion.training.datasets import Example, from_spec
 from fusion.training.metrics import expected_calibration_error, score
@@ -41,10 +42,10 @@ class Evaluation:
     ece: float  # expected calibration error of the summaries' probabilities, over the files predicted
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files that could not be predicted
     predictions: list[dict] = field(default_factory=list)  # per file: path, label, predicted, probabilities
-    seconds: float = 0.0
+    seconds: float = 0.0  # of the whole run (all subsets: each file is predicted once)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def table(self) -> str:
         s = self.scores
@@ -73,45 +74,50 @@ def examples_of(data: str) -> list[Example]:
     return from_spec(data).examples
 
 
-def evaluate(predictor: Predictor, data: Sequence[str], *, progress=None, log_every: int = 0) -> Evaluation:
-    """Score every example of data (see examples_of) through predictor.predict."""
+def evaluate(
+    predictor: Predictor, data: Sequence[str], *, subsets: Sequence[Sequence[str]] | None = None, progress=None
+) -> list[Evaluation]:
+    """Score every example of data (see examples_of) through predictor.predict, once per subset of the predictor's
+    experts (default: all of them together). Each file is predicted once: a subset's answer is the bundle's fusion
+    of those experts' outputs per segment, which is what a Predictor with only those experts gives."""
     started = time.perf_counter()
+    subsets = [tuple(subset) for subset in subsets] if subsets else [predictor.experts]
     examples = [e for spec in data for e in examples_of(spec)]
-    labels, predicted, probabilities, errors, rows = [], [], [], [], []
-    for number, example in enumerate(progress(examples) if progress else examples, 1):
+    rows = {subset: [] for subset in subsets}
+    errors = []
+    for example in progress(examples) if progress else examples:
         try:
-            summary = predictor.predict(example.path).summary
-            guess = summary.label or NONE
-            p = [summary.probabilities[e] for e in EMOTIONS] if summary.label else None
-        except FusionError as error:  # this file's (unreadable, no modality, ...): a miss, reported
+            prediction = predictor.predict(example.path)
+        except FusionError as error:  # this file's (unreadable, no modality, ...): a miss in every subset, reported
             errors.append((example.path, str(error)))
-            guess, p = NONE, None
-        labels.append(example.label)
-        predicted.append(guess)
-        probabilities.append(p)
-        rows.append({"path": example.path, "label": example.label, "predicted": guess, "probabilities": p})
-        if log_every and number % log_every == 0:
-            print(f"{number}/{len(examples)} files, {time.perf_counter() - started:.0f} s", flush=True)
-    known = [i for i, p in enumerate(probabilities) if p is not None]
-    ece = (
-        expected_calibration_error(
-            np.array([probabilities[i] for i in known]), np.array([EMOTIONS.index(labels[i]) for i in known])
-        )
-        if known
-        else float("nan")
-    )
+            prediction = None
+        for subset in subsets:
+            summary = None if prediction is None else subset_summary(prediction, predictor.bundle, subset)
+            p = [summary.probabilities[e] for e in EMOTIONS] if summary is not None and summary.label else None
+            guess = summary.label if p is not None else NONE
+            rows[subset].append({"path": example.path, "label": example.label, "predicted": guess, "probabilities": p})
+    seconds = time.perf_counter() - started
+    return [_evaluation(data, subset, predictor.model_id, rows[subset], errors, seconds) for subset in subsets]
+
+
+def subset_summary(prediction: Prediction, bundle: ExpertBundle, experts: Sequence[str]) -> Summary:
+    """The summary the prediction would have with only these experts: their outputs per segment fused again."""
+    modalities = [m for m, name in FOLDERS.items() if name in experts]
+    fused = bundle.fuse({m: prediction.experts[m] for m in modalities})
+    timeline = prediction.timeline[["start", "end"]].assign(**{e: fused[:, i] for i, e in enumerate(prediction.labels)})
+    return weighted_summary(timeline, prediction.labels)
+
+
+def _evaluation(data, subset, model_id, rows, errors, seconds) -> Evaluation:
+    labels = [r["label"] for r in rows]
+    predicted = [r["predicted"] for r in rows]
+    known = [r for r in rows if r["probabilities"] is not None]
+    ece = float("nan")
+    if known:
+        probabilities = np.array([r["probabilities"] for r in known])
+        ece = expected_calibration_error(probabilities, np.array([EMOTIONS.index(r["label"]) for r in known]))
     scores = score(labels, predicted, (*EMOTIONS, NONE) if NONE in predicted else EMOTIONS)
-    return Evaluation(
-        data=list(data),
-        experts=list(predictor.experts),
-        model_id=predictor.model_id,
-        files=len(examples),
-        scores=scores.as_dict(),
-        ece=ece,
-        errors=errors,
-        predictions=rows,
-        seconds=time.perf_counter() - started,
-    )
+    return Evaluation(list(data), list(subset), model_id, len(rows), scores.as_dict(), ece, errors, rows, seconds)
 
 
 def plot_confusion(evaluation: Evaluation, path: str | os.PathLike) -> None:

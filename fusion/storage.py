@@ -42,10 +42,18 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], *, dtype: torch.d
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors save_weights wrote, floating ones as float32 (int8 ones multiplied back by their scales)."""
+    """The tensors save_weights wrote, floating ones as float32 (int8 ones multiplied back by their scales).
+
+    The one guard of every weights file read: a missing, truncated or damaged file is a CheckpointError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    tensors = load_file(path)
+    from fusion.errors import CheckpointError
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable weights file ({error}); reinstall or retrain it") from error
     out = {}
     for key, value in tensors.items():
         if key.endswith(INT8_SCALE):
@@ -74,14 +82,25 @@ def _quantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside path to write to; renamed to path when the block ends, removed if it raises."""
+    """A temporary path beside path to write to; when the block ends it is flushed to disk, given the usual mode
+    (0666 less the umask) and renamed to path, so that whoever reads path, even after a crash, sees the old file or
+    the whole new one; if the block raises (a full disk), the temporary file is removed and path is untouched."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         yield temporary
+        temporary.chmod(0o666 & ~_umask())
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-import torch
 
-from alignment import Segment, Stream, in_segments, make_segments, near_in_time, pad_streams, segment_index
+from alignment import Segment, make_segments
 
 
 def utterance(start: float, end: float, text: str = "words") -> SimpleNamespace:
@@ -36,12 +36,8 @@ def assert_partition(segments: list[Segment], duration: float) -> None:
 def test_segments_partition_the_recording(utterances, duration):
     segments = make_segments(utterances, duration)
     assert_partition(segments, duration)
-    times = torch.linspace(0, duration, 501)
-    index = segment_index(times, segments)
-    assert (index >= 0).all(), "every token time inside the recording falls in a segment"
-    for t, i in zip(times.tolist(), index.tolist()):
-        segment = segments[i]
-        assert segment.start <= t <= segment.end + 1e-4
+    for t in np.linspace(0, duration, 501):
+        assert sum(s.start <= t < s.end for s in segments) == 1 or t == duration, "every time in exactly one"
 
 
 def test_utterances_keep_their_text_and_pauses_become_windows():
@@ -60,22 +56,3 @@ def test_window_mode_and_no_speech_give_fixed_windows():
         assert [(s.start, s.end) for s in segments] == [(0.0, 2.5), (2.5, 5.0), (5.0, 7.5), (7.5, 10.0)]
     with pytest.raises(ValueError, match="segment mode"):
         make_segments([], 1.0, mode="sentences")
-
-
-def test_padding_masks_match_presence():
-    present = torch.tensor([True, False, True])
-    streams = [Stream(torch.randn(3, 4), torch.tensor([0.1, 0.2, 0.3]), present), Stream.empty(4)]
-    batch = pad_streams(streams)
-    assert batch.values.shape == (2, 3, 4)
-    assert batch.mask.tolist() == [present.tolist(), [False, False, False]]
-    assert (batch.values[1] == 0).all()
-
-
-def test_attention_window_and_segment_membership():
-    query = torch.tensor([[0.0, 2.0]])
-    keys = torch.tensor([[0.5, 1.5, 2.9, 5.0]])
-    key_mask = torch.tensor([[True, True, False, True]])
-    allowed = near_in_time(query, keys, key_mask, window_s=1.0)
-    assert allowed.tolist() == [[[True, False, False, False], [False, True, False, False]]]
-    inside = in_segments(keys, key_mask, torch.tensor([[1.0, 3.0]]))
-    assert inside.tolist() == [[False, True, False, False]]

@@ -28,7 +28,7 @@ def test_the_figures_are_the_hand_count_of_the_files_rows(labelled, capsys):
     out = labelled / "evaluation.json"
     code = main(["evaluate", str(labelled / "set.csv"), "--experts", "voice", "--format", "json", "-o", str(out)])
     assert code == 0
-    result = json.loads(out.read_text())
+    (result,) = json.loads(out.read_text())
     rows = result["predictions"]
     assert result["files"] == len(rows) == 7 and result["experts"] == ["voice"]
     assert [r["predicted"] for r in rows][-1] == "none" and result["errors"][0][0].endswith("01-07.mp4")
@@ -50,3 +50,18 @@ def test_the_table_and_the_confusion_picture(labelled, capsys):
     table = capsys.readouterr().out
     assert "UA" in table and "voice+text+face" in table and "error " in table
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_subsets_in_one_run_are_what_a_predictor_with_only_those_experts_gives(labelled):
+    from fusion.evaluation import evaluate
+    from fusion.serving.predictor import Predictor
+
+    data = [str(labelled / "set.csv")]
+    both = evaluate(Predictor(experts=["voice", "text"]), data, subsets=[("voice",), ("voice", "text")])
+    alone = evaluate(Predictor(experts=["voice"]), data)[0]
+    assert [r["predicted"] for r in both[0].predictions] == [r["predicted"] for r in alone.predictions]
+    for a, b in zip(both[0].predictions, alone.predictions):
+        assert (a["probabilities"] is None and b["probabilities"] is None) or np.allclose(
+            a["probabilities"], b["probabilities"], atol=1e-9
+        )
+    assert both[1].experts == ["voice", "text"] and len(both[1].predictions) == 7

@@ -81,3 +81,23 @@ def test_an_expert_that_only_repeats_its_prior_does_not_move_the_others_decision
     np.testing.assert_array_equal(with_prior.argmax(1), voice.argmax(1))
     without = LateFusion()({"audio": voice, "text": text})
     assert (without.argmax(1) == 6).mean() > (voice.argmax(1) == 6).mean() + 0.2
+
+
+def test_words_that_say_neutral_count_as_no_evidence_under_a_gate():
+    """A gated expert whose input carries no emotion (it says neutral) leaves the voice's answer as it was; one
+    that sees an emotion counts about in full; without a voice the words are still the answer."""
+    rng = np.random.default_rng(5)
+    voice = rng.dirichlet(np.ones(C), 40)
+    bland = np.full((40, C), 0.002)
+    bland[:, 6] = 1 - 0.002 * (C - 1)  # neutral, the last of EMOTIONS
+    angry = np.full((40, C), 0.01)
+    angry[:, 0] = 1 - 0.01 * (C - 1)
+    gated = LateFusion(gates={"text": 2.0})
+    np.testing.assert_allclose(gated({"audio": voice, "text": bland}), gated({"audio": voice}), atol=1e-3)
+    plain = LateFusion()
+    assert np.abs(plain({"audio": voice, "text": bland}) - plain({"audio": voice})).max() > 0.1  # the old rule moves
+    np.testing.assert_allclose(
+        gated({"audio": voice, "text": angry}), plain({"audio": voice, "text": angry}), atol=0.05
+    )
+    np.testing.assert_allclose(gated({"text": bland}), plain({"text": bland}), atol=1e-12)
+    assert LateFusion.from_dict(gated.to_dict()) == gated

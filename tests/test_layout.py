@@ -235,3 +235,13 @@ def test_the_shipped_model_is_found_from_the_serving_package(monkeypatch):
     monkeypatch.delenv("FUSION_CHECKPOINT", raising=False)
     assert DEFAULT_CHECKPOINT == REPO_ROOT / "fusion" / "checkpoints" / "default"
     assert resolve_checkpoint(None) == DEFAULT_CHECKPOINT
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["predict", "x.mp4", "--window", "0"], ["evaluate", "--help"]])
+def test_help_and_argument_errors_import_no_heavy_library(argv):
+    code = (
+        f"import sys\nimport fusion.cli\ntry:\n    fusion.cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'whisper', 'pandas', 'sklearn') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr

@@ -152,7 +152,56 @@ def test_silence_and_noise_give_no_emotion_from_the_voice(tmp_path, kind):
     scale = {"dithered silence": 1e-4, "white noise": 0.1}[kind]
     path = tmp_path / "no-speech.wav"
     soundfile.write(path, (np.random.default_rng(0).standard_normal(30 * 16_000) * scale).astype(np.float32), 16_000)
-    timeline = fusion.predict(path).timeline
+    prediction = fusion.predict(path)
+    timeline = prediction.timeline
     assert len(timeline) >= 10
     assert timeline["label"].eq("").all() and timeline["modalities"].fillna("").eq("").all()
     assert timeline[list(fusion.EMOTIONS)].isna().all().all()
+    # nothing is known of the whole recording either: nulls, not "0% of every emotion", and no modality claimed
+    summary = prediction.to_dict()["summary"]
+    assert summary["label"] is None and set(summary["probabilities"].values()) == {None}
+    assert summary["modalities"] == []
+
+
+def test_a_truncated_weights_file_is_a_checkpoint_error_naming_it(ravdess_clips, tmp_path, capsys):
+    import shutil
+
+    import fusion
+    from fusion.serving.predictor import DEFAULT_CHECKPOINT
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_CHECKPOINT, bundle)
+    weights = bundle / "face" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(fusion.CheckpointError, match="face/model.safetensors"):
+        fusion.load(bundle)
+    assert main(["predict", str(ravdess_clips[0]), "--checkpoint", str(bundle)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "model.safetensors" in error and "Traceback" not in error
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_predict_to_a_full_disk_is_an_output_error_and_leaves_no_file(ravdess_clips, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "x.csv"
+    monkeypatch.setattr("pathlib.Path.write_bytes", _disk_full)
+    assert main(["predict", str(ravdess_clips[0]), "--format", "csv", "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "No space left" in error and "x.csv" in error
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_score_to_a_full_disk_is_an_output_error_and_leaves_no_lock(ravdess_clips, tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    out = tmp_path / "s.csv"
+    monkeypatch.setattr(pd.DataFrame, "to_csv", _disk_full)
+    assert main(["score", str(ravdess_clips[0]), "--out", str(out), "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "No space left" in error
+    assert not out.exists() and not (tmp_path / "s.csv.lock").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.csv.parts"]  # what was scored stays, to resume from

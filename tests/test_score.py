@@ -18,6 +18,7 @@ from fusion.labels import EMOTIONS
 from fusion.serving.batch import STAGE_COLUMNS, ScoreOptions, plot_name, score_files
 
 SEGMENT_COLUMNS = ["file", "start", "end", "text", "face_present", *EMOTIONS, "label", "modalities"]
+SEGMENT_COLUMNS += ["attribution_audio", "attribution_text", "attribution_video"]
 FILE_COLUMNS = [
     "file", "duration", "label", *EMOTIONS, "modalities", "segments", "damaged", *STAGE_COLUMNS, "checkpoint"
 ]  # fmt: skip

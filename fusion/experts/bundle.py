@@ -34,7 +34,7 @@ from encoders.runtime import PRECISIONS, pick_device
 from encoders.vad import speech_within
 from fusion.errors import CheckpointError
 from fusion.experts import face as face_expert
-from fusion.experts.late_fusion import LateFusion
+from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.experts.text import TextEnsemble, TextExpert, load_expert
 from fusion.experts.voice import VoiceExpert, to_canonical
 from fusion.labels import EMOTIONS, MODALITIES
@@ -159,6 +159,23 @@ class ExpertBundle:
 
     def fuse(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
         return self.late_fusion(probabilities)
+
+    def attribution(self, probabilities: dict[str, np.ndarray], fused: np.ndarray) -> dict[str, np.ndarray]:
+        """{modality: (N,) how much it moved each row's fused answer}: the fused label's log-probability less its
+        log-probability with that modality left out (NaN where the modality is absent). Positive: the modality
+        argued for the label; negative: against it. A row's only modality is compared with no evidence at all (every
+        class 1/C)."""
+        rows = np.arange(len(fused))
+        label = np.nan_to_num(fused).argmax(1)
+        log_fused = np.log(np.clip(fused[rows, label], EPS, 1.0))
+        out = {}
+        for modality, p in probabilities.items():
+            present = ~np.isnan(p).any(1)
+            others = {m: q for m, q in probabilities.items() if m != modality}
+            without = self.fuse(others) if others else np.full_like(fused, np.nan)
+            without = np.where(np.isnan(without).any(1, keepdims=True), 1.0 / fused.shape[1], without)
+            out[modality] = np.where(present, log_fused - np.log(np.clip(without[rows, label], EPS, 1.0)), np.nan)
+        return out
 
     def _voice(self, piece: RecordingFeatures, segments: Sequence[Segment], out: np.ndarray) -> None:
         if piece.whisper_states is None:

@@ -13,6 +13,14 @@ one modality gets that expert's calibrated probabilities exactly (w = 1), so the
 corpus is as accurate as the matching expert. Temperatures are fitted per expert on its own validation data (Guo et
 al., 2017: one scalar minimising the negative log-likelihood) and priors are the mean calibrated probabilities
 there; weights need data where several modalities are present at once. Fitting them: fusion.training.calibration.
+
+An expert may also be gated by its own evidence that there is any emotion to see (``gates``, an exponent gamma_m per
+modality): its weight in a row becomes w_m * (1 - q_m(neutral))^gamma_m. Words or a face that carry no emotion
+(bland sentences, a resting face: the expert says "neutral") then count as the absence of evidence, not as
+evidence for neutral against the voice; where they do carry emotion, q_m(neutral) is small and they count in full.
+A gated expert's prior fades with its weight, so a row whose gated experts all say "neutral" is the other experts'
+answer exactly. Gates apply only in rows where an expert without one (the voice) speaks: words alone, or a face
+alone, are still what the recording has to go by.
 """
 
 from __future__ import annotations
@@ -22,16 +30,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusion.labels import EMOTIONS
+
+NEUTRAL = EMOTIONS.index("neutral")  # the column a gate reads: the expert's probability that it sees no emotion
 EPS = 1e-7  # probabilities are clipped to [EPS, 1] before the log: an expert's exact 0 would veto a class for good
 
 
 @dataclass
 class LateFusion:
-    """Temperature, weight and class prior per modality; without an entry: temperature 1, weight 1, uniform prior."""
+    """Temperature, weight, class prior and gate per modality; without an entry: temperature 1, weight 1, uniform
+    prior, no gate."""
 
     temperatures: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     priors: dict[str, list[float]] = field(default_factory=dict)
+    gates: dict[str, float] = field(default_factory=dict)  # modality -> gamma: weight x (1 - q(neutral))^gamma
 
     def __call__(self, probabilities: Mapping[str, np.ndarray | None]) -> np.ndarray:
         """{modality: (N, C) probabilities, or NaN rows / None where it is absent} -> (N, C) pooled probabilities;
@@ -44,10 +57,17 @@ class LateFusion:
         prior = np.zeros(shape, np.float64)  # sum of w_m log pi_m over the modalities present in each row
         weight = np.zeros((shape[0], 1), np.float64)
         seen = np.zeros(shape[0], bool)
+        ungated = np.zeros(shape[0], bool)  # rows where an expert without a gate speaks: there the gates apply
+        for modality, p in present.items():
+            if modality not in self.gates:
+                ungated |= ~np.isnan(p).any(1)
         for modality, p in present.items():
             rows = ~np.isnan(p).any(1)
             log_prior = self.log_prior(modality, shape[1])
-            w = self.weights.get(modality, 1.0)
+            w = np.full(rows.sum(), self.weights.get(modality, 1.0))
+            if modality in self.gates:
+                w = np.where(ungated[rows], w * self.gate(modality, p[rows]), w)
+            w = w[:, None]
             total[rows] += w * self.evidence(modality, p[rows])
             prior[rows] += w * log_prior
             weight[rows] += w
@@ -58,6 +78,11 @@ class LateFusion:
         pooled /= pooled.sum(1, keepdims=True)
         pooled[~seen] = np.nan
         return pooled
+
+    def gate(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
+        """(N, C) a gated expert's probabilities -> (N,) (1 - q(neutral))^gamma: how much emotion it sees."""
+        q = np.exp(calibrated_log_probabilities(probabilities, self.temperatures.get(modality, 1.0)))
+        return np.clip(1.0 - q[:, NEUTRAL], 0.0, 1.0) ** self.gates[modality]
 
     def evidence(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
         """(N, C) an expert's probabilities -> (N, C) float64 its evidence: log q_m - log pi_m above."""
@@ -82,7 +107,7 @@ class LateFusion:
             "temperatures": dict(self.temperatures),
             "weights": dict(self.weights),
             "priors": {m: [float(x) for x in p] for m, p in self.priors.items()},
-        }
+        } | ({"gates": dict(self.gates)} if self.gates else {})
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LateFusion:
@@ -90,6 +115,7 @@ class LateFusion:
             {k: float(v) for k, v in data["temperatures"].items()},
             {k: float(v) for k, v in data["weights"].items()},
             {k: [float(x) for x in v] for k, v in data.get("priors", {}).items()},
+            {k: float(v) for k, v in data.get("gates", {}).items()},
         )
 
 

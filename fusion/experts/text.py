@@ -237,8 +237,6 @@ def predict_logits(
 
 def read_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """-> (config.json's contents, model.safetensors' tensors); CheckpointError when either is missing or bad."""
-    from safetensors import SafetensorError
-
     directory = Path(directory)
     for required in (WEIGHTS_FILE, CONFIG_FILE):
         if not (directory / required).is_file():
@@ -246,7 +244,7 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
     try:
         meta = json.loads((directory / CONFIG_FILE).read_text())
         weights = load_weights(directory / WEIGHTS_FILE)
-    except (json.JSONDecodeError, SafetensorError, OSError) as error:
+    except (json.JSONDecodeError, OSError) as error:
         raise CheckpointError(f"{directory}: cannot read the text expert ({error})") from error
     if meta.get("format_version") != FORMAT_VERSION or meta.get("labels") != list(EMOTIONS):
         raise CheckpointError(f"{directory}: format {meta.get('format_version')!r} or labels differ from this code's")

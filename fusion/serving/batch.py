@@ -31,7 +31,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -50,6 +49,7 @@ from fusion.errors import MediaError, NoModalityError, NoSpeakerError, OutputErr
 from fusion.media.orphans import exit_with_parent
 from fusion.serving.prediction import Summary
 from fusion.serving.predictor import Predictor, model_id, resolve_checkpoint
+from fusion.storage import atomic_path
 
 MEDIA_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .wmv .ts .wav .flac .mp3 .m4a .aac .ogg .opus".split()
@@ -262,7 +262,10 @@ def output_lock(out: Path) -> Iterator[None]:
             raise OutputError(
                 out, f"another fusion score is writing to it (it holds {lock_path}); wait for it, or use another --out"
             ) from None
-        yield
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # still held: a run that opens it now waits for nothing of ours
 
 
 def _score(inputs, out: Path, options: ScoreOptions, workers: int, engine: str, progress: bool) -> ScoreReport:
@@ -283,17 +286,21 @@ def _score(inputs, out: Path, options: ScoreOptions, workers: int, engine: str, 
     errors = []
     run = {"local": _run_local, "ray": _run_ray}[engine]
     bar = tqdm(total=len(todo), unit="file", desc="scoring", disable=not progress)
-    for record in run(todo, options, workers):
-        if record["status"] == "ok":
-            part = parts / f"{keys[record['file']]}.json"
-            _replace_atomically(part, functools.partial(Path.write_text, data=json.dumps(record)))
-        else:
-            errors.append({k: record[k] for k in ("file", "stage", "error")})
-        bar.update()
-    bar.close()
-
-    records = [json.loads(p.read_text()) for path in files if (p := parts / f"{keys[path]}.json").is_file()]
-    outputs = _write_tables(out, records, errors)
+    try:
+        for record in run(todo, options, workers):
+            if record["status"] == "ok":
+                with atomic_path(parts / f"{keys[record['file']]}.json") as temporary:
+                    temporary.write_text(json.dumps(record))
+            else:
+                errors.append({k: record[k] for k in ("file", "stage", "error")})
+            bar.update()
+        bar.close()
+        records = [json.loads(p.read_text()) for path in files if (p := parts / f"{keys[path]}.json").is_file()]
+        outputs = _write_tables(out, records, errors)
+    except OSError as error:  # a full disk, a folder gone: what was written stays, a rerun resumes from it
+        if not any(parts.iterdir()):
+            parts.rmdir()
+        raise OutputError(out, f"cannot write: {error.strerror or error}") from error
     scored = len(todo) - len(errors)
     return ScoreReport(len(files), scored, len(records) - scored, len(errors), outputs)
 
@@ -354,36 +361,17 @@ def _write_tables(out: Path, records: list[dict], errors: list[dict]) -> tuple[P
 
 
 def _write_table(table: pd.DataFrame, path: Path) -> None:
+    """The table at path, atomically (fusion.storage.atomic_path), in the format its suffix names."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        _replace_atomically(path, lambda temporary: table.to_parquet(temporary, index=False))
-    elif suffix == ".csv":
-        _replace_atomically(path, lambda temporary: table.to_csv(temporary, index=False))
-    elif len(table):
-        _replace_atomically(path, lambda temporary: table.to_json(temporary, orient="records", lines=True))
-    else:  # pandas would write one blank line, which is not a JSON record
-        _replace_atomically(path, lambda temporary: temporary.write_text(""))
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """write(temporary) to a file beside path, flushed to disk, then renamed to path: whoever reads path, even
-    after a crash, sees the old file or the whole new one, never part of it."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        temporary = Path(tmp.name)
-    try:
-        write(temporary)
-        temporary.chmod(0o666 & ~_umask())  # the temporary file's own mode is 0600; a table gets the usual mode
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: set it straight back
-    os.umask(mask)
-    return mask
+    with atomic_path(path) as temporary:
+        if suffix == ".parquet":
+            table.to_parquet(temporary, index=False)
+        elif suffix == ".csv":
+            table.to_csv(temporary, index=False)
+        elif len(table):
+            table.to_json(temporary, orient="records", lines=True)
+        else:  # pandas would write one blank line, which is not a JSON record
+            temporary.write_text("")
 
 
 __all__ = ["ScoreOptions", "ScoreReport", "file_key", "find_inputs", "score_file", "score_files"]

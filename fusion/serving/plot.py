@@ -25,6 +25,8 @@ TEXT_ROWS = 3  # transcript lines are staggered over this many rows so that neig
 TEXT_CHARS = 60  # characters of a segment's text shown before it is cut with an ellipsis
 INCHES_PER_MINUTE = 4.0  # figure width grows with the recording, between MIN_WIDTH and MAX_WIDTH inches
 MIN_WIDTH, MAX_WIDTH = 10.0, 40.0
+# The letter marked on a segment's band for the modality that moved its answer most (its largest attribution column)
+MARKS = {"attribution_audio": "V", "attribution_text": "W", "attribution_video": "F"}
 
 
 def plot_timeline(
@@ -60,6 +62,18 @@ def plot_timeline(
     for row in timeline.itertuples(index=False):
         if row.label:
             band.axvspan(row.start, row.end, color=COLOURS.get(row.label, FALLBACK_COLOUR), linewidth=0)
+            moved = {mark: getattr(row, column, np.nan) for column, mark in MARKS.items()}
+            moved = {mark: value for mark, value in moved.items() if np.isfinite(value)}
+            if len(moved) > 1:  # which modality moved the answer most: marked when there was more than one
+                band.text(
+                    (row.start + row.end) / 2,
+                    0.5,
+                    max(moved, key=moved.get),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white",
+                )
     band.set_yticks([])
     band.set_ylabel("top", rotation=0, ha="right", va="center")
 

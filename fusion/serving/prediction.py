@@ -21,6 +21,7 @@ from fusion.errors import NoSpeakerError
 from fusion.labels import MODALITIES
 
 ON_CAMERA = "on-camera"  # for_speaker's name for the speaker whose face is shown
+ATTRIBUTION = {m: f"attribution_{m}" for m in MODALITIES}  # the timeline's column of each modality's attribution
 
 
 def _found(speakers: dict) -> str:
@@ -31,14 +32,15 @@ def _found(speakers: dict) -> str:
 class Summary:
     """A recording's emotion, or one speaker's: the duration-weighted mean probabilities over its predicted segments.
 
-    label: the top emotion; "" when no segment has any modality. modalities: the recording's (None in a speaker's
-    entry). seconds: the seconds of predicted segments (a speaker's, and for_speaker's). on_camera: whether the face
-    shown is this speaker's (True, False, None: unknown). speaker: whose summary for_speaker made this. speakers:
-    one Summary per speaker, when the prediction has speakers.
+    label: the top emotion; None (and every probability NaN, null in JSON) when no segment has anything to go by:
+    nothing is known, which is not "0% of every emotion". modalities: those whose experts had something to say in
+    some segment (None in a speaker's entry). seconds: the seconds of predicted segments (a speaker's, and
+    for_speaker's). on_camera: whether the face shown is this speaker's (True, False, None: unknown). speaker: whose
+    summary for_speaker made this. speakers: one Summary per speaker, when the prediction has speakers.
     """
 
     probabilities: dict[str, float]
-    label: str
+    label: str | None
     modalities: tuple[str, ...] | None = None
     seconds: float | None = None
     on_camera: bool | None = None
@@ -48,7 +50,8 @@ class Summary:
     def to_dict(self) -> dict:
         """Plain JSON values: probabilities and label, and of the rest those this summary has (a speaker's
         seconds always with its on_camera, which may be None)."""
-        out = {"probabilities": self.probabilities, "label": self.label}
+        known = {e: None if math.isnan(p) else p for e, p in self.probabilities.items()}
+        out = {"probabilities": known, "label": self.label}
         if self.modalities is not None:
             out["modalities"] = list(self.modalities)
         if self.speaker is not None:
@@ -62,22 +65,22 @@ class Summary:
 
 def weighted_summary(timeline: pd.DataFrame, labels: tuple[str, ...]) -> Summary:
     """The duration-weighted mean probabilities of the segments that have any (NaN rows skipped), its top label
-    ("" when none has), and the seconds of those segments."""
+    (None, and NaN probabilities, when none has), and the seconds of those segments."""
     probabilities = timeline[list(labels)].to_numpy(dtype=np.float64)
     predicted = ~np.isnan(probabilities).any(1)
     weights = (timeline["end"] - timeline["start"]).to_numpy() * predicted
+    if not predicted.any():
+        return Summary(dict.fromkeys(labels, math.nan), None, seconds=0.0)
     mean = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
-    return Summary(
-        probabilities=dict(zip(labels, mean.tolist())),
-        label=labels[int(np.argmax(mean))] if predicted.any() else "",
-        seconds=float(weights.sum()),
-    )
+    return Summary(dict(zip(labels, mean.tolist())), labels[int(np.argmax(mean))], seconds=float(weights.sum()))
 
 
-def recording_summary(timeline: pd.DataFrame, labels: tuple[str, ...], modalities: set[str]) -> Summary:
-    """A recording's Summary: weighted_summary of all its segments, with the modalities it has."""
+def recording_summary(timeline: pd.DataFrame, labels: tuple[str, ...]) -> Summary:
+    """A recording's Summary: weighted_summary of all its segments, with the modalities that some segment had
+    (the timeline's modalities column: the experts that had something to say)."""
     whole = weighted_summary(timeline, labels)
-    return Summary(whole.probabilities, whole.label, tuple(m for m in MODALITIES if m in modalities))
+    seen = {m for cell in timeline["modalities"] for m in cell.split(",") if m}
+    return Summary(whole.probabilities, whole.label, tuple(m for m in MODALITIES if m in seen))
 
 
 def segment_outcome(labels: tuple[str, ...], probabilities: np.ndarray, present: np.ndarray) -> dict:
@@ -96,9 +99,11 @@ class Prediction:
     """The emotion timeline of one recording.
 
     timeline: one row per segment with columns start, end (seconds), text, face_present (share of sampled
-        frames with a face; NaN without video), one probability column per emotion, label (top emotion) and
-        modalities (comma-separated, those with a token inside the segment). A segment with no modality at
-        all has NaN probabilities and an empty label.
+        frames with a face; NaN without video), one probability column per emotion, label (top emotion),
+        modalities (comma-separated, the experts that had something there) and attribution_audio / _text / _video:
+        how much each modality moved the segment's answer (the label's log-probability less its log-probability
+        with that modality left out; NaN where it is absent). A segment with no modality at all has NaN
+        probabilities and an empty label.
     summary: the recording's :class:`Summary`, the duration-weighted mean over the predicted segments.
     damaged: (start, end) seconds of the recording that could not be decoded (damaged packets, skipped; audio
         there is silence, and no frame was sampled from them); empty for an intact file.
@@ -118,6 +123,8 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     damaged: list[tuple[float, float]] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
+    # what each expert said of each segment before fusion: {modality: (n_segments, n_labels)}, NaN where absent
+    experts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def segment_rows(self) -> list[dict]:
         """One plain record per segment, the timeline's columns in order (start, end, text, face_present, one
@@ -143,6 +150,7 @@ class Prediction:
                 **({"on_camera_speaking": row["on_camera_speaking"]} if "on_camera_speaking" in row else {}),
                 "probabilities": {e: row[e] for e in self.labels},
                 "label": row["label"] or None,
+                "attribution": {m: row[column] for m, column in ATTRIBUTION.items() if column in row},
             }
             for row in self.segment_rows()
         ]
@@ -178,9 +186,11 @@ class Prediction:
             speaker = shown[0]
         if speaker not in speakers:
             raise NoSpeakerError(self.file, f"no speaker {speaker!r} (found: {_found(speakers)})")
-        timeline = self.timeline[self.timeline["speaker"] == speaker].reset_index(drop=True)
+        mine = (self.timeline["speaker"] == speaker).to_numpy()
+        timeline = self.timeline[mine].reset_index(drop=True)
         summary = dataclasses.replace(speakers[speaker], modalities=self.summary.modalities, speaker=speaker)
-        return dataclasses.replace(self, timeline=timeline, summary=summary)
+        experts = {m: p[mine] for m, p in self.experts.items()}
+        return dataclasses.replace(self, timeline=timeline, summary=summary, experts=experts)
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

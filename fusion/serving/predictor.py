@@ -33,7 +33,7 @@ from fusion.media.decoding import DEFAULT_FPS
 from fusion.media.features import FeatureExtractor, RecordingFeatures
 from fusion.media.streaming import CHUNK_S
 from fusion.serving.memory import release_free_memory
-from fusion.serving.prediction import Prediction, recording_summary, segment_outcome
+from fusion.serving.prediction import ATTRIBUTION, Prediction, recording_summary, segment_outcome
 from fusion.serving.speakers import SpeakerEvidence, face_of_speakers_only, with_speakers
 
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
@@ -110,11 +110,11 @@ class Predictor:
         pieces = self.extractor.stream(path, chunk_s=self.chunk_s, timings=timings)
         if self.speakers:
             pieces = SpeakerEvidence(pieces)
-        result, outputs = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings)
+        result = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings)
         if self.speakers:
             started = time.perf_counter()
             result = with_speakers(result, *pieces.who_speaks(result.duration, n_speakers))
-            result = face_of_speakers_only(result, outputs, self.bundle.fuse)
+            result = face_of_speakers_only(result, self.bundle)
             _add(timings, "diarization", started)
         timings["total"] = time.perf_counter() - start
         return result
@@ -124,15 +124,13 @@ class Predictor:
     ) -> Prediction:
         """The timeline of a recording whose features are already extracted."""
         timings = dict(features.timings)
-        return self._predict_pieces([features], segments=segments, window_s=window_s, timings=timings)[0]
+        return self._predict_pieces([features], segments=segments, window_s=window_s, timings=timings)
 
     def _predict_pieces(
         self, pieces: Iterable[RecordingFeatures], *, segments: str, window_s: float, timings: dict[str, float]
-    ) -> tuple[Prediction, dict[str, np.ndarray]]:
+    ) -> Prediction:
         """A recording given as consecutive pieces (chunks): each segment is scored by the experts from what lies
-        inside it, so each piece is done once its features are extracted. -> the prediction and the experts'
-        outputs of its segments ({modality: (n_segments, n_labels)}, NaN rows where a modality is absent), to fuse
-        again where a segment's face turns out to be a listener's."""
+        inside it, so each piece is done once its features are extracted."""
         path, end, modalities, damaged, parts, outputs = None, 0.0, set(), [], [], []
         for piece in pieces:
             release_free_memory()
@@ -145,22 +143,22 @@ class Predictor:
             start = time.perf_counter()
             experts = self.bundle.segment_probabilities(piece, timeline)
             fused = self.bundle.fuse(experts)
-            present = np.stack([~np.isnan(experts[m]).any(1) for m in MODALITIES], 1)
+            attribution = self.bundle.attribution(experts, fused)
             _add(timings, "experts", start)
             outputs.append(experts)
-            parts.append(self._rows(timeline, fused, present, piece))
+            parts.append(self._rows(timeline, fused, experts, attribution, piece))
         if not modalities:
             raise NoModalityError(path, "no audio track and no face in any sampled frame")
         timeline = pd.concat(parts, ignore_index=True)
-        prediction = Prediction(
-            path, end, self.labels, timeline, recording_summary(timeline, self.labels, modalities), timings, damaged
-        )
-        return prediction, {m: np.concatenate([o[m] for o in outputs]) for m in MODALITIES}
+        experts = {m: np.concatenate([o[m] for o in outputs]) for m in MODALITIES}
+        summary = recording_summary(timeline, self.labels)
+        return Prediction(path, end, self.labels, timeline, summary, timings, damaged, experts=experts)
 
-    def _rows(self, timeline: list[Segment], probabilities, present, piece: RecordingFeatures) -> pd.DataFrame:
-        probabilities = np.where(present.any(1, keepdims=True), probabilities, np.nan)
+    def _rows(self, timeline: list[Segment], fused, experts, attribution, piece: RecordingFeatures) -> pd.DataFrame:
+        present = np.stack([~np.isnan(experts[m]).any(1) for m in MODALITIES], 1)
+        fused = np.where(present.any(1, keepdims=True), fused, np.nan)
         rows = []
-        for segment, p, has in zip(timeline, probabilities, present):
+        for i, (segment, p, has) in enumerate(zip(timeline, fused, present)):
             rows.append(
                 {
                     "start": round(segment.start, 3),
@@ -168,10 +166,11 @@ class Predictor:
                     "text": segment.text,
                     "face_present": _face_share(piece, segment),
                     **segment_outcome(self.labels, p, has),
+                    **{ATTRIBUTION[m]: attribution[m][i] for m in MODALITIES},
                 }
             )
-        columns = ["start", "end", "text", "face_present", *self.labels, "label", "modalities"]
-        numeric = {c: float for c in ("start", "end", "face_present", *self.labels)}
+        columns = ["start", "end", "text", "face_present", *self.labels, "label", "modalities", *ATTRIBUTION.values()]
+        numeric = {c: float for c in ("start", "end", "face_present", *self.labels, *ATTRIBUTION.values())}
         return pd.DataFrame(rows, columns=columns).astype(numeric)  # typed even with no rows, for pd.concat
 
 

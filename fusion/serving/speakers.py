@@ -9,7 +9,7 @@ voice prints once (so the speaker labels are the same in every chunk) and tells 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,17 @@ from alignment.active_speaker import segments_on_camera, speaker_on_camera
 from alignment.diarization import Turn, diarize_prints, label_segments
 from encoders.speakers import EMBEDDING
 from encoders.vad import speech_at
+from fusion.experts.bundle import ExpertBundle
 from fusion.labels import MODALITIES
 from fusion.media.features import RecordingFeatures
-from fusion.serving.prediction import Prediction, Summary, recording_summary, segment_outcome, weighted_summary
+from fusion.serving.prediction import (
+    ATTRIBUTION,
+    Prediction,
+    Summary,
+    recording_summary,
+    segment_outcome,
+    weighted_summary,
+)
 
 
 class SpeakerEvidence:
@@ -95,27 +103,27 @@ def speaker_summaries(
     }
 
 
-def face_of_speakers_only(
-    prediction: Prediction, outputs: dict[str, np.ndarray], fuse: Callable[[dict[str, np.ndarray]], np.ndarray]
-) -> Prediction:
-    """The prediction fused again (by `fuse`, from the experts' `outputs` per segment) without the face where the
+def face_of_speakers_only(prediction: Prediction, bundle: ExpertBundle) -> Prediction:
+    """The prediction fused again by the bundle, from its experts' outputs per segment, without the face where the
     face shown is not the segment's speaker (on_camera_speaking False): a listener's face says nothing of the
     speaker's emotion."""
     timeline = prediction.timeline
     listener = np.array([value is False for value in timeline["on_camera_speaking"]])  # None: unknown
-    had_face = ~np.isnan(outputs["video"]).any(1)
+    had_face = ~np.isnan(prediction.experts["video"]).any(1)
     rows = np.flatnonzero(listener & had_face)
     if not len(rows):
         return prediction
-    outputs = {m: o[rows].copy() for m, o in outputs.items()}
+    outputs = {m: o[rows].copy() for m, o in prediction.experts.items()}
     outputs["video"][:] = np.nan
-    fused = fuse(outputs)
+    fused = bundle.fuse(outputs)
+    attribution = bundle.attribution(outputs, fused)
     present = np.stack([~np.isnan(outputs[m]).any(1) for m in MODALITIES], 1)
     timeline = timeline.copy()
-    for row, p, has in zip(rows, fused, present):
+    for i, (row, p, has) in enumerate(zip(rows, fused, present)):
         outcome = segment_outcome(prediction.labels, p if has.any() else np.full_like(p, np.nan), has)
+        outcome |= {ATTRIBUTION[m]: attribution[m][i] for m in MODALITIES}
         timeline.loc[row, list(outcome)] = list(outcome.values())
     on_camera = {name: theirs.on_camera for name, theirs in prediction.summary.speakers.items()}
-    summary = recording_summary(timeline, prediction.labels, set(prediction.summary.modalities))
+    summary = recording_summary(timeline, prediction.labels)
     summary = dataclasses.replace(summary, speakers=speaker_summaries(timeline, prediction.labels, on_camera))
     return dataclasses.replace(prediction, timeline=timeline, summary=summary)

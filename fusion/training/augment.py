@@ -60,10 +60,10 @@ def augment_mel(
     """Speed, gain, additive noise, then SpecAugment masks, each drawn per example.
 
     mel: (B, T, N_MELS) natural-log mel power, as from encoders.audio.log_mel
-    mask: (B, T) bool, True on real frames, which come first in each row (as alignment.pad_streams pads them)
+    mask: (B, T) bool, True on real frames, which come first in each row (as a batch pads them)
     returns mel (B, T, N_MELS) and mask (B, T): speed changes an example's number of real frames. Its frames
     beyond the batch's T are cut off, so the shapes, and the times that go with them, stay valid; frames that
-    stop being real are zeroed, as pad_streams pads; input padding that stays padding is returned as it was.
+    stop being real are zeroed, as padding is; input padding that stays padding is returned as it was.
     """
     if not config.enabled:
         return mel, mask

@@ -77,6 +77,7 @@ def build(
     face_dtype: str | None = None,
     recipe: dict | None = None,
     voice_temperature: float = 1.0,
+    gates: dict[str, float] | None = None,
     scratch: str | os.PathLike | None = None,
 ) -> dict:
     """Calibrate expert checkpoints and write them as one bundle to out; -> what was fitted, for the record.
@@ -147,7 +148,7 @@ def build(
         voice=voice,
         text=text_folder,
         face=face,
-        late_fusion=LateFusion(temperatures, {m: 1.0 for m in FOLDERS}, priors),
+        late_fusion=LateFusion(temperatures, {m: 1.0 for m in FOLDERS}, priors, _gates(gates)),
         face_views=face_views,
         face_precision=face_precision,
         extra={
@@ -240,6 +241,14 @@ def add_arguments(parser) -> None:
         default=1.0,
         help="the voice expert's temperature (its recipe holds no speech out; benchmarks/voice_calibration.py)",
     )
+    parser.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="EXPERT=GAMMA",
+        help="gate an expert (text, face) by its own evidence of emotion: weight (1 - q(neutral))^GAMMA"
+        " (benchmarks/fusion_gates.py chooses GAMMA)",
+    )
 
 
 def run(args) -> int:
@@ -267,6 +276,7 @@ def run(args) -> int:
         face_dtype=args.face_dtype,
         recipe=recipe,
         voice_temperature=args.voice_temperature,
+        gates=dict(_gate_spec(g) for g in args.gate) or None,
     )
     print(json.dumps(record, indent=2))
     print(f"wrote {args.out}")
@@ -299,7 +309,26 @@ def _run_recipe(args) -> dict:
     args.face_precision = plan.get("face_precision", args.face_precision)
     args.face_dtype = args.face_dtype or plan.get("face_dtype")
     args.voice_temperature = plan.get("voice_temperature", args.voice_temperature)
+    args.gate = args.gate or [f"{expert}={gamma}" for expert, gamma in plan.get("gates", {}).items()]
     return recipe
+
+
+def _gate_spec(text: str) -> tuple[str, float]:
+    """EXPERT=GAMMA -> (expert, gamma); SystemExit with the reason when malformed."""
+    expert, _, gamma = text.partition("=")
+    try:
+        value = float(gamma)
+    except ValueError:
+        value = float("nan")
+    if expert not in ("text", "face") or not 0 < value < float("inf"):
+        raise SystemExit(f"fusion bundle: --gate takes text=GAMMA or face=GAMMA with GAMMA above 0, got {text!r}")
+    return expert, value
+
+
+def _gates(gates: dict[str, float] | None) -> dict[str, float]:
+    """{expert name: gamma} -> late fusion's {modality: gamma}."""
+    modality = {name: m for m, name in FOLDERS.items()}
+    return {modality[name]: gamma for name, gamma in (gates or {}).items()}
 
 
 def _not_shipped(folder: str, names: list[str]) -> list[str]:

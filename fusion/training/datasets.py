@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
-import pandas as pd
-
 from fusion.labels import EMOTIONS, LABEL_MAPS, MODALITIES, RAVDESS_CODES, canonical, ravdess_fields
 
 # RAVDESS modality code (first field of the name) -> what the file carries. The speech is scripted, so a file with
@@ -165,6 +163,8 @@ def nemo(root: str | os.PathLike) -> Manifest:
     table = root / "labels.tsv"
     if not table.is_file():
         raise FileNotFoundError(f"nEMO labels not found: {table}")
+    import pandas as pd  # imported when a corpus is read: `fusion --help` needs only DATA_KINDS
+
     rows = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
     missing = [column for column in NEMO_COLUMNS if column not in rows.columns]
     if missing:
@@ -330,6 +330,8 @@ def save_manifest(examples: Sequence[Example], path: str | os.PathLike) -> None:
     """
     rows = [{**asdict(example), "modalities": ",".join(example.modalities)} for example in examples]
     columns = [f.name for f in fields(Example)]
+    import pandas as pd
+
     pd.DataFrame(rows, columns=columns).to_csv(path, index=False, encoding="utf-8")
 
 
@@ -356,6 +358,8 @@ def _files(root: str | os.PathLike, suffixes: Collection[str]) -> list[Path]:
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     """The rows of a utf-8 csv as strings, exactly as written: no NaN for empty cells or for text such as "NA"."""
+    import pandas as pd
+
     table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     missing = [column for column in required if column not in table.columns]
     if missing:

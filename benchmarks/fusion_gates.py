@@ -1,0 +1,227 @@
+"""Fusions compared on what the experts said through the product path, out of fold: does a modality add or subtract?
+
+    python -m benchmarks.fusion_gates --work ../cache/product --out benchmarks/results/fusion_gates
+
+Reads the experts' outputs per segment that benchmarks/product_path.py saved for each fold (RAVDESS speech of actors
+its voice expert never heard, through Predictor.predict; the 11 audio-visual clips likewise) and fuses them again
+as each candidate fusion would, scoring each file by its summary (the duration-weighted mean over its segments), as
+`fusion evaluate` does:
+
+- RAVDESS speech, 7 classes (calm counted as neutral): voice alone, and voice + the words Whisper heard. The words
+  are two fixed, neutral sentences: they carry no emotion, so a fusion that lets them argue subtracts.
+- Label-matched pairs: a MELD utterance with a voice of the same label from the same fold (RAVDESS actors the voice
+  expert never heard): here the words do carry emotion, so a fusion that ignores them loses.
+- The 11 clips: voice, voice + words, voice + words + face.
+
+Candidates: the shipped late fusion (product rule over calibrated evidence); a per-expert weight on the words and the
+face (w); a gate on the words and the face by their own evidence of emotion, weight (1 - q(neutral))^gamma
+(fusion.experts.late_fusion). Each candidate's setting is chosen per test fold on the other folds (RAVDESS and the
+pairs built from MELD train's validation share), by the mean of the two UAs; the test fold then scores it, so every
+figure here is out of fold. The shipped setting is the one chosen on all folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.child import describe_machine, write_results
+from fusion.experts.bundle import ExpertBundle
+from fusion.experts.late_fusion import LateFusion
+from fusion.labels import EMOTIONS
+from fusion.serving.predictor import DEFAULT_CHECKPOINT
+from fusion.training.datasets import meld
+from fusion.training.metrics import score
+from fusion.training.text import items_from_examples, split_by_dialogue
+
+NONE = "none"
+SUBSETS = {"voice": ("audio",), "voice+words": ("audio", "text"), "voice+words+face": ("audio", "text", "video")}
+GAMMAS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PAIRS_PER_UTTERANCE = 1
+
+
+def candidates(late: LateFusion) -> dict[str, list[tuple[str, LateFusion]]]:
+    """{family: [(setting, fusion), ...]}: each family's settings to choose among."""
+    return {
+        "late fusion (shipped)": [("-", late)],
+        "weight on words and face": [
+            (f"w={w}", dataclasses.replace(late, weights=late.weights | {"text": w, "video": w})) for w in WEIGHTS
+        ],
+        "gate on words and face": [
+            (f"gamma={g}", dataclasses.replace(late, gates={"text": g, "video": g})) for g in GAMMAS
+        ],
+    }
+
+
+def file_labels(fusion: LateFusion, outputs: dict, modalities) -> list[str]:
+    """Each file's label: the duration-weighted mean of its segments' fused probabilities ("none" without any)."""
+    fused = fusion({m: outputs[m] for m in modalities})
+    valid = ~np.isnan(fused).any(1)
+    labels = []
+    for f in range(len(outputs["paths"])):
+        rows = (outputs["file"] == f) & valid
+        if not rows.any():
+            labels.append(NONE)
+            continue
+        mean = (fused[rows] * outputs["durations"][rows, None]).sum(0)
+        labels.append(EMOTIONS[int(np.argmax(mean))])
+    return labels
+
+
+def ua(true, predicted) -> float:
+    labels = (*EMOTIONS, NONE) if NONE in predicted else EMOTIONS
+    return score(list(true), list(predicted), labels).ua
+
+
+def voice_rows(outputs: dict) -> dict[str, list[np.ndarray]]:
+    """{label: [the voice expert's output on each file's longest voiced segment]} of a fold's RAVDESS files."""
+    pool: dict[str, list[np.ndarray]] = {}
+    voiced = ~np.isnan(outputs["audio"]).any(1)
+    for f, label in enumerate(outputs["labels"]):
+        rows = np.flatnonzero((outputs["file"] == f) & voiced)
+        if len(rows):
+            pool.setdefault(str(label), []).append(outputs["audio"][rows[np.argmax(outputs["durations"][rows])]])
+    return pool
+
+
+def pairs(text: np.ndarray, text_labels, voices: dict, rng: np.random.Generator) -> tuple[dict, list[str]]:
+    """Each utterance with a voice of its label: {"audio": (N, C), "text": (N, C)} rows, and their labels."""
+    audio, words, labels = [], [], []
+    for p, label in zip(text, text_labels):
+        if voices.get(label):
+            for _ in range(PAIRS_PER_UTTERANCE):
+                audio.append(voices[label][rng.integers(len(voices[label]))])
+                words.append(p)
+                labels.append(label)
+    return {"audio": np.array(audio), "text": np.array(words)}, labels
+
+
+def pair_scores(fusion: LateFusion, rows: dict, labels) -> dict[str, float]:
+    def top(p):
+        return [EMOTIONS[k] for k in np.argmax(p, 1)]
+
+    return {
+        "voice": ua(labels, top(fusion({"audio": rows["audio"]}))),
+        "words": ua(labels, top(fusion({"text": rows["text"]}))),
+        "voice+words": ua(labels, top(fusion(rows))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default="../shared")
+    parser.add_argument("--work", required=True, help="benchmarks/product_path.py's --work folder")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    shared, work = Path(args.shared), Path(args.work)
+    folds = sorted(work.glob("fold*/outputs.npz"))
+    speech = [dict(np.load(f)) for f in folds]
+    clips = [dict(np.load(f.with_name("clips.npz"))) for f in folds]
+    bundle = ExpertBundle.load(DEFAULT_CHECKPOINT, experts=["text"])
+    late = bundle.late_fusion
+    rng = np.random.default_rng(0)
+    dev = meld(shared / "data/meld-text/dev_sent_emo.csv").examples
+    train = meld(shared / "data/meld-text/train_sent_emo.csv").examples
+    items = items_from_examples(train, context=False)
+    config = bundle.text.members[0].config
+    _, held = split_by_dialogue(items, config.validation_fraction, config.seed)
+    validation = [train[i] for i in held]
+    text_dev = bundle.text.predict_proba([e.text for e in dev])
+    text_validation = bundle.text.predict_proba([e.text for e in validation])
+    voices = [voice_rows(o) for o in speech]
+    dev_pairs = [pairs(text_dev, [e.label for e in dev], v, rng) for v in voices]
+    validation_pairs = [pairs(text_validation, [e.label for e in validation], v, rng) for v in voices]
+
+    def measure(fusion: LateFusion, k: int, *, test: bool) -> dict:
+        """Fold k's figures (test: the fold's own; else the mean over the other folds, for choosing)."""
+        chosen = [k] if test else [j for j in range(len(folds)) if j != k]
+        out = {}
+        for name, modalities in SUBSETS.items():
+            if name != "voice+words+face":
+                true = [str(x) for j in chosen for x in speech[j]["labels"]]
+                guess = [x for j in chosen for x in file_labels(fusion, speech[j], modalities)]
+                out[f"ravdess {name}"] = ua(true, guess)
+        rows = dev_pairs if test else validation_pairs
+        joined = {m: np.concatenate([rows[j][0][m] for j in chosen]) for m in ("audio", "text")}
+        labels = [x for j in chosen for x in rows[j][1]]
+        out |= {f"pairs {n}": v for n, v in pair_scores(fusion, joined, labels).items()}
+        return out
+
+    report = {"command": " ".join(["python -m benchmarks.fusion_gates", *sys.argv[1:]]), "machine": describe_machine()}
+    report["folds"] = len(folds)
+    report["families"] = {}
+    for family, settings in candidates(late).items():
+        per_fold = []
+        for k in range(len(folds)):
+            choice = max(
+                settings,
+                key=lambda s: np.mean(
+                    [(m := measure(s[1], k, test=False))["ravdess voice+words"], m["pairs voice+words"]]
+                ),
+            )
+            per_fold.append({"fold": k, "setting": choice[0], **measure(choice[1], k, test=True)})
+        all_folds = max(
+            settings,
+            key=lambda s: np.mean(
+                [
+                    np.mean([(m := measure(s[1], k, test=True))["ravdess voice+words"], m["pairs voice+words"]])
+                    for k in range(len(folds))
+                ]
+            ),
+        )
+        clip_true = [str(x) for c in clips for x in c["labels"]]
+        clip_scores = {
+            name: float(np.mean([t == g for t, g in zip(clip_true, guess)]))
+            for name, modalities in SUBSETS.items()
+            for guess in [[x for c in clips for x in file_labels(all_folds[1], c, modalities)]]
+        }
+        report["families"][family] = {
+            "per_fold": per_fold,
+            "mean": {
+                key: float(np.mean([f[key] for f in per_fold])) for key in per_fold[0] if key not in ("fold", "setting")
+            },
+            "shipped_setting": all_folds[0],
+            "clips": clip_scores,
+            "clip_files": len(clip_true),
+        }
+    report["wall_seconds"] = time.perf_counter() - started
+    write_results(report, Path(args.out), markdown)
+
+
+def markdown(report: dict) -> str:
+    keys = ["ravdess voice", "ravdess voice+words", "pairs voice", "pairs words", "pairs voice+words"]
+    lines = [
+        "# Fusions out of fold: what the words and the face add to the voice",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; wall time {report['wall_seconds']:.0f} s (the experts' outputs read from "
+        "benchmarks/product_path.py's run). UA (macro recall), 7 classes, mean over the "
+        f"{report['folds']} folds; each fold's setting chosen on the other folds.",
+        "",
+        "| fusion | settings chosen per fold | " + " | ".join(keys) + " | clips: voice / +words / +face |",
+        "|---|---|" + "---|" * len(keys) + "---|",
+    ]
+    for family, r in report["families"].items():
+        settings = ", ".join(f["setting"] for f in r["per_fold"])
+        clips = " / ".join(f"{100 * r['clips'][n]:.0f}%" for n in SUBSETS)
+        cells = " | ".join(f"{100 * r['mean'][k]:.1f}" for k in keys)
+        lines.append(f"| {family} | {settings} (all folds: {r['shipped_setting']}) | {cells} | {clips} |")
+    lines += [
+        "",
+        "RAVDESS: the fold's actors, every speech file through Predictor.predict with the fold's voice expert. Pairs:",
+        "MELD dev utterances, each with a voice of its label from the fold (chosen on pairs of MELD train's",
+        "validation share). Clips: the 11 audio-visual clips, each through the fold bundle that never heard its actor,",
+        "with the setting chosen on all folds.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
