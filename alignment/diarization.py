@@ -286,16 +286,22 @@ def turns(
     return _named(_widen(_smooth(_label_spans(spans, starts, ends, labels)), seconds))
 
 
-def label_segments(turns: list[Turn], segments: list[tuple[float, float]]) -> list[str | None]:
-    """The speaker whose turns cover most of each segment (start, end) in seconds, when they cover at least
-    MIN_SEGMENT_COVER of it; None for a segment that is mostly silence."""
+def label_segments(
+    turns: list[Turn], segments: list[tuple[float, float]], spoken: list[bool] | None = None
+) -> list[str | None]:
+    """The speaker whose turns cover most of each segment (start, end) in seconds. A spoken segment (an utterance:
+    spoken[i] True) is its main speaker's whenever a turn overlaps it, however short the turns inside it are (the
+    voice activity trims them within Whisper's segment); another segment only when its speaker covers at least
+    MIN_SEGMENT_COVER of it; else None (mostly silence)."""
     labels: list[str | None] = []
-    for start, end in segments:
+    spoken = spoken or [False] * len(segments)
+    for (start, end), said in zip(segments, spoken):
         cover: dict[str, float] = {}
         for turn in turns:
             overlap = min(end, turn.end) - max(start, turn.start)
             if overlap > 0:
                 cover[turn.speaker] = cover.get(turn.speaker, 0.0) + overlap
         top = max(cover, key=cover.get) if cover else None
-        labels.append(top if top is not None and cover[top] >= MIN_SEGMENT_COVER * (end - start) else None)
+        enough = top is not None and (said or cover[top] >= MIN_SEGMENT_COVER * (end - start))
+        labels.append(top if enough else None)
     return labels

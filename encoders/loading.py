@@ -8,7 +8,10 @@ come from travel together as one :class:`EncoderSources`, resolved once by whoev
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from encoders.errors import FusionError
 WHISPER_ENV = "FUSION_WHISPER_MODEL"
 TEXT_ENV = "FUSION_TEXT_MODEL"
 FACE_ENV = "FUSION_FACE_MODEL"
+
+VERBOSE_ENV = "FUSION_VERBOSE"  # 1: the libraries' own progress bars and warnings while models load (`--verbose`)
 
 DEFAULT_WHISPER_MODEL = "tiny.en"
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -108,3 +113,25 @@ def portable_name(name_or_path: str, *, default: str) -> str:
         return name_or_path
     stem = Path(name_or_path).name.removesuffix(".pt")
     return default if stem == default.split("/")[-1] else name_or_path
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Load models without the libraries' own noise on stderr: transformers' "Loading weights" progress bars and
+    the deprecation warnings of transformers and peft, which say nothing a user of fusion can act on. With
+    FUSION_VERBOSE=1 (the command line's --verbose) they are shown."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()

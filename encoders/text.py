@@ -26,6 +26,7 @@ from encoders.loading import (
     ModelNotFoundError,
     choose_model,
     looks_like_path,
+    quiet_loading,
 )
 from encoders.runtime import pick_device
 
@@ -262,6 +263,7 @@ def _load_bert(name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
         source = str(path)
     try:
         # The shared weights are stored in float16; the encoder runs in float32 on every device.
-        return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source, dtype=torch.float32)
+        with quiet_loading():
+            return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source, dtype=torch.float32)
     except OSError as err:  # offline or unknown hub name, or a folder without the model's files
         raise not_found(" ".join(str(err).split()).rstrip(".")) from err  # one line: the message adds its own stop

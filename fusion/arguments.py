@@ -47,6 +47,13 @@ def expert_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def speaker_name(text: str) -> str:
+    """argparse type: S1, S2, ... (a speaker by order of first speech), on-camera or all."""
+    if text in ("on-camera", "all") or (text[:1] == "S" and text[1:].isdigit() and int(text[1:]) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"expected S1, S2, ..., on-camera or all: {text!r}")
+
+
 def out_of_fold_spec(text: str) -> str:
     """argparse type: MODALITY=FOLDER, a modality the models know and a folder of *seed<S>-fold<K>.npz files."""
     modality, _, folder = text.partition("=")

@@ -9,11 +9,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from alignment.timeline import DEFAULT_WINDOW_S, SEGMENT_MODES
-from fusion.arguments import ENGINES, expert_names, out_of_fold_spec, positive_float, positive_int
+from encoders.loading import VERBOSE_ENV
+from fusion.arguments import (
+    ENGINES,
+    expert_names,
+    out_of_fold_spec,
+    positive_float,
+    positive_int,
+    speaker_name,
+)
 from fusion.errors import FusionError, check_writable
 from fusion.training.datasets import DATA_KINDS
 from fusion.training.metrics import METRICS
@@ -32,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(command if command in HEAVY else ()).parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read where models load (encoders.loading.quiet_loading), in workers too
     commands_by_name = {
         "predict": _predict,
         "ablate": _ablate,
@@ -45,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except FusionError as error:  # ModelNotFoundError included
         print(f"fusion: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of standard output stopped reading (`fusion predict ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
+        return 1
 
 
 def build_parser(full=HEAVY) -> argparse.ArgumentParser:
@@ -53,6 +67,9 @@ def build_parser(full=HEAVY) -> argparse.ArgumentParser:
     full: the commands of HEAVY whose own options are defined (importing their modules, and torch); the others are
     listed with their help only. main() asks for the one command being run."""
     parser = argparse.ArgumentParser(prog="fusion", description="Multimodal emotion recognition from recordings.")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the libraries' own progress bars and warnings as models load"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="emotion timeline of one recording")
@@ -161,6 +178,7 @@ def _add_prediction_options(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--speaker",
+        type=speaker_name,
         metavar="S1",
         help="report one speaker's segments and summary: S1, S2, ..., on-camera (the speaker whose face is shown) or"
         " all (implies --speakers)",
@@ -185,11 +203,13 @@ def _sources(args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from fusion.media.decoding import check_readable
     from fusion.serving.predictor import Predictor
     from fusion.storage import write_output
 
+    check_readable(args.file)  # a file that is no recording is said before any model loads
     if args.output:
-        check_writable(args.output)  # before any model loads
+        check_writable(args.output)
     speakers = args.speakers is not None or args.speaker is not None
     predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device, speakers=speakers)
     result = predictor.predict(

@@ -83,6 +83,8 @@ def test_short_turns_go_to_their_neighbours_and_segments_to_who_covers_most():
     turns = [Turn(0.0, 8.0, "S1"), Turn(9.0, 12.0, "S2")]
     segments = [(6.0, 10.0), (7.5, 11.0), (7.5, 9.5), (20.0, 21.0)]
     assert label_segments(turns, segments) == ["S1", "S2", None, None]  # under half covered: mostly silence
+    # an utterance is its main speaker's however little of it their turn covers (the VAD trims turns inside it)
+    assert label_segments(turns, segments, [False, False, True, True]) == ["S1", "S2", "S1", None]
 
 
 def test_missing_weights_say_which_file_and_which_package(monkeypatch, tmp_path):

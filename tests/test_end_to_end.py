@@ -102,6 +102,7 @@ def test_command_line_json_for_every_clip(checkpoint, clips):
             check=False,
         )
         assert run.returncode == 0, run.stderr
+        assert run.stderr == "", "no progress bars or library warnings on stderr"
         result = json.loads(run.stdout)
         assert set(result) >= {"file", "duration", "segments", "summary"}
         assert result["file"] == str(path) and result["summary"]["label"] in EMOTIONS

@@ -306,3 +306,20 @@ def test_damaged_packets_are_skipped_and_reported(ravdess_clips: list[Path], tmp
     late = slice(-SAMPLE_RATE, None)  # the last second, after the damage: the same sound at the same time
     assert np.corrcoef(media.audio[late], intact.audio[late])[0, 1] > 0.99
     assert len(media.frames) >= len(intact.frames) - 2
+
+
+def test_wrong_files_get_the_right_reason(tmp_path: Path) -> None:
+    """A text file named .flac, a still image named .mp4, a symbolic link loop: each says what it is."""
+    import cv2
+
+    text = tmp_path / "notes.flac"
+    text.write_text("hello world\nthis is text\n")
+    picture = tmp_path / "picture.mp4"
+    cv2.imwrite(str(tmp_path / "picture.png"), np.zeros((64, 64, 3), np.uint8))
+    (tmp_path / "picture.png").rename(picture)
+    loop_a, loop_b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    for path, reason in ((text, "not a media file"), (picture, "not a recording"), (loop_a, "symbolic links")):
+        with pytest.raises(MediaError, match=reason):
+            decode(path)

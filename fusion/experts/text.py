@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.loading import TEXT_ENV, choose_model
+from encoders.loading import TEXT_ENV, choose_model, quiet_loading
 from encoders.runtime import PRECISIONS, autocast
 from fusion.errors import CheckpointError
 from fusion.labels import EMOTIONS
@@ -284,12 +284,15 @@ class TextExpert:
         encoder_weights = {
             k.removeprefix(ENCODER_PREFIX): v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)
         }
-        bert = add_lora(words.model, meta["lora"]) if meta["lora"] else words.model
+        with quiet_loading():
+            bert = add_lora(words.model, meta["lora"]) if meta["lora"] else words.model
         missing = set(encoder_weights) - set(bert.state_dict())
         if missing:
             raise CheckpointError(f"{directory}: weights {sorted(missing)[:3]} do not fit the base model {words.name}")
         bert.load_state_dict(encoder_weights, strict=False)
-        words.model = (bert.merge_and_unload() if meta["lora"] else bert).to(words.device).eval().requires_grad_(False)
+        with quiet_loading():
+            merged = bert.merge_and_unload() if meta["lora"] else bert
+        words.model = merged.to(words.device).eval().requires_grad_(False)
         head = nn.Linear(words.dim, len(EMOTIONS))
         head.load_state_dict({"weight": weights["head.weight"], "bias": weights["head.bias"]})
         return cls(words, head, config, Path(directory))

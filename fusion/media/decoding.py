@@ -27,6 +27,9 @@ MAX_DAMAGED_SHARE = 0.5
 # frames per sampled one: they are never needed to decode the rest, and the frames left (at least the I- and
 # P-frames, a third or more of a 30 fps stream) are still denser than the samples.
 SKIP_NONREF_MIN_RATIO = 4.0
+# FFmpeg formats that open a file but are no recording: still images (image2, png_pipe, jpeg_pipe, ...: every
+# "*_pipe" image format) and text shown as a picture (tty)
+NOT_RECORDINGS = frozenset({"image2", "tty"})
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,12 @@ class MediaReader:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise MediaError(self.path, "file not found")
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
+            raise MediaError(self.path, "file not found") from None
+        except OSError as error:  # a symbolic link loop, no permission to a folder on the way, ...
+            raise MediaError(self.path, f"cannot open it: {error.strerror or error}") from None
         if not os.path.isfile(self.path):
             raise MediaError(self.path, "not a regular file")
         if os.path.getsize(self.path) == 0:
@@ -139,6 +146,9 @@ class MediaReader:
             raise MediaError(self.path, f"not a readable media file ({exc})") from exc
 
         container = self._container
+        if container.format.name in NOT_RECORDINGS or container.format.name.endswith("_pipe"):
+            container.close()
+            raise MediaError(self.path, f"not a recording: FFmpeg reads it as {container.format.long_name}")
         self._audio_stream = next(iter(container.streams.audio), None)
         # Cover art in m4a/flac/mp3 is a one-picture video stream, not a recording of the speaker.
         self._video_stream = next(
@@ -226,7 +236,10 @@ class MediaReader:
         return seconds
 
     def _check_complete(self, samples: int, sampler: _FrameSampler | None) -> float:
-        """Raise MediaError("truncated") if the decoded audio or video falls short; else the duration (s)."""
+        """Raise MediaError("truncated") if the decoded audio or video falls short, or if nothing decoded at all
+        (a text file named .flac: FFmpeg finds a stream, but no sample in it); else the duration (s)."""
+        if samples == 0 and (sampler is None or sampler.origin is None):
+            raise MediaError(self.path, "nothing in it could be decoded: not a media file, or an empty one")
         covered: list[float] = []
         if self._audio_stream is not None:
             covered.append(samples / SAMPLE_RATE)
@@ -242,6 +255,12 @@ class MediaReader:
 def _audio_block(frame: av.AudioFrame) -> AudioBlock:
     # AAC and MP3 decoders can overshoot full scale slightly; downstream features assume [-1, 1].
     return AudioBlock(np.clip(frame.to_ndarray()[0], -1.0, 1.0))
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise MediaError now, before any model loads, if the file cannot be a recording: missing, not a file,
+    empty, not a media file FFmpeg opens, a still image, or without audio and video streams."""
+    MediaReader(path).close()
 
 
 def decode(path: str | os.PathLike, *, fps: float = DEFAULT_FPS) -> Media:

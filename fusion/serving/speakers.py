@@ -73,14 +73,16 @@ class SpeakerEvidence:
 def with_speakers(
     prediction: Prediction, turns: list[Turn], on_camera: dict[str, bool | None] | None = None
 ) -> Prediction:
-    """The prediction with a speaker column (who covers most of each segment; "" where no one speaks), an
+    """The prediction with a speaker column (who says most of each utterance, who covers most of another segment;
+    "" where no one speaks), an
     on_camera_speaking column (whether the face shown is that speaker: True, False or None for unknown, see
     alignment.active_speaker.segments_on_camera) and, in its summary, the duration-weighted probabilities and label
     of each speaker's segments with whether they are on camera. on_camera: per speaker (speaker_on_camera); None:
     unknown for all."""
     on_camera = on_camera or {}
     timeline = prediction.timeline.copy()
-    speakers = label_segments(turns, list(zip(timeline["start"], timeline["end"])))
+    spoken = [bool(text) for text in timeline["text"]]
+    speakers = label_segments(turns, list(zip(timeline["start"], timeline["end"])), spoken)
     timeline.insert(3, "speaker", [label or "" for label in speakers])
     column = segments_on_camera(speakers, timeline["face_present"].tolist(), on_camera)
     timeline.insert(5, "on_camera_speaking", pd.Series(column, index=timeline.index, dtype=object))
