@@ -205,3 +205,29 @@ def test_score_to_a_full_disk_is_an_output_error_and_leaves_no_lock(ravdess_clip
     assert error.count("\n") == 1 and "No space left" in error
     assert not out.exists() and not (tmp_path / "s.csv.lock").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["s.csv.parts"]  # what was scored stays, to resume from
+
+
+@pytest.mark.parametrize("damage", ["no face folder", "unknown setting", "labels reversed"])
+def test_a_bundle_that_is_not_what_it_says_is_a_checkpoint_error(tmp_path, damage):
+    import json
+    import shutil
+
+    import fusion
+    from fusion.experts.bundle import read_bundle_config
+    from fusion.serving.predictor import DEFAULT_CHECKPOINT
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_CHECKPOINT, bundle)
+    config = json.loads((bundle / "experts.json").read_text())
+    if damage == "no face folder":
+        shutil.rmtree(bundle / "face")
+        match = "names the face expert"
+    elif damage == "unknown setting":
+        config["temperature_schedule"] = "cosine"
+        match = "does not know"
+    else:
+        config["labels"] = config["labels"][::-1]
+        match = "labels"
+    (bundle / "experts.json").write_text(json.dumps(config))
+    with pytest.raises(fusion.CheckpointError, match=match):
+        read_bundle_config(bundle)

@@ -43,6 +43,21 @@ if TYPE_CHECKING:
     from fusion.media.features import RecordingFeatures
 
 BUNDLE_FILE = "experts.json"
+# experts.json's settings: what this version reads (late_fusion, face_views, face_precision), checks (kind,
+# format_version, labels, experts: which experts the bundle has) or keeps for the record (calibration, recipe)
+BUNDLE_KEYS = frozenset(
+    {
+        "kind",
+        "format_version",
+        "labels",
+        "late_fusion",
+        "face_views",
+        "face_precision",
+        "experts",
+        "calibration",
+        "recipe",
+    }
+)
 FORMAT_VERSION = 1
 FOLDERS = {"audio": "voice", "text": "text", "video": "face"}  # modality -> its expert's folder in a bundle
 MIN_VOICE_S = 0.25  # seconds of audio a segment needs for the voice expert (its CNN pools 40 ms tokens)
@@ -245,6 +260,17 @@ def read_bundle_config(directory: Path) -> dict:
         raise CheckpointError(
             f"{path}: bundle format {config.get('format_version')!r}, this code reads {FORMAT_VERSION}"
         )
+    unknown = sorted(set(config) - BUNDLE_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: settings this version does not know: {unknown} (a newer fusion wrote it?)")
+    if config.get("labels", list(EMOTIONS)) != list(EMOTIONS):
+        raise CheckpointError(f"{path}: labels {config['labels']} are not this version's {list(EMOTIONS)}")
+    named = config.get("experts", {})
+    if not isinstance(named, dict) or set(named) - set(FOLDERS.values()):
+        raise CheckpointError(f"{path}: 'experts' must map some of {list(FOLDERS.values())} to where they came from")
+    missing = [name for name, source in named.items() if source and not (directory / name).is_dir()]
+    if missing:
+        raise CheckpointError(f"{path} names the {', '.join(missing)} expert(s), but {directory} has no such folder")
     return config
 
 

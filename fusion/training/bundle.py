@@ -58,6 +58,8 @@ def assemble(
         "late_fusion": (late_fusion or LateFusion()).to_dict(),
         "face_views": face_views,
         "face_precision": face_precision,
+        # which experts the bundle has: a folder of these that goes missing is an error when it loads
+        "experts": {"voice": _name(voice), "text": _name(text), "face": _name(face)},
     } | (extra or {})
     write_atomic(directory / BUNDLE_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return directory
