@@ -78,7 +78,9 @@ def main() -> None:
             shipped,
         )
         record = {"fold": k, "test_actors": actors}
-        record["benchmark_path"] = _benchmark_path(voice, [speech[i] for i in test], [speech_features[i] for i in test])
+        record["benchmark_path"] = _benchmark_path(
+            voice, [speech[i] for i in test], [speech_features[i] for i in test], work / "oof" / f"seed0-fold{k}.npz"
+        )
         record["probe"] = _probe(
             [speech[i] for i in train],
             [speech_features[i] for i in train],
@@ -123,8 +125,12 @@ def _voice(folder: Path, train, train_features, polish, polish_features, shipped
     return result.model
 
 
-def _benchmark_path(model, examples, features) -> dict:
+def _benchmark_path(model, examples, features, out: Path) -> dict:
+    """The files read whole from the speech cache; their canonical probabilities saved to out, as `fusion ablate
+    --out-of-fold audio=FOLDER` reads them."""
     probabilities = predict_proba(model, features)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, paths=np.array([e.path for e in examples]), probabilities=to_canonical(probabilities))
     eight = [model.config.labels[k] for k in probabilities.argmax(1)]
     true8 = [voice_label(e.dataset, e.label, e.native_label) for e in examples]
     seven = [EMOTIONS[k] for k in to_canonical(probabilities).argmax(1)]
@@ -183,7 +189,7 @@ def _product_path(bundle: Path, items, out: Path) -> None:
         paths=np.array(paths),
         labels=np.array(labels),
         durations=np.concatenate(durations),
-        file=np.concatenate(index),
+        file_index=np.concatenate(index),
         **{m: np.concatenate(outputs[m]) for m in MODALITIES},
     )
 

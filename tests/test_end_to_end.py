@@ -76,6 +76,11 @@ def test_predict_every_clip(predictor, clips, features):
             assert any(s.start - 1e-3 <= middle <= s.end + 1e-3 for s in spoken.itertuples()), word
 
 
+def test_short_recordings_are_read_without_the_decoding_process(predictor):
+    """Every clip here is short: read in this process, no decoding process started (its start-up would cost more)."""
+    assert predictor.extractor._decode_worker is None
+
+
 def test_predict_function_reuses_loaded_models(checkpoint, clips):
     first = fusion.predict(clips[0], checkpoint=checkpoint)
     again = fusion.predict(clips[0], checkpoint=checkpoint)

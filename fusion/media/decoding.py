@@ -257,6 +257,16 @@ def _audio_block(frame: av.AudioFrame) -> AudioBlock:
     return AudioBlock(np.clip(frame.to_ndarray()[0], -1.0, 1.0))
 
 
+def is_short(path: str | os.PathLike, seconds: float) -> bool:
+    """Whether the recording declares a duration of at most `seconds` (False when it declares none, or cannot be
+    opened: the decoding then says why)."""
+    try:
+        with av.open(os.fspath(path)) as container:
+            return container.duration is not None and container.duration / av.time_base <= seconds
+    except (av.error.FFmpegError, OSError):
+        return False
+
+
 def check_readable(path: str | os.PathLike) -> None:
     """Raise MediaError now, before any model loads, if the file cannot be a recording: missing, not a file,
     empty, not a media file FFmpeg opens, a still image, or without audio and video streams."""

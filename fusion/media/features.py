@@ -28,9 +28,14 @@ from encoders.text import Transcriber, Utterance, Word
 from encoders.vad import SpeechDetector, speech_within
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
-from fusion.media.decoding import DEFAULT_FPS, Media, decode
+from fusion.media.decoding import DEFAULT_FPS, Media, decode, is_short
 from fusion.media.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunks
 
+# Seconds: a recording up to this long is read in this process, not in the decoding process (unless that runs
+# already): starting the worker (a Python process that imports PyAV, OpenCV and the VAD) costs more than decoding
+# a short clip while the models wait. A 3.3 s clip took WORKER_S s to predict cold in the worker, IN_S s here
+# (benchmarks/results/cold_start.md).
+IN_PROCESS_MAX_S = 60.0
 IMAGE_DURATION_S = 1 / DEFAULT_FPS  # seconds: a still image counts as one sampled video frame
 
 
@@ -171,7 +176,7 @@ class FeatureExtractor:
         path: str | os.PathLike,
         *,
         chunk_s: float = CHUNK_S,
-        background: bool = True,
+        background: bool | None = None,
         timings: dict[str, float] | None = None,
     ) -> Iterator[RecordingFeatures]:
         """Features of a recording, one chunk of up to chunk_s seconds at a time, in memory that does not grow with
@@ -179,11 +184,14 @@ class FeatureExtractor:
 
         background: decode and detect faces in a worker process (started on first use and kept for the next
         files), a chunk ahead of the models; else in turn with them, in this process. benchmarks/speed.py
-        compares the two.
+        compares the two. None (the default): in the worker when it runs already or the recording is longer than
+        IN_PROCESS_MAX_S, else here: a short file is read before a worker process would have started.
         timings (if given) accumulates the seconds per stage over all chunks; in the background, "decode" and
         "face_detection" overlap the other stages in wall-clock time.
         """
         timings = {} if timings is None else timings
+        if background is None:
+            background = self._decode_worker is not None or not is_short(path, IN_PROCESS_MAX_S)
         if background:
             if self._decode_worker is None:
                 self._decode_worker = DecodeWorker(fps=self.fps, face_model=self.face_detector.model)

@@ -154,8 +154,11 @@ def plot_name(path: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _predictor(options: ScoreOptions) -> Predictor:
-    """This process's predictor: loaded on its first file, reused for every later one."""
-    return Predictor(options.checkpoint, sources=options.sources, device=options.device, speakers=options.speakers)
+    """This process's predictor: loaded on its first file, reused for every later one; it decodes in the decoding
+    process, a chunk ahead of the models, whatever the files' lengths (a batch pays its start-up once)."""
+    return Predictor(
+        options.checkpoint, sources=options.sources, device=options.device, speakers=options.speakers, background=True
+    )
 
 
 def score_file(path: str, options: ScoreOptions) -> dict:

@@ -32,7 +32,7 @@ from fusion.labels import MODALITIES
 from fusion.media.decoding import DEFAULT_FPS
 from fusion.media.features import FeatureExtractor, RecordingFeatures
 from fusion.media.streaming import CHUNK_S
-from fusion.serving.memory import release_free_memory
+from fusion.serving.memory import bound_allocator, release_free_memory
 from fusion.serving.prediction import ATTRIBUTION, Prediction, recording_summary, segment_outcome
 from fusion.serving.speakers import SpeakerEvidence, face_of_speakers_only, with_speakers
 
@@ -57,14 +57,19 @@ class Predictor:
         chunk_s: float = CHUNK_S,
         speakers: bool = False,
         experts: Sequence[str] | None = None,
+        background: bool | None = None,
     ):
         """speakers: also find who speaks when (alignment.diarization), giving the timeline a speaker column and
         the summary one entry per speaker; loads the speaker encoder. experts: only these of the bundle's experts
-        (voice, text, face) take part, as if it had no others (default: all it has)."""
+        (voice, text, face) take part, as if it had no others (default: all it has). background: decode in the
+        decoding process (True), in this one (False), or by the recording's length (None: see
+        fusion.media.features.FeatureExtractor.stream)."""
+        bound_allocator()  # before the models load: large blocks go back to the system when freed
         chosen = sources or EncoderSources()
         self.speakers = speakers
         self.device = pick_device(device)
         self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
+        self.background = background
         # the text expert resolves its own base model: the one chosen, $FUSION_TEXT_MODEL, the one it names
         path = resolve_checkpoint(checkpoint)
         self.bundle = ExpertBundle.load(path, text_model=chosen.text, device=self.device, experts=experts)
@@ -107,7 +112,7 @@ class Predictor:
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        pieces = self.extractor.stream(path, chunk_s=self.chunk_s, timings=timings)
+        pieces = self.extractor.stream(path, chunk_s=self.chunk_s, background=self.background, timings=timings)
         if self.speakers:
             pieces = SpeakerEvidence(pieces)
         result = self._predict_pieces(pieces, segments=segments, window_s=window_s, timings=timings)
