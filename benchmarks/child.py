@@ -22,6 +22,33 @@ def run_python(code: str) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def run_sampled(command: list[str], every_s: float) -> dict:
+    """Run command, sampling the RSS of its whole process tree (it and its children) every every_s seconds ->
+    {"seconds", "samples": [(seconds, GB), ...], "peak_gb", "stderr_lines"}. RuntimeError with its stderr if it
+    fails."""
+    import subprocess
+    import time
+
+    import psutil
+
+    started = time.perf_counter()
+    process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    samples = []
+    while process.poll() is None:
+        try:
+            tree = [process, *process.children(recursive=True)]
+            samples.append((time.perf_counter() - started, sum(p.memory_info().rss for p in tree) / 1e9))
+        except psutil.Error:  # a process ended between listing and reading it
+            pass
+        time.sleep(every_s)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode()
+    if process.returncode != 0:
+        raise RuntimeError(stderr)
+    peak = max((gb for _, gb in samples), default=0.0)
+    return {"seconds": seconds, "samples": samples, "peak_gb": peak, "stderr_lines": len(stderr.splitlines())}
+
+
 def describe_machine() -> str:
     """This machine in words, for the results files: processor, cores, GPU, torch version and threads."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
-
-from benchmarks.child import describe_machine, write_results
+from benchmarks.child import describe_machine, run_sampled, write_results
 
 FORCED_WORKER = (
     "import sys; import fusion.media.features as f; f.IN_PROCESS_MAX_S = 0.0; from fusion.cli import main; "
@@ -29,21 +26,9 @@ FORCED_WORKER = (
 
 
 def measure(command: list[str]) -> dict:
-    """Wall seconds and peak RSS (MB) of the process tree of command."""
-    started = time.perf_counter()
-    process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    while process.poll() is None:
-        try:
-            tree = [process, *process.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise RuntimeError(process.stderr.read().decode())
-    return {"seconds": seconds, "peak_mb": peak / 1e6, "stderr_lines": len(process.stderr.read().splitlines())}
+    """Wall seconds and peak RSS (MB) of the process tree of command, sampled every 20 ms."""
+    run = run_sampled(command, 0.02)
+    return {"seconds": run["seconds"], "peak_mb": 1000 * run["peak_gb"], "stderr_lines": run["stderr_lines"]}
 
 
 def main() -> None:

@@ -59,29 +59,6 @@ def candidates(late: LateFusion) -> dict[str, list[tuple[str, LateFusion]]]:
     }
 
 
-class LearnedFusion:
-    """The cross-attention fusion (fusion.experts.attention) called as late fusion is: {modality: (N, C), NaN rows
-    where absent} -> (N, C), NaN where no modality is present; each row is one example of one token per modality."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, probabilities: dict) -> np.ndarray:
-        from fusion.experts.attention import predict_proba
-
-        n = len(next(iter(probabilities.values())))
-        examples, rows = [], []
-        for i in range(n):
-            example = {m: p[i : i + 1] for m, p in probabilities.items() if not np.isnan(p[i]).any()}
-            if example:
-                examples.append(example)
-                rows.append(i)
-        out = np.full((n, len(EMOTIONS)), np.nan)
-        if examples:
-            out[rows] = predict_proba(self.model, examples)
-        return out
-
-
 def learned(late: LateFusion, speech: list[dict], validation_pairs: list, chosen: list[int], seed: int):
     """The cross-attention fusion trained (fusion.training.attention.fit, modality dropout) on pairs drawn from
     the chosen folds: voices by label, and as words both MELD train's validation utterances (words that carry
@@ -97,7 +74,7 @@ def learned(late: LateFusion, speech: list[dict], validation_pairs: list, chosen
     }
     validation = paired_examples(pools, 2000, np.random.default_rng(seed + 100))
     result = fit(late, pools, validation, AttentionTrainConfig(seed=seed))
-    return LearnedFusion(result.model), result.epoch
+    return result.model, result.epoch
 
 
 def _pair_text(pairs_of_fold) -> tuple[np.ndarray, list[str]]:
@@ -154,13 +131,15 @@ def pairs(text: np.ndarray, text_labels, voices: dict, rng: np.random.Generator)
     return {"audio": np.array(audio), "text": np.array(words)}, labels
 
 
-def pair_scores(fusion: LateFusion, rows: dict, labels) -> dict[str, float]:
+def pair_scores(fusion: LateFusion, alone: LateFusion, rows: dict, labels) -> dict[str, float]:
+    """UA of each expert alone (calibrated as shipped, `alone`) and of the two fused by `fusion`."""
+
     def top(p):
         return [EMOTIONS[k] for k in np.argmax(p, 1)]
 
     return {
-        "voice": ua(labels, top(fusion({"audio": rows["audio"]}))),
-        "words": ua(labels, top(fusion({"text": rows["text"]}))),
+        "voice": ua(labels, top(alone({"audio": rows["audio"]}))),
+        "words": ua(labels, top(alone({"text": rows["text"]}))),
         "voice+words": ua(labels, top(fusion(rows))),
     }
 
@@ -170,6 +149,9 @@ def main() -> None:
     parser.add_argument("--shared", default="../shared")
     parser.add_argument("--work", required=True, help="benchmarks/product_path.py's --work folder")
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--save-learned", help="write the cross-attention fusion trained on every fold here (for fusion bundle)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     shared, work = Path(args.shared), Path(args.work)
@@ -203,7 +185,7 @@ def main() -> None:
         rows = dev_pairs if test else validation_pairs
         joined = {m: np.concatenate([rows[j][0][m] for j in chosen]) for m in ("audio", "text")}
         labels = [x for j in chosen for x in rows[j][1]]
-        out |= {f"pairs {n}": v for n, v in pair_scores(fusion, joined, labels).items()}
+        out |= {f"pairs {n}": v for n, v in pair_scores(fusion, late, joined, labels).items()}
         return out
 
     report = {"command": " ".join(["python -m benchmarks.fusion_gates", *sys.argv[1:]]), "machine": describe_machine()}
@@ -245,9 +227,13 @@ def main() -> None:
         }
     per_fold = []
     for k in range(len(folds)):
-        fusion, epoch = learned(late, speech, validation_pairs, [j for j in range(len(folds)) if j != k], seed=k)
-        per_fold.append({"fold": k, "setting": f"epoch {epoch}", **measure(fusion, k, test=True)})
-    fusion, epoch = learned(late, speech, validation_pairs, list(range(len(folds))), seed=0)
+        model, epoch = learned(late, speech, validation_pairs, [j for j in range(len(folds)) if j != k], seed=k)
+        per_fold.append({"fold": k, "setting": f"epoch {epoch}", **measure(model.fuse, k, test=True)})
+    model, epoch = learned(late, speech, validation_pairs, list(range(len(folds))), seed=0)
+    fusion = model.fuse
+    if args.save_learned:
+        training = {"epoch": epoch, "folds": len(folds), "command": report["command"]}
+        model.save(args.save_learned, extra={"training": training})
     clip_true = [str(x) for c in clips for x in c["labels"]]
     report["families"]["cross-attention (learned, modality dropout)"] = {
         "per_fold": per_fold,

@@ -12,15 +12,12 @@ peak and the RSS at each tenth of the run; results.json keeps every sample.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
-from benchmarks.child import describe_machine, write_results
+from benchmarks.child import describe_machine, run_sampled, write_results
 from benchmarks.long_input import concatenate
 
 SAMPLE_S = 1.0
@@ -28,19 +25,7 @@ SAMPLE_S = 1.0
 
 def measure(path: Path, folder: Path) -> dict:
     command = [sys.executable, "-m", "fusion.cli", "score", str(path), "--out", str(folder / "s.jsonl"), "--quiet"]
-    started = time.perf_counter()
-    process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    samples = []
-    while process.poll() is None:
-        try:
-            tree = [process, *process.children(recursive=True)]
-            samples.append((time.perf_counter() - started, sum(p.memory_info().rss for p in tree) / 1e9))
-        except psutil.Error:
-            pass
-        time.sleep(SAMPLE_S)
-    if process.returncode != 0:
-        raise RuntimeError(process.stderr.read().decode())
-    return {"seconds": time.perf_counter() - started, "samples": samples, "peak_gb": max(gb for _, gb in samples)}
+    return run_sampled(command, SAMPLE_S)
 
 
 def main() -> None:

@@ -54,3 +54,20 @@ def test_fitting_learns_to_distrust_an_overconfident_modality():
     learned = (attention.predict_proba(result.model, test).argmax(1) == labels).mean()
     floor = (attention.late_fusion_proba(late, test).argmax(1) == labels).mean()
     assert learned > floor + 0.05, (learned, floor)
+
+
+def test_a_learned_fusion_saved_and_loaded_fuses_rows_as_before(tmp_path):
+    """Row-wise fusion (the bundle's path): each row one example of the modalities present; NaN rows stay NaN."""
+    rng = np.random.default_rng(3)
+    late = LateFusion(temperatures={"audio": 0.9})
+    torch.manual_seed(0)
+    model = attention.AttentionFusion(attention.AttentionFusionConfig(), late)
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # not the identity on late fusion
+    outputs = {m: rng.dirichlet(np.ones(7), 6) for m in ("audio", "text")}
+    outputs["text"][2] = np.nan
+    outputs["audio"][5] = outputs["text"][5] = np.nan
+    fused = model.eval().fuse(outputs)
+    loaded = attention.AttentionFusion.load(model.save(tmp_path / "fusion"), late)
+    np.testing.assert_allclose(loaded.fuse(outputs), fused, atol=1e-6, equal_nan=True)
+    assert np.isnan(fused[5]).all() and not np.isnan(fused[:5]).any()
+    assert np.abs(fused[:5] - late(outputs)[:5]).max() > 1e-3  # the learned correction is there

@@ -101,3 +101,19 @@ def test_words_that_say_neutral_count_as_no_evidence_under_a_gate():
     )
     np.testing.assert_allclose(gated({"text": bland}), plain({"text": bland}), atol=1e-12)
     assert LateFusion.from_dict(gated.to_dict()) == gated
+
+
+def test_attribution_names_the_modality_that_moved_the_answer():
+    """Words that say anger over a voice that leans to sadness: the answer is anger, the words' attribution is the
+    largest, and leaving them out changes the label; a modality absent from a row has no attribution there."""
+    from fusion.experts.bundle import ExpertBundle
+
+    bundle = ExpertBundle(voice=None, text=None, face=None)
+    voice = np.array([[0.05, 0.05, 0.05, 0.05, 0.55, 0.05, 0.2], [0.05, 0.05, 0.05, 0.05, 0.55, 0.05, 0.2]])
+    words = np.array([[0.9, 0.02, 0.02, 0.02, 0.02, 0.01, 0.01], [np.nan] * C])
+    outputs = {"audio": voice, "text": words, "video": np.full((2, C), np.nan)}
+    fused = bundle.fuse(outputs)
+    moved = bundle.attribution(outputs, fused)
+    assert fused[0].argmax() == 0 and bundle.fuse({"audio": voice})[0].argmax() == 4
+    assert moved["text"][0] > moved["audio"][0] and np.isfinite(moved["audio"]).all()
+    assert np.isnan(moved["text"][1]) and np.isnan(moved["video"]).all()

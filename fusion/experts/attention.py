@@ -26,16 +26,21 @@ whole.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from einops import repeat
 from torch import nn
 
+from fusion.errors import CheckpointError
 from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.labels import EMOTIONS, MODALITIES
+from fusion.storage import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_weights, write_atomic
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,43 @@ class AttentionFusion(nn.Module):
         query = repeat(self.query, "1 1 d -> b 1 d", b=len(tokens))
         read, _ = self.attention(query, tokens, tokens, key_padding_mask=~mask, need_weights=False)
         return late_log_p + self.head(self.norm(read[:, 0]))
+
+    def fuse(self, probabilities: Mapping[str, np.ndarray]) -> np.ndarray:
+        """As LateFusion.__call__: {modality: (N, C), NaN rows where absent} -> (N, C) probabilities, NaN where no
+        modality is present; each row is one example, one token per modality present (a segment's outputs)."""
+        n = len(next(iter(probabilities.values())))
+        examples, rows = [], []
+        for i in range(n):
+            example = {m: p[i : i + 1] for m, p in probabilities.items() if not np.isnan(p[i]).any()}
+            if example:
+                examples.append(example)
+                rows.append(i)
+        out = np.full((n, self.head.out_features), np.nan)
+        if examples:
+            out[rows] = predict_proba(self, examples)
+        return out
+
+    def save(self, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
+        """model.safetensors (its weights) and config.json (its settings and `extra`); the late fusion it corrects
+        is the bundle's, stored there."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v for k, v in self.state_dict().items()}
+        save_weights(directory / WEIGHTS_FILE, weights)
+        config = {"kind": "attention-fusion", "model": asdict(self.config)} | (extra or {})
+        write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, late: LateFusion) -> AttentionFusion:
+        directory = Path(directory)
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text())
+            model = cls(AttentionFusionConfig(**config["model"]), late)
+            model.load_state_dict(load_weights(directory / WEIGHTS_FILE))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise CheckpointError(f"{directory}: not a readable learned fusion ({error})") from error
+        return model.eval()
 
 
 def batch_tensors(

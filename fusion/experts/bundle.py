@@ -34,6 +34,7 @@ from encoders.runtime import PRECISIONS, pick_device
 from encoders.vad import speech_within
 from fusion.errors import CheckpointError
 from fusion.experts import face as face_expert
+from fusion.experts.attention import AttentionFusion
 from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.experts.text import TextEnsemble, TextExpert, load_expert
 from fusion.experts.voice import VoiceExpert, to_canonical
@@ -43,14 +44,15 @@ if TYPE_CHECKING:
     from fusion.media.features import RecordingFeatures
 
 BUNDLE_FILE = "experts.json"
-# experts.json's settings: what this version reads (late_fusion, face_views, face_precision), checks (kind,
-# format_version, labels, experts: which experts the bundle has) or keeps for the record (calibration, recipe)
+# experts.json's settings: what this version reads (late_fusion, learned_fusion, face_views, face_precision), checks
+# (kind, format_version, labels, experts: which experts the bundle has) or keeps for the record (calibration, recipe)
 BUNDLE_KEYS = frozenset(
     {
         "kind",
         "format_version",
         "labels",
         "late_fusion",
+        "learned_fusion",
         "face_views",
         "face_precision",
         "experts",
@@ -59,6 +61,7 @@ BUNDLE_KEYS = frozenset(
     }
 )
 FORMAT_VERSION = 1
+LEARNED_FOLDER = "fusion"  # a bundle's learned fusion (fusion.experts.attention), when experts.json names one
 FOLDERS = {"audio": "voice", "text": "text", "video": "face"}  # modality -> its expert's folder in a bundle
 MIN_VOICE_S = 0.25  # seconds of audio a segment needs for the voice expert (its CNN pools 40 ms tokens)
 VOICE_BATCH = 16  # segments per voice expert pass
@@ -84,6 +87,7 @@ class ExpertBundle:
     text: TextExpert | TextEnsemble | None
     face: face_expert.FaceExpert | None
     late_fusion: LateFusion = field(default_factory=LateFusion)
+    learned: AttentionFusion | None = None  # the cross-attention fusion over the experts' outputs, when it has one
     face_views: str = "flip"  # test-time views of the face expert (face_expert.VIEWS)
     face_precision: str = "fp32"  # the face expert's arithmetic on the CPU (PRECISIONS)
     path: Path | None = None
@@ -130,7 +134,14 @@ class ExpertBundle:
         precision = config.get("face_precision", "fp32")
         if precision not in PRECISIONS:
             raise CheckpointError(f"{directory / BUNDLE_FILE}: face_precision {precision!r} is not one of {PRECISIONS}")
-        return cls(voice, text, face, late, views, precision, directory, bundle_digest(directory))
+        learned = None
+        if config.get("learned_fusion"):
+            if not (directory / LEARNED_FOLDER).is_dir():
+                raise CheckpointError(
+                    f"{directory / BUNDLE_FILE} names a learned fusion, but {LEARNED_FOLDER}/ is missing"
+                )
+            learned = AttentionFusion.load(directory / LEARNED_FOLDER, late)
+        return cls(voice, text, face, late, learned, views, precision, directory, bundle_digest(directory))
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -173,6 +184,10 @@ class ExpertBundle:
         return out
 
     def fuse(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        """{modality: (N, C) an expert's probabilities per segment, NaN rows where absent} -> (N, C) fused: by the
+        learned fusion when the bundle has one, else by late fusion."""
+        if self.learned is not None:
+            return self.learned.fuse(probabilities)
         return self.late_fusion(probabilities)
 
     def attribution(self, probabilities: dict[str, np.ndarray], fused: np.ndarray) -> dict[str, np.ndarray]:

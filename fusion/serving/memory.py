@@ -1,4 +1,4 @@
-"""Giving freed memory back to the operating system between the chunks of a long recording."""
+"""Giving freed memory back to the operating system: a bounded allocator, and trimming between a recording's chunks."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def release_free_memory() -> None:
     resident memory of a long recording grows chunk after chunk although the data held does not (measured by
     benchmarks/memory.py).
     """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):  # not glibc (macOS, musl): nothing to trim
+        libc.malloc_trim(0)
 
 
 # glibc's mallopt parameter that fixes the size from which a block gets a mapping of its own (M_MMAP_THRESHOLD), and
@@ -43,15 +43,4 @@ def _libc():
     try:
         return ctypes.CDLL(name)
     except OSError:
-        return None
-
-
-@functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         return None

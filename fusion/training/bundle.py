@@ -19,7 +19,7 @@ import numpy as np
 
 from encoders.runtime import PRECISIONS
 from fusion.experts import face as face_expert
-from fusion.experts.bundle import BUNDLE_FILE, FOLDERS, FORMAT_VERSION, ExpertBundle
+from fusion.experts.bundle import BUNDLE_FILE, FOLDERS, FORMAT_VERSION, LEARNED_FOLDER, ExpertBundle
 from fusion.experts.late_fusion import LateFusion, calibrated_log_probabilities
 from fusion.experts.text import load_expert
 from fusion.experts.voice import VOICE_LABELS, to_canonical, voice_label
@@ -80,6 +80,7 @@ def build(
     recipe: dict | None = None,
     voice_temperature: float = 1.0,
     gates: dict[str, float] | None = None,
+    learned: str | os.PathLike | None = None,
     scratch: str | os.PathLike | None = None,
 ) -> dict:
     """Calibrate expert checkpoints and write them as one bundle to out; -> what was fitted, for the record.
@@ -145,6 +146,7 @@ def build(
         if voice_examples:
             priors["audio"] = _sampler_prior(voice_examples)
             record["audio"]["prior_from"] = f"the training sampler over {len(voice_examples)} recordings"
+    _place_learned(out, learned)
     assemble(
         out,
         voice=voice,
@@ -157,6 +159,7 @@ def build(
             "experts": names,
             "calibration": record,
         }
+        | ({"learned_fusion": os.fspath(learned)} if learned is not None else {})
         | ({"recipe": recipe} if recipe is not None else {}),
     )
     if text_folder is not None and len(text) > 1:
@@ -244,6 +247,12 @@ def add_arguments(parser) -> None:
         help="the voice expert's temperature (its recipe holds no speech out; benchmarks/voice_calibration.py)",
     )
     parser.add_argument(
+        "--learned-fusion",
+        metavar="FOLDER",
+        help="fuse by this learned cross-attention fusion instead of late fusion alone (benchmarks/fusion_gates.py"
+        " --save-learned writes it)",
+    )
+    parser.add_argument(
         "--gate",
         action="append",
         default=[],
@@ -279,6 +288,7 @@ def run(args) -> int:
         recipe=recipe,
         voice_temperature=args.voice_temperature,
         gates=dict(_gate_spec(g) for g in args.gate) or None,
+        learned=args.learned_fusion,
     )
     print(json.dumps(record, indent=2))
     print(f"wrote {args.out}")
@@ -312,7 +322,22 @@ def _run_recipe(args) -> dict:
     args.face_dtype = args.face_dtype or plan.get("face_dtype")
     args.voice_temperature = plan.get("voice_temperature", args.voice_temperature)
     args.gate = args.gate or [f"{expert}={gamma}" for expert, gamma in plan.get("gates", {}).items()]
-    return recipe
+    # the recipe as this bundle is made, so that `fusion bundle --recipe` on it makes it again
+    gates = dict(_gate_spec(g) for g in args.gate)
+    plan = plan | {"voice_temperature": args.voice_temperature} | ({"gates": gates} if gates else {})
+    return recipe | {"bundle": plan}
+
+
+def _place_learned(out: str | os.PathLike, learned: str | os.PathLike | None) -> None:
+    """The learned fusion's folder (fusion.experts.attention, as benchmarks/fusion_gates.py --save-learned writes
+    it) copied into the bundle; a bundle built without one has none."""
+    target = Path(out) / LEARNED_FOLDER
+    if learned is not None and Path(learned).resolve() == target.resolve():
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    if learned is not None:
+        shutil.copytree(learned, target, ignore=_not_shipped)
 
 
 def _gate_spec(text: str) -> tuple[str, float]:
