@@ -37,7 +37,9 @@ def run_sampled(command: list[str], every_s: float) -> dict:
     while process.poll() is None:
         try:
             tree = [process, *process.children(recursive=True)]
-            samples.append((time.perf_counter() - started, sum(p.memory_info().rss for p in tree) / 1e9))
+            rss = sum(p.memory_info().rss for p in tree)
+            if rss:  # 0 once the processes have exited
+                samples.append((time.perf_counter() - started, rss / 1e9))
         except psutil.Error:  # a process ended between listing and reading it
             pass
         time.sleep(every_s)

@@ -59,7 +59,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|",
     ]
     for minutes, run in report["runs"].items():
-        samples = run["samples"]
+        samples = [sample for sample in run["samples"] if sample[1] > 0]  # not the instant the processes exited
         tenths = [samples[min(len(samples) - 1, round(k * (len(samples) - 1) / 10))][1] for k in range(1, 11)]
         curve = ", ".join(f"{gb:.2f}" for gb in tenths)
         lines.append(f"| {minutes} min | {run['seconds']:.0f} | {run['peak_gb']:.2f} | {curve} |")
