@@ -94,8 +94,7 @@ class AttentionFusion(nn.Module):
         is the bundle's, stored there."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        weights = {k: v for k, v in self.state_dict().items()}
-        save_weights(directory / WEIGHTS_FILE, weights)
+        save_weights(directory / WEIGHTS_FILE, self.state_dict())
         config = {"kind": "attention-fusion", "model": asdict(self.config)} | (extra or {})
         write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
         return directory
