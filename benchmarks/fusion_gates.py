@@ -56,6 +56,10 @@ def candidates(late: LateFusion) -> dict[str, list[tuple[str, LateFusion]]]:
         "gate on words and face": [
             (f"gamma={g}", dataclasses.replace(late, gates={"text": g, "video": g})) for g in GAMMAS
         ],
+        "gate, bland words and faces no evidence of neutral": [
+            (f"gamma={g}", dataclasses.replace(late, gates={"text": g, "video": g}, neutral_as_absence=True))
+            for g in (0.0, *GAMMAS)
+        ],
     }
 
 

@@ -4,7 +4,7 @@
     python -m benchmarks.repeated_speech --clips ../shared/data/av-clips/ravdess --minutes 10 \
         --out benchmarks/results/repeated_speech.md
 
-Whisper decodes the audio once (in 30 s windows, each on its own, as encoders.text.Transcriber runs it); then each
+Whisper decodes the audio once (in 30 s windows, each on its own, as encoders.asr.Transcriber runs it); then each
 rule below keeps or drops every segment (a sentence of a window; a window's segments share its average token
 log-probability and gzip compression ratio), and the words kept are counted against the truth (6 words per clip
 copied in).
@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.child import describe_machine
 from benchmarks.long_input import concatenate
 from benchmarks.long_input import copies as copies_of
-from encoders.text import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcriber, keep_window
+from encoders.asr import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcriber, keep_window
 from fusion.media.decoding import decode
 
 WORDS_PER_CLIP = 6  # "Kids are talking by the door" / "Dogs are sitting by the door" (RAVDESS statements 01, 02)
@@ -31,7 +31,7 @@ RULES = {
         not (lp < LOGPROB_THRESHOLD or cr > COMPRESSION_RATIO_THRESHOLD)
     ),
     "drop if log-probability < -1 only": lambda lp, cr: lp >= LOGPROB_THRESHOLD,
-    "drop if log-probability < -1, or compression > 2.4 and log-probability < -0.5 (encoders.text.keep_window)": (
+    "drop if log-probability < -1, or compression > 2.4 and log-probability < -0.5 (encoders.asr.keep_window)": (
         keep_window
     ),
 }

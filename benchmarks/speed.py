@@ -203,7 +203,7 @@ def _markdown(rows: list[dict], command: str, machine: str) -> str:
         )
         + ". The clips say one six-word sentence each, over and over (6 words per copy: the truth is in",
         "benchmarks/results/repeated_speech.md), so Whisper's 30 s windows are repetitive; fusion keeps such a window",
-        "unless it is also decoded with little confidence (encoders.text.keep_window), and transcribes in chunks cut",
+        "unless it is also decoded with little confidence (encoders.asr.keep_window), and transcribes in chunks cut",
         "at pauses, with voice activity detection.",
     ]
     compared = [row for row in rows if "extract" in row]

@@ -1,16 +1,17 @@
 """Where the voice expert's product path and its benchmark path part: the same fold model, the same files, one
 difference at a time.
 
-    python -m benchmarks.voice_skew --work ../cache/product --fold 0 --out benchmarks/results/voice_skew
+    python -m benchmarks.voice_skew --work ../cache/product --fold 2 --out benchmarks/results/voice_skew/fold2
 
 For the test actors of one fold of benchmarks/product_path.py (its voice expert never heard them), each file's
 7-class label by the voice expert alone, read:
 
-1. as its benchmark reads it: the whole file, float32 Whisper states (the speech cache);
+1. as its benchmark reads it: the whole file, float32 Whisper states (the speech cache; a speech-only expert reads
+   only the speech in it, fusion.experts.voice.voiced);
 2. the whole file, bf16 states (as prediction computes them);
-3. as prediction reads it: Whisper's segments where voice activity finds speech, bf16 states, the segments'
-   probabilities averaged by duration (fusion.predict's summary);
-4. the same segments with float32 states.
+3. as prediction reads it: Whisper's segments where the detector heard at least MIN_VOICE_S of speech, bf16 states,
+   the segments' probabilities averaged by duration (fusion.predict's summary), with each of CONTEXTS seconds of
+   the recording on either side of a segment read too (the bundle's voice_context_s).
 
 UA = macro recall over the 7 canonical classes (calm counted as neutral).
 """
@@ -27,7 +28,6 @@ import torch
 
 from alignment import make_segments
 from benchmarks.child import describe_machine, write_results
-from encoders.whisper_states import WhisperStates
 from fusion.experts.bundle import ExpertBundle
 from fusion.experts.voice import SpeechFeatures, VoiceExpert, predict_proba, to_canonical
 from fusion.labels import EMOTIONS
@@ -36,6 +36,8 @@ from fusion.training.datasets import ravdess
 from fusion.training.metrics import score
 from fusion.training.splits import speaker_folds
 from fusion.training.voice import SpeechCache
+
+CONTEXTS = (0.0, 0.5, 1.0, 2.0)  # seconds of the recording read on either side of a segment
 
 
 def main() -> None:
@@ -57,24 +59,25 @@ def main() -> None:
     block = bundle.whisper_block
     cached, _ = SpeechCache(args.cache).build([e.path for e in examples], progress=False)
     extractor = FeatureExtractor(whisper_blocks=block)
-    fp32_states = WhisperStates(extractor.transcriber.model, blocks=block, bf16=False)
-    labels = {name: [] for name in ("whole, fp32", "whole, bf16", "segments, bf16", "segments, fp32")}
+    labels = {"whole, fp32 (benchmark path)": [], "whole, bf16": []}
+    labels |= {f"segments, bf16, context {c:g} s": [] for c in CONTEXTS}
     for example, features in zip(examples, cached):
-        labels["whole, fp32"].append(_top(predict_proba(voice, [features])))
+        labels["whole, fp32 (benchmark path)"].append(_top(predict_proba(voice, [features])))
         piece = next(iter(extractor.stream(example.path, background=False)))
         bf16 = piece.whisper_states
-        fp32, _ = fp32_states(_audio(example.path))
         blocks = np.zeros((block, *bf16.shape), np.float32)
         blocks[block - 1] = bf16  # the voice expert reads block `block` of the cache's all-blocks layout
-        labels["whole, bf16"].append(_top(predict_proba(voice, [SpeechFeatures(piece.mel, blocks)])))
+        labels["whole, bf16"].append(_top(predict_proba(voice, [SpeechFeatures(piece.mel, blocks, piece.speech)])))
         segments = make_segments(piece.utterances, piece.duration, start=piece.start)
-        for name, states in (("segments, bf16", bf16), ("segments, fp32", fp32)):
-            labels[name].append(_segments_label(bundle, piece, segments, states))
+        for context in CONTEXTS:
+            bundle.voice_context_s = context
+            labels[f"segments, bf16, context {context:g} s"].append(_segments_label(bundle, piece, segments))
     true = [e.label for e in examples]
     report = {
         "command": " ".join(["python -m benchmarks.voice_skew", *sys.argv[1:]]),
         "machine": describe_machine(),
         "files": len(examples),
+        "voice": {"folder": str(folder / "voice"), "speech_only": voice.config.speech_only},
         "ua": {name: score(true, guess, (*EMOTIONS, "none")).ua for name, guess in labels.items()},
         "wall_seconds": time.perf_counter() - started,
     }
@@ -85,15 +88,8 @@ def _top(probabilities: np.ndarray) -> str:
     return EMOTIONS[int(to_canonical(probabilities)[0].argmax())]
 
 
-def _audio(path: str) -> np.ndarray:
-    from fusion.media.decoding import decode
-
-    return decode(path).audio
-
-
-def _segments_label(bundle: ExpertBundle, piece, segments, states: np.ndarray) -> str:
-    """The voice expert over the prediction's segments with these states; duration-weighted mean as the summary."""
-    piece.whisper_states = states
+def _segments_label(bundle: ExpertBundle, piece, segments) -> str:
+    """The voice expert over the prediction's segments; their duration-weighted mean as the summary."""
     outputs = bundle.segment_probabilities(piece, segments)["audio"]
     durations = np.array([s.end - s.start for s in segments])
     rows = ~np.isnan(outputs).any(1)
@@ -107,7 +103,8 @@ def markdown(report: dict) -> str:
         "# The voice expert, one difference at a time between its benchmark path and fusion.predict's",
         "",
         f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine']}; wall time {report['wall_seconds']:.0f} s; {report['files']} files.",
+        f"Machine: {report['machine']}; wall time {report['wall_seconds']:.0f} s; {report['files']} files; the fold's"
+        f" voice expert {'speech-only' if report['voice']['speech_only'] else 'trained on whole recordings'}.",
         "",
         "| reading | UA, 7 classes |",
         "|---|---|",

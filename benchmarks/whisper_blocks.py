@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
 from benchmarks.voice_baselines import PROBE_C, mfcc_svm, pooled_probe  # noqa: E402
-from encoders.text import Transcriber  # noqa: E402
+from encoders.asr import Transcriber  # noqa: E402
 from encoders.whisper_states import WhisperStates  # noqa: E402
 from fusion.labels import ravdess_native  # noqa: E402
 from fusion.media.decoding import decode  # noqa: E402

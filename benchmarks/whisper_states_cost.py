@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
 from encoders import SAMPLE_RATE
-from encoders.text import Transcriber  # noqa: E402
+from encoders.asr import Transcriber  # noqa: E402
 from encoders.whisper_states import WINDOW_SAMPLES, WhisperStates  # noqa: E402
 from fusion.media.decoding import decode  # noqa: E402
 

@@ -20,10 +20,13 @@ from encoders.errors import FusionError
 WHISPER_ENV = "FUSION_WHISPER_MODEL"
 TEXT_ENV = "FUSION_TEXT_MODEL"
 FACE_ENV = "FUSION_FACE_MODEL"
+ASR_ENV = "FUSION_ASR_MODEL"  # the CTranslate2 conversion of the Whisper model, for the ctranslate2 backend
 
 VERBOSE_ENV = "FUSION_VERBOSE"  # 1: the libraries' own progress bars and warnings while models load (`--verbose`)
 
 DEFAULT_WHISPER_MODEL = "tiny.en"
+ASR_BACKENDS = ("ctranslate2", "openai-whisper")  # how Whisper decodes (encoders.asr)
+DEFAULT_ASR = "ctranslate2"  # as accurate as openai-whisper, and faster on this CPU: benchmarks/results/asr
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -44,7 +47,7 @@ class ModelNotFoundError(FusionError, RuntimeError):
 @dataclass(frozen=True)
 class EncoderSources:
     """The frozen models behind a recording's features, each a name or a path: Whisper, the text (BERT) model and
-    the face detector (a YuNet .onnx; None: OpenCV's Haar cascade).
+    the face detector (a YuNet .onnx; None: OpenCV's Haar cascade); and which backend runs Whisper's decoding.
 
     As given (by arguments, command-line flags), a field left None is not chosen; :meth:`resolve` fills every field
     once, and what it returns is what gets loaded.
@@ -53,6 +56,7 @@ class EncoderSources:
     whisper: str | None = None
     text: str | None = None
     face: str | None = None
+    asr: str | None = None  # the speech recognition backend (encoders.asr.ASR_BACKENDS; default ctranslate2)
 
     def __post_init__(self):
         for name in ("whisper", "text", "face"):  # paths are kept as strings: the value is hashed, pickled, compared
@@ -69,6 +73,7 @@ class EncoderSources:
             whisper=choose_model(self.whisper, env_var=WHISPER_ENV, default=named.whisper or DEFAULT_WHISPER_MODEL),
             text=choose_model(self.text, env_var=TEXT_ENV, default=named.text or DEFAULT_TEXT_MODEL),
             face=choose_model(self.face, env_var=FACE_ENV, default=named.face),
+            asr=self.asr or DEFAULT_ASR,
         )
 
 

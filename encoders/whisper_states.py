@@ -33,7 +33,7 @@ DEFAULT_BLOCKS = 2  # residual blocks run: of tiny.en's 4, the states after the 
 class WhisperStates:
     """The states after the first `blocks` encoder blocks of a loaded Whisper model, for audio of any length.
 
-    model: a ``whisper.Whisper`` (e.g. the one :class:`encoders.text.Transcriber` loaded: no second copy)
+    model: a ``whisper.Whisper`` (e.g. the one :class:`encoders.asr.Transcriber` loaded: no second copy)
     bf16: run the blocks under bf16 autocast (else float32). Prediction asks for it: 3 blocks of tiny.en over 120 s
     of RAVDESS speech took 0.40 s against 0.84 s in float32 on this 2-core CPU with AVX512-BF16, the states within
     1.1% (mean absolute difference over mean magnitude), and the default model's label through fusion.predict was

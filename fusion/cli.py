@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from alignment.timeline import DEFAULT_WINDOW_S, SEGMENT_MODES
-from encoders.loading import VERBOSE_ENV
+from encoders.loading import ASR_BACKENDS, VERBOSE_ENV
 from fusion.arguments import (
     ENGINES,
     expert_names,
@@ -192,6 +192,12 @@ def _add_model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--whisper-model", help="Whisper name or checkpoint path (default: $FUSION_WHISPER_MODEL)")
     command.add_argument("--text-model", help="text model name or folder (default: $FUSION_TEXT_MODEL)")
     command.add_argument("--face-model", help="YuNet .onnx path (default: $FUSION_FACE_MODEL, else Haar cascade)")
+    command.add_argument(
+        "--asr",
+        choices=ASR_BACKENDS,
+        help="speech recognition backend: ctranslate2 (faster-whisper, int8 on the CPU; the default) or"
+        " openai-whisper (the reference implementation)",
+    )
 
 
 def _sources(args: argparse.Namespace):
@@ -199,7 +205,7 @@ def _sources(args: argparse.Namespace):
     they load (environment, checkpoint, default)."""
     from encoders.loading import EncoderSources
 
-    return EncoderSources(whisper=args.whisper_model, text=args.text_model, face=args.face_model)
+    return EncoderSources(whisper=args.whisper_model, text=args.text_model, face=args.face_model, asr=args.asr)
 
 
 def _predict(args: argparse.Namespace) -> int:

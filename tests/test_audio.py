@@ -21,6 +21,25 @@ def test_log_mel_of_real_speech(shared):
     assert frame_energy.max() - frame_energy.min() > 5
 
 
+def test_log_mel_is_librosas(shared):
+    """The numpy log-mel is librosa's melspectrogram with the same settings (what the training caches were made
+    with), on real speech, noise and a clip shorter than one window."""
+    import librosa
+
+    from encoders.audio import HOP_LENGTH, LOG_FLOOR, N_FFT, mel_filters
+
+    speech = decode(next((shared / "data/ravdess-speech-16k/Actor_02").glob("*.flac"))).audio
+    noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.1).astype(np.float32)
+    reference = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS)
+    assert np.abs(mel_filters() - reference).max() < 1e-7
+    for audio in (speech, noise):
+        expected = librosa.feature.melspectrogram(
+            y=audio, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS, power=2.0
+        )
+        np.testing.assert_allclose(log_mel(audio), np.log(np.maximum(expected, LOG_FLOOR)).T, atol=1e-4)
+    assert log_mel(speech[:300]).shape == (2, N_MELS)  # shorter than a window: centred frames, zero-padded
+
+
 def test_log_mel_of_digital_silence_is_finite():
     mel = log_mel(np.zeros(SAMPLE_RATE, dtype=np.float32))
     assert np.isfinite(mel).all() and mel.shape == (101, N_MELS)

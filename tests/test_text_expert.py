@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from encoders.asr import Utterance, Word
 from encoders.loading import DEFAULT_TEXT_MODEL, TEXT_ENV, ModelNotFoundError
-from encoders.text import Utterance, Word, WordEncoder
+from encoders.text import WordEncoder
 from fusion.cli import main as fusion_main
 from fusion.experts import text as expert
 from fusion.labels import EMOTIONS

@@ -31,21 +31,23 @@ import torch
 from alignment import Segment
 from encoders.audio import FRAME_SECONDS, N_MELS
 from encoders.runtime import PRECISIONS, pick_device
-from encoders.vad import speech_within
+from encoders.vad import FRAME_SECONDS as VAD_FRAME_S
+from encoders.vad import speech_at
 from fusion.errors import CheckpointError
 from fusion.experts import face as face_expert
 from fusion.experts.attention import AttentionFusion
 from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.experts.text import TextEnsemble, TextExpert, load_expert
-from fusion.experts.voice import VoiceExpert, to_canonical
+from fusion.experts.voice import MIN_VOICE_S, VoiceExpert, to_canonical
 from fusion.labels import EMOTIONS, MODALITIES
 
 if TYPE_CHECKING:
     from fusion.media.features import RecordingFeatures
 
 BUNDLE_FILE = "experts.json"
-# experts.json's settings: what this version reads (late_fusion, learned_fusion, face_views, face_precision), checks
-# (kind, format_version, labels, experts: which experts the bundle has) or keeps for the record (calibration, recipe)
+# experts.json's settings: what this version reads (late_fusion, learned_fusion, face_views, face_precision,
+# voice_context_s), checks (kind, format_version, labels, experts: which experts the bundle has) or keeps for the
+# record (calibration, recipe)
 BUNDLE_KEYS = frozenset(
     {
         "kind",
@@ -55,6 +57,7 @@ BUNDLE_KEYS = frozenset(
         "learned_fusion",
         "face_views",
         "face_precision",
+        "voice_context_s",
         "experts",
         "calibration",
         "recipe",
@@ -63,8 +66,8 @@ BUNDLE_KEYS = frozenset(
 FORMAT_VERSION = 1
 LEARNED_FOLDER = "fusion"  # a bundle's learned fusion (fusion.experts.attention), when experts.json names one
 FOLDERS = {"audio": "voice", "text": "text", "video": "face"}  # modality -> its expert's folder in a bundle
-MIN_VOICE_S = 0.25  # seconds of audio a segment needs for the voice expert (its CNN pools 40 ms tokens)
 VOICE_BATCH = 16  # segments per voice expert pass
+MAX_VOICE_CONTEXT_S = 5.0  # a bundle's voice_context_s beyond this would blur neighbouring utterances together
 # face_precision, the face expert's arithmetic on the CPU (PRECISIONS): bf16 autocast ran 466 against 314 FER2013
 # faces/s (two views each, batches of 16, this 2-core CPU with AVX512-BF16), PublicTest accuracy 68.65 against 68.74
 # with the shipped int8 face (benchmarks/results/default_model/bf16_inference.md). CUDA always runs in bf16.
@@ -90,6 +93,9 @@ class ExpertBundle:
     learned: AttentionFusion | None = None  # the cross-attention fusion over the experts' outputs, when it has one
     face_views: str = "flip"  # test-time views of the face expert (face_expert.VIEWS)
     face_precision: str = "fp32"  # the face expert's arithmetic on the CPU (PRECISIONS)
+    # seconds of the recording on each side of a segment that the voice expert also reads (within the chunk): it was
+    # trained on whole recordings, pauses before and after the speech included (benchmarks/results/voice_skew)
+    voice_context_s: float = 0.0
     path: Path | None = None
     id: str = ""  # sha256 of experts.json and the experts' weight files, first 16 hex digits
     labels: tuple[str, ...] = EMOTIONS
@@ -134,6 +140,11 @@ class ExpertBundle:
         precision = config.get("face_precision", "fp32")
         if precision not in PRECISIONS:
             raise CheckpointError(f"{directory / BUNDLE_FILE}: face_precision {precision!r} is not one of {PRECISIONS}")
+        context = config.get("voice_context_s", 0.0)
+        if not isinstance(context, (int, float)) or not 0 <= context <= MAX_VOICE_CONTEXT_S:
+            raise CheckpointError(
+                f"{directory / BUNDLE_FILE}: voice_context_s {context!r} is not in 0..{MAX_VOICE_CONTEXT_S}"
+            )
         learned = None
         if config.get("learned_fusion"):
             if not (directory / LEARNED_FOLDER).is_dir():
@@ -141,7 +152,9 @@ class ExpertBundle:
                     f"{directory / BUNDLE_FILE} names a learned fusion, but {LEARNED_FOLDER}/ is missing"
                 )
             learned = AttentionFusion.load(directory / LEARNED_FOLDER, late)
-        return cls(voice, text, face, late, learned, views, precision, directory, bundle_digest(directory))
+        return cls(
+            voice, text, face, late, learned, views, precision, float(context), directory, bundle_digest(directory)
+        )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -211,12 +224,21 @@ class ExpertBundle:
         if piece.whisper_states is None:
             raise ValueError("the voice expert needs Whisper states: extract features with whisper_blocks set")
         mel_times = piece.start + np.arange(len(piece.mel)) * FRAME_SECONDS
+        mel_heard = np.ones(len(mel_times), bool)
+        states_heard = np.ones(len(piece.whisper_times), bool)
+        if piece.speech is not None and self.voice.config.speech_only:  # as it was trained (voice.voiced)
+            mel_heard = speech_at(mel_times, piece.speech, piece.start)
+            states_heard = speech_at(piece.whisper_times, piece.speech, piece.start)
+        speech_times = None if piece.speech is None else piece.start + np.flatnonzero(piece.speech) * VAD_FRAME_S
         items, rows = [], []
         for i, s in enumerate(segments):
-            if piece.speech is not None and not speech_within(s.start, s.end, piece.speech, piece.start):
-                continue
-            mel = piece.mel[(mel_times >= s.start) & (mel_times < s.end)]
-            states = piece.whisper_states[(piece.whisper_times >= s.start) & (piece.whisper_times < s.end)]
+            if speech_times is not None:  # the voice speaks where the detector heard enough speech, not in a pause
+                heard = np.count_nonzero((speech_times + VAD_FRAME_S > s.start) & (speech_times < s.end))
+                if heard * VAD_FRAME_S < MIN_VOICE_S:
+                    continue
+            start, end = s.start - self.voice_context_s, s.end + self.voice_context_s
+            mel = piece.mel[(mel_times >= start) & (mel_times < end) & mel_heard]
+            states = piece.whisper_states[(piece.whisper_times >= start) & (piece.whisper_times < end) & states_heard]
             if len(mel) * FRAME_SECONDS >= MIN_VOICE_S and len(states):
                 items.append((mel, states))
                 rows.append(i)

@@ -12,6 +12,7 @@ weight; never pickle) and ``config.json``, which names the base model (never cop
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.loading import TEXT_ENV, choose_model, quiet_loading
+from encoders.loading import TEXT_ENV, choose_model
 from encoders.runtime import PRECISIONS, autocast
 from fusion.errors import CheckpointError
 from fusion.labels import EMOTIONS
@@ -204,6 +205,35 @@ class TextExpertModel(nn.Module):
         return self.head(self.dropout(self.embed(batch))).float()
 
 
+PEFT_PREFIX = "base_model.model."  # how peft names the wrapped model's weights in a LoRA checkpoint
+
+
+def merge_weights(bert: nn.Module, weights: dict[str, torch.Tensor], lora: dict | None) -> None:
+    """A checkpoint's encoder weights into bert, in place: each LoRA adapter merged into its linear layer (W += alpha
+    / r * B A, as peft's merge_and_unload computes it, without loading peft), any other weight (the full mode's,
+    lora_norms' biases and LayerNorms) copied. KeyError names a weight the base model has no place for."""
+    modules = dict(bert.named_modules())
+    plain = {}
+    with torch.no_grad():
+        for key, value in weights.items():
+            name = key.removeprefix(PEFT_PREFIX)
+            if ".lora_B." in name:
+                continue
+            if ".lora_A." in name:
+                module = name.split(".lora_A.")[0]
+                if module not in modules:
+                    raise KeyError(key)
+                up = weights[key.replace(".lora_A.", ".lora_B.")]
+                layer = modules[module].weight
+                layer += (lora["alpha"] / lora["r"]) * (up.to(layer.dtype) @ value.to(layer.dtype))
+            else:
+                plain[name.replace(".base_layer.", ".")] = value
+    missing = set(plain) - set(bert.state_dict())
+    if missing:
+        raise KeyError(sorted(missing)[0])
+    bert.load_state_dict(plain, strict=False)
+
+
 def add_lora(bert: nn.Module, lora: dict) -> nn.Module:
     """bert wrapped with fresh LoRA adapters (peft) on its layers' linear modules named by lora["targets"]."""
     from peft import LoraConfig, get_peft_model
@@ -270,8 +300,10 @@ class TextExpert:
         *,
         text_model: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
+        base=None,
     ) -> TextExpert:
         """Load a checkpoint folder. The base model is text_model, else $FUSION_TEXT_MODEL, else the one it names.
+        base: a loaded encoders.text.WordEncoder of that model to copy instead of loading it again (an ensemble's).
 
         Raises ModelNotFoundError (how to point at a local copy) when the base model cannot be loaded, and
         CheckpointError when the folder is not a text expert.
@@ -280,19 +312,20 @@ class TextExpert:
 
         meta, weights = read_checkpoint(directory)
         config = TextExpertConfig(**meta["config"])
-        words = WordEncoder(choose_model(text_model, env_var=TEXT_ENV, default=meta["base_model"]), device=device)
+        name = choose_model(text_model, env_var=TEXT_ENV, default=meta["base_model"])
+        if base is None or base.name != name:
+            words = WordEncoder(name, device=device)
+        else:  # an ensemble's members share the base model's loading; each tunes a copy
+            words = copy.copy(base)
+            words.model = copy.deepcopy(base.model)
         encoder_weights = {
             k.removeprefix(ENCODER_PREFIX): v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)
         }
-        with quiet_loading():
-            bert = add_lora(words.model, meta["lora"]) if meta["lora"] else words.model
-        missing = set(encoder_weights) - set(bert.state_dict())
-        if missing:
-            raise CheckpointError(f"{directory}: weights {sorted(missing)[:3]} do not fit the base model {words.name}")
-        bert.load_state_dict(encoder_weights, strict=False)
-        with quiet_loading():
-            merged = bert.merge_and_unload() if meta["lora"] else bert
-        words.model = merged.to(words.device).eval().requires_grad_(False)
+        try:
+            merge_weights(words.model, encoder_weights, meta["lora"])
+        except KeyError as error:
+            raise CheckpointError(f"{directory}: weights {error} do not fit the base model {words.name}") from None
+        words.model.to(words.device).eval().requires_grad_(False)
         head = nn.Linear(words.dim, len(EMOTIONS))
         head.load_state_dict({"weight": weights["head.weight"], "bias": weights["head.bias"]})
         return cls(words, head, config, Path(directory))
@@ -346,9 +379,12 @@ class TextEnsemble:
             names = json.loads((directory / ENSEMBLE_FILE).read_text())["members"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"{directory}: not a text expert ensemble ({error})") from error
-        return cls(
-            [TextExpert.load(directory / name, text_model=text_model, device=device) for name in names], directory
-        )
+        from encoders.text import WordEncoder
+
+        meta, _ = read_checkpoint(directory / names[0]) if names else ({}, None)
+        base = WordEncoder(choose_model(text_model, env_var=TEXT_ENV, default=meta.get("base_model")), device=device)
+        members = [TextExpert.load(directory / name, text_model=text_model, device=device, base=base) for name in names]
+        return cls(members, directory)
 
     def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
         return np.mean([m.predict_proba(texts, contexts) for m in self.members], axis=0)

@@ -20,11 +20,12 @@ import torch
 
 from alignment.active_speaker import mouth_motion
 from alignment.diarization import speech_spans
+from encoders.asr import Utterance, Word, load_whisper, make_transcriber
 from encoders.audio import log_mel
 from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
 from encoders.loading import EncoderSources
+from encoders.runtime import pick_device
 from encoders.speakers import SpeakerEncoder
-from encoders.text import Transcriber, Utterance, Word
 from encoders.vad import SpeechDetector, speech_within
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
@@ -122,10 +123,12 @@ class FeatureExtractor:
         """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed).
         voice_prints: also compute the speaker encoder's voice prints of the speech (who speaks when)."""
         self.sources = (sources or EncoderSources()).resolve()
-        self.transcriber = Transcriber(self.sources.whisper, device=device)
-        self.whisper_states = (
-            None if whisper_blocks is None else WhisperStates(self.transcriber.model, blocks=whisper_blocks, bf16=True)
-        )
+        self.transcriber = make_transcriber(self.sources.asr, self.sources.whisper, device=device)
+        self.whisper_states = None
+        if whisper_blocks is not None:  # from the PyTorch encoder, whichever backend transcribes
+            model = self.transcriber.model if self.sources.asr == "openai-whisper" else None
+            model = model or load_whisper(self.sources.whisper, pick_device(device))
+            self.whisper_states = WhisperStates(model, blocks=whisper_blocks, bf16=True)
         self.face_detector = FaceDetector(self.sources.face)
         self.speaker_encoder = SpeakerEncoder(device=device or "cpu") if voice_prints else None
         self.fps = fps
@@ -217,7 +220,8 @@ class FeatureExtractor:
                     state_times = state_times + chunk.start
             if chunk.speech is None or chunk.speech.any():  # no speech detected: no Whisper call
                 with _timed(timings, "whisper"):
-                    utterances = [u.shifted(chunk.start) for u in self.transcriber.transcribe(chunk.audio)]
+                    heard = self.transcriber.transcribe(chunk.audio, speech=chunk.speech)
+                    utterances = [u.shifted(chunk.start) for u in heard]
             if chunk.speech is not None:  # what Whisper hears where the detector finds no speech is invented
                 utterances = [u for u in utterances if speech_within(u.start, u.end, chunk.speech, chunk.start)]
         speech, prints, print_times = chunk.speech, None, None

@@ -19,18 +19,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import librosa
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from encoders.audio import LOG_FLOOR, N_FFT, N_MELS, SAMPLE_RATE
+from encoders.audio import LOG_FLOOR, N_MELS, mel_filters
 
 DB_TO_LOG_POWER = math.log(10) / 10  # natural-log power per dB
 # (N_FFT // 2 + 1, N_MELS) the filterbank of encoders.audio.log_mel (librosa's defaults: Slaney mel scale and
 # area normalisation), scaled so that white noise of unit power per FFT bin gives a mean of 1 over the mel bands.
 # Area normalisation makes every band sum about the same weight, so white noise is flat to within 9% across bands.
-_WHITE_NOISE_TO_MEL = torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS)).T
+_WHITE_NOISE_TO_MEL = torch.from_numpy(mel_filters()).T
 _WHITE_NOISE_TO_MEL = _WHITE_NOISE_TO_MEL / _WHITE_NOISE_TO_MEL.sum(0).mean()
 
 
