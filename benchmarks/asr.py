@@ -30,6 +30,7 @@ import argparse
 import difflib
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -141,11 +142,11 @@ def measure(stem: Path, args, scratch: Path) -> dict:
         print(stem.name, name, record, flush=True)
     for backend in args.backends:
         out = scratch / f"score-{backend}.jsonl"
-        out.unlink(missing_ok=True)
+        for old in scratch.glob(f"score-{backend}.*"):  # a fresh run, not one resumed from the last input's
+            old.unlink() if old.is_file() else shutil.rmtree(old)
         command = [sys.executable, "-m", "fusion.cli", "score", str(media), "--out", str(out), "--quiet"]
         run = run_sampled([*command, "--asr", backend], SAMPLE_S)
-        scored = [json.loads(line) for line in out.read_text().splitlines()]
-        segments = [s for row in scored for s in row.get("segments", [])]
+        segments = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda s: s["start"])
         heard = normalise(" ".join(s.get("text") or "" for s in segments))
         record = {"seconds": run["seconds"], "peak_gb": run["peak_gb"], "wer": wer(true_words, heard)}
         result["runs"][f"fusion score --asr {backend}"] = record

@@ -5,7 +5,7 @@
 
 Wall time and peak RSS of the whole process tree (the command and its children: the decoding process when one is
 started), sampled every 20 ms. Three runs each: `fusion --help`; `fusion predict CLIP` as it ships (a short file is
-read in the same process); and the same prediction with the decoding process forced (as before this change), for
+read in the same process; CTranslate2 speech recognition); and the same prediction with `--asr openai-whisper`, for
 the comparison. On an idle machine: nothing else runs meanwhile.
 """
 
@@ -18,11 +18,6 @@ import time
 from pathlib import Path
 
 from benchmarks.child import describe_machine, run_sampled, write_results
-
-FORCED_WORKER = (
-    "import sys; import fusion.media.features as f; f.IN_PROCESS_MAX_S = 0.0; from fusion.cli import main; "
-    "sys.exit(main(sys.argv[1:]))"
-)
 
 
 def measure(command: list[str]) -> dict:
@@ -41,7 +36,9 @@ def main() -> None:
     runs = {
         "fusion --help": [sys.executable, "-m", "fusion.cli", "--help"],
         "fusion predict CLIP": [sys.executable, "-m", "fusion.cli", "predict", args.clip],
-        "fusion predict CLIP, decoding process forced": [sys.executable, "-c", FORCED_WORKER, "predict", args.clip],
+        "fusion predict CLIP --asr openai-whisper": [
+            *(sys.executable, "-m", "fusion.cli", "predict", args.clip, "--asr", "openai-whisper")
+        ],
     }
     report = {
         "command": " ".join(["python -m benchmarks.cold_start", *sys.argv[1:]]),

@@ -114,11 +114,8 @@ def _voice(folder: Path, train, train_features, polish, polish_features, shipped
         features,
         [voice_label(e.dataset, e.label, e.native_label) for e in examples],
         groups=[e.dataset for e in examples],
-        # the shipped settings as this version trains them (speech_only where the shipped voice predates it)
         model_config=VoiceConfig(
-            **{"speech_only": VoiceConfig.speech_only}
-            | shipped["model"]
-            | {k: tuple(shipped["model"][k]) for k in ("labels", "whisper_blocks")}
+            **shipped["model"] | {k: tuple(shipped["model"][k]) for k in ("labels", "whisper_blocks")}
         ),
         train_config=config,
         state_dir=folder,

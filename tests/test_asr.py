@@ -92,3 +92,12 @@ def test_a_missing_ctranslate2_model_names_the_folder_and_the_variable(shared, t
 def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="ctranslate2"):
         make_transcriber("whisper.cpp")
+
+
+def test_a_whisper_checkpoint_without_a_known_conversion_says_how_to_go_on(shared, tmp_path, monkeypatch):
+    monkeypatch.delenv(ASR_ENV, raising=False)
+    other = tmp_path / "my-finetuned-whisper.pt"
+    with pytest.raises(ModelNotFoundError, match=f"(?s)--asr openai-whisper.*{ASR_ENV}"):
+        FastTranscriber(whisper=other)
+    # a local copy of tiny.en (as ../shared has it) is known: the wheel's conversion
+    assert FastTranscriber(whisper=shared / "models/whisper/tiny.en.pt").name.endswith("model")

@@ -251,33 +251,22 @@ def test_the_feature_extractor_keeps_the_states_on_the_recordings_timeline(ravde
     np.testing.assert_allclose(streamed, features.whisper_states, atol=1e-5)  # one chunk: the same window
 
 
-def test_the_speech_cache_keeps_each_files_voice_activity_and_voiced_drops_the_silence(speech_features):
-    features, _ = speech_features
-    for f in features[:5]:
-        assert f.speech is not None and f.speech.dtype == bool and 0.2 < f.speech.mean() < 0.8  # RAVDESS: 1 s pauses
-        kept = voice.voiced(f)
-        assert 0.3 * len(f.mel) < len(kept.mel) < len(f.mel)
-        assert 0.3 * f.states.shape[1] < kept.states.shape[1] < f.states.shape[1]
-        # the frames kept are those within the detector's hangover of a speech frame
-        times = voice.mel_times(len(f.mel))
-        np.testing.assert_array_equal(kept.mel, f.mel[voice.speech_at(times, f.speech, 0.0)])
-    silent = voice.SpeechFeatures(features[0].mel, features[0].states, np.zeros_like(features[0].speech))
-    assert voice.voiced(silent) is silent, "no speech at all: read whole rather than not at all"
-
-
-def test_a_speech_only_voice_reads_a_file_in_prediction_as_in_training(speech_features):
-    """Train/serve parity: a segment over a whole recording gives the voice expert exactly the frames that training
-    and its benchmark give it for that recording (tiny random model, shapes and masking only)."""
+def test_a_segment_read_with_its_context_gives_the_voice_what_its_benchmark_reads(speech_features):
+    """Train/serve parity: the voice expert reads a segment with voice_context_s of the recording on each side; an
+    utterance with pauses of at most that around it in its recording is then read whole, as training and the
+    benchmark read the file (tiny random model, shapes and masking only)."""
     from alignment import Segment
+    from encoders.audio import FRAME_SECONDS
     from fusion.experts.bundle import ExpertBundle
     from fusion.media.features import RecordingFeatures
 
     features, _ = speech_features
     torch.manual_seed(0)
-    model = VoiceExpert(VoiceConfig(dim=16, members=1, speech_only=True)).eval()
-    bundle = ExpertBundle(voice=model, text=None, face=None)
+    model = VoiceExpert(VoiceConfig(dim=16, members=1)).eval()
+    bundle = ExpertBundle(voice=model, text=None, face=None, voice_context_s=1.5)
     for f in features[:4]:
-        duration = len(f.mel) * 0.01
+        duration = len(f.mel) * FRAME_SECONDS
+        n = f.states.shape[1]
         piece = RecordingFeatures(
             path="x",
             duration=duration,
@@ -287,9 +276,12 @@ def test_a_speech_only_voice_reads_a_file_in_prediction_as_in_training(speech_fe
             face_times=None,
             face_present=None,
             whisper_states=f.states[2].astype(np.float32),
-            whisper_times=voice.state_times(f.states.shape[1]),
-            speech=f.speech,
+            whisper_times=(np.arange(n) + 0.5) * STATE_SECONDS,
+            speech=None,
         )
-        served = bundle.segment_probabilities(piece, [Segment(0.0, duration + 1)])["audio"][0]
-        trained = to_canonical(predict_proba(model, [f]))[0]
-        np.testing.assert_allclose(served, trained, atol=1e-5)
+        segment = Segment(1.0, duration - 1.0)  # the speech of a RAVDESS take, about 1 s in from either end
+        served = bundle.segment_probabilities(piece, [segment])["audio"][0]
+        np.testing.assert_allclose(served, to_canonical(predict_proba(model, [f]))[0], atol=1e-5)
+        bundle.voice_context_s = 0.0  # without context: the segment alone, another input
+        assert np.abs(bundle.segment_probabilities(piece, [segment])["audio"][0] - served).max() > 1e-4
+        bundle.voice_context_s = 1.5

@@ -31,14 +31,13 @@ import torch
 from alignment import Segment
 from encoders.audio import FRAME_SECONDS, N_MELS
 from encoders.runtime import PRECISIONS, pick_device
-from encoders.vad import FRAME_SECONDS as VAD_FRAME_S
 from encoders.vad import speech_at
 from fusion.errors import CheckpointError
 from fusion.experts import face as face_expert
 from fusion.experts.attention import AttentionFusion
 from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.experts.text import TextEnsemble, TextExpert, load_expert
-from fusion.experts.voice import MIN_VOICE_S, VoiceExpert, to_canonical
+from fusion.experts.voice import VoiceExpert, to_canonical
 from fusion.labels import EMOTIONS, MODALITIES
 
 if TYPE_CHECKING:
@@ -66,7 +65,13 @@ BUNDLE_KEYS = frozenset(
 FORMAT_VERSION = 1
 LEARNED_FOLDER = "fusion"  # a bundle's learned fusion (fusion.experts.attention), when experts.json names one
 FOLDERS = {"audio": "voice", "text": "text", "video": "face"}  # modality -> its expert's folder in a bundle
+MIN_VOICE_S = 0.25  # seconds of speech (with the detector's hangover) a segment needs for the voice expert
 VOICE_BATCH = 16  # segments per voice expert pass
+# Seconds of the recording on each side of a segment that the voice expert reads with it, in bundles that fusion
+# bundle makes: the voice was trained on whole recordings, and RAVDESS takes hold about 1 s of pause before their
+# speech and 0.9 s after (medians, by the voice activity detector). Read so, its label through fusion.predict
+# matches its whole-recording benchmark (benchmarks/results/voice_skew). A bundle without the setting reads 0 s.
+VOICE_CONTEXT_S = 1.0
 MAX_VOICE_CONTEXT_S = 5.0  # a bundle's voice_context_s beyond this would blur neighbouring utterances together
 # face_precision, the face expert's arithmetic on the CPU (PRECISIONS): bf16 autocast ran 466 against 314 FER2013
 # faces/s (two views each, batches of 16, this 2-core CPU with AVX512-BF16), PublicTest accuracy 68.65 against 68.74
@@ -93,9 +98,9 @@ class ExpertBundle:
     learned: AttentionFusion | None = None  # the cross-attention fusion over the experts' outputs, when it has one
     face_views: str = "flip"  # test-time views of the face expert (face_expert.VIEWS)
     face_precision: str = "fp32"  # the face expert's arithmetic on the CPU (PRECISIONS)
-    # seconds of the recording on each side of a segment that the voice expert also reads (within the chunk): it was
-    # trained on whole recordings, pauses before and after the speech included (benchmarks/results/voice_skew)
-    voice_context_s: float = 0.0
+    voice_context_s: float = (
+        0.0  # seconds on each side of a segment the voice also reads, in its chunk (VOICE_CONTEXT_S)
+    )
     path: Path | None = None
     id: str = ""  # sha256 of experts.json and the experts' weight files, first 16 hex digits
     labels: tuple[str, ...] = EMOTIONS
@@ -224,21 +229,18 @@ class ExpertBundle:
         if piece.whisper_states is None:
             raise ValueError("the voice expert needs Whisper states: extract features with whisper_blocks set")
         mel_times = piece.start + np.arange(len(piece.mel)) * FRAME_SECONDS
-        mel_heard = np.ones(len(mel_times), bool)
-        states_heard = np.ones(len(piece.whisper_times), bool)
-        if piece.speech is not None and self.voice.config.speech_only:  # as it was trained (voice.voiced)
-            mel_heard = speech_at(mel_times, piece.speech, piece.start)
-            states_heard = speech_at(piece.whisper_times, piece.speech, piece.start)
-        speech_times = None if piece.speech is None else piece.start + np.flatnonzero(piece.speech) * VAD_FRAME_S
+        # speech as the detector has it (its frames widened by HANGOVER_SECONDS), on the log-mel frames' times
+        heard = (
+            np.ones(len(mel_times), bool) if piece.speech is None else speech_at(mel_times, piece.speech, piece.start)
+        )
         items, rows = [], []
         for i, s in enumerate(segments):
-            if speech_times is not None:  # the voice speaks where the detector heard enough speech, not in a pause
-                heard = np.count_nonzero((speech_times + VAD_FRAME_S > s.start) & (speech_times < s.end))
-                if heard * VAD_FRAME_S < MIN_VOICE_S:
-                    continue
+            inside = (mel_times >= s.start) & (mel_times < s.end)
+            if np.count_nonzero(inside & heard) * FRAME_SECONDS < MIN_VOICE_S:
+                continue  # the voice speaks where there is speech: a pause gets none
             start, end = s.start - self.voice_context_s, s.end + self.voice_context_s
-            mel = piece.mel[(mel_times >= start) & (mel_times < end) & mel_heard]
-            states = piece.whisper_states[(piece.whisper_times >= start) & (piece.whisper_times < end) & states_heard]
+            mel = piece.mel[(mel_times >= start) & (mel_times < end)]
+            states = piece.whisper_states[(piece.whisper_times >= start) & (piece.whisper_times < end)]
             if len(mel) * FRAME_SECONDS >= MIN_VOICE_S and len(states):
                 items.append((mel, states))
                 rows.append(i)

@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.audio import FRAME_SECONDS, N_MELS, VoiceEncoder
+from encoders.audio import N_MELS, VoiceEncoder
 from encoders.runtime import autocast, pick_device
-from encoders.vad import speech_at
-from encoders.whisper_states import STATE_SECONDS
 from fusion.errors import CheckpointError
 from fusion.labels import EMOTIONS
 from fusion.storage import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_weights, write_atomic
@@ -47,8 +45,6 @@ def to_canonical(probabilities: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- features
 
-MIN_VOICE_S = 0.25  # seconds of speech the voice expert needs to speak (its CNN pools 40 ms tokens)
-
 
 @dataclass
 class SpeechFeatures:
@@ -56,35 +52,10 @@ class SpeechFeatures:
 
     mel: (T, N_MELS) float32 natural-log mel power, 10 ms frames
     states: (WHISPER_BLOCKS, S, dim) float16 Whisper encoder states after each block, 20 ms apart (S ~ T / 2)
-    speech: (F,) bool voice activity per encoders.vad frame from the recording's start, or None when not known
     """
 
     mel: np.ndarray
     states: np.ndarray
-    speech: np.ndarray | None = None
-
-
-def mel_times(n: int, start: float = 0.0) -> np.ndarray:
-    """Start times (seconds) of n log-mel frames from start."""
-    return start + np.arange(n) * FRAME_SECONDS
-
-
-def state_times(n: int, start: float = 0.0) -> np.ndarray:
-    """Centre times (seconds) of n Whisper states from start (as encoders.whisper_states gives them)."""
-    return start + (np.arange(n) + 0.5) * STATE_SECONDS
-
-
-def voiced(features: SpeechFeatures) -> SpeechFeatures:
-    """What a speech-only voice expert reads of a recording: its log-mel frames and Whisper states within
-    encoders.vad.HANGOVER_SECONDS of a speech frame, the pauses and the silence around the speech left out, as
-    prediction reads a segment (fusion.experts.bundle). Unchanged when speech is unknown or under MIN_VOICE_S."""
-    if features.speech is None:
-        return features
-    keep_mel = speech_at(mel_times(len(features.mel)), features.speech, 0.0)
-    keep_states = speech_at(state_times(features.states.shape[1]), features.speech, 0.0)
-    if keep_mel.sum() * FRAME_SECONDS < MIN_VOICE_S or not keep_states.any():
-        return features
-    return SpeechFeatures(features.mel[keep_mel], features.states[:, keep_states])
 
 
 # ------------------------------------------------------------------------------------------------------------- model
@@ -101,10 +72,6 @@ class VoiceConfig:
     use_whisper: bool = True
     dropout: float = 0.3
     members: int = 1  # independently initialised copies trained side by side; their probabilities are averaged
-    # Trained on speech only (voiced()) and so read that way in prediction: the whole-file features of training
-    # and the segments of prediction then agree (benchmarks/results/voice_skew). False: trained on whole files,
-    # silence included, as every checkpoint before this setting existed was (load() reads them so).
-    speech_only: bool = True
 
 
 class VoiceExpert(nn.Module):
@@ -138,7 +105,7 @@ class VoiceExpert(nn.Module):
         directory = Path(directory)
         try:
             config = json.loads((directory / CONFIG_FILE).read_text())
-            model_config = {"speech_only": False} | config["model"]
+            model_config = config["model"]
             model = cls(VoiceConfig(**model_config | {k: tuple(model_config[k]) for k in ("labels", "whisper_blocks")}))
             model.load_state_dict(load_weights(directory / WEIGHTS_FILE))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
@@ -185,11 +152,9 @@ class VoiceMember(nn.Module):
 
 class VoiceBatch:
     """Padded inputs of B examples: mel (B, T, N_MELS), mel_mask (B, T), states (B, K, S, D) after each of the K
-    1-based `blocks`, states_mask (B, S). speech_only: each example's voiced() frames."""
+    1-based `blocks`, states_mask (B, S)."""
 
-    def __init__(self, features: Sequence[SpeechFeatures], blocks: Sequence[int], *, speech_only: bool = False):
-        if speech_only:
-            features = [voiced(f) for f in features]
+    def __init__(self, features: Sequence[SpeechFeatures], blocks: Sequence[int]):
         n_mel = max(len(f.mel) for f in features)
         n_states = max(f.states.shape[1] for f in features)
         rows = [b - 1 for b in blocks]
@@ -222,9 +187,7 @@ def predict_proba(
     model.eval().to(device)
     rows = []
     for first in range(0, len(features), batch_size):
-        batch = VoiceBatch(
-            features[first : first + batch_size], model.config.whisper_blocks, speech_only=model.config.speech_only
-        )
+        batch = VoiceBatch(features[first : first + batch_size], model.config.whisper_blocks)
         with autocast(device, cpu_bf16=bf16):
             rows.append(model(*batch.inputs(device)).float().exp().cpu())
     return torch.cat(rows).numpy()

@@ -123,12 +123,12 @@ class FeatureExtractor:
         """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed).
         voice_prints: also compute the speaker encoder's voice prints of the speech (who speaks when)."""
         self.sources = (sources or EncoderSources()).resolve()
-        self.transcriber = make_transcriber(self.sources.asr, self.sources.whisper, device=device)
         self.whisper_states = None
-        if whisper_blocks is not None:  # from the PyTorch encoder, whichever backend transcribes
-            model = self.transcriber.model if self.sources.asr == "openai-whisper" else None
-            model = model or load_whisper(self.sources.whisper, pick_device(device))
+        model = None
+        if whisper_blocks is not None:  # states from the PyTorch encoder, whichever backend transcribes
+            model = load_whisper(self.sources.whisper, pick_device(device))
             self.whisper_states = WhisperStates(model, blocks=whisper_blocks, bf16=True)
+        self.transcriber = make_transcriber(self.sources.asr, self.sources.whisper, device=device, loaded=model)
         self.face_detector = FaceDetector(self.sources.face)
         self.speaker_encoder = SpeakerEncoder(device=device or "cpu") if voice_prints else None
         self.fps = fps

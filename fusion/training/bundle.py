@@ -19,7 +19,14 @@ import numpy as np
 
 from encoders.runtime import PRECISIONS
 from fusion.experts import face as face_expert
-from fusion.experts.bundle import BUNDLE_FILE, FOLDERS, FORMAT_VERSION, LEARNED_FOLDER, ExpertBundle
+from fusion.experts.bundle import (
+    BUNDLE_FILE,
+    FOLDERS,
+    FORMAT_VERSION,
+    LEARNED_FOLDER,
+    VOICE_CONTEXT_S,
+    ExpertBundle,
+)
 from fusion.experts.late_fusion import LateFusion, calibrated_log_probabilities
 from fusion.experts.text import load_expert
 from fusion.experts.voice import VOICE_LABELS, to_canonical, voice_label
@@ -79,7 +86,9 @@ def build(
     face_dtype: str | None = None,
     recipe: dict | None = None,
     voice_temperature: float = 1.0,
+    voice_context_s: float = VOICE_CONTEXT_S,
     gates: dict[str, float] | None = None,
+    neutral_as_absence: bool = False,
     learned: str | os.PathLike | None = None,
     scratch: str | os.PathLike | None = None,
 ) -> dict:
@@ -94,6 +103,8 @@ def build(
     its calibrated probabilities on that validation data; the voice expert's is the class mix its training sampler
     drew from voice_examples (its training recordings: each corpus an equal share, classes balanced within), uniform
     without them. Several text folders become an ensemble (written to scratch first). Weights are 1.
+    voice_context_s: seconds of the recording on each side of a segment that the voice expert reads with it
+    (fusion.experts.bundle.ExpertBundle.voice_context_s).
     face_dtype: store the face expert's weights so (a name in experts.state.STORED_DTYPES; "int8": 3.6 MB,
     PublicTest 68.7 against 69.0 in float32) instead of copying them as they are. recipe: the recipe that made the
     experts (fusion.training.recipe), recorded in experts.json so that `fusion bundle --recipe` on the bundle
@@ -152,10 +163,11 @@ def build(
         voice=voice,
         text=text_folder,
         face=face,
-        late_fusion=LateFusion(temperatures, {m: 1.0 for m in FOLDERS}, priors, _gates(gates)),
+        late_fusion=LateFusion(temperatures, {m: 1.0 for m in FOLDERS}, priors, _gates(gates), neutral_as_absence),
         face_views=face_views,
         face_precision=face_precision,
         extra={
+            "voice_context_s": voice_context_s,
             "experts": names,
             "calibration": record,
         }
@@ -247,6 +259,14 @@ def add_arguments(parser) -> None:
         help="the voice expert's temperature (its recipe holds no speech out; benchmarks/voice_calibration.py)",
     )
     parser.add_argument(
+        "--voice-context",
+        type=float,
+        default=VOICE_CONTEXT_S,
+        metavar="S",
+        help=f"seconds of audio on each side of a segment that the voice expert reads with it (default"
+        f" {VOICE_CONTEXT_S:g}: the pauses its training recordings have around their speech)",
+    )
+    parser.add_argument(
         "--learned-fusion",
         metavar="FOLDER",
         help="fuse by this learned cross-attention fusion instead of late fusion alone (benchmarks/fusion_gates.py"
@@ -259,6 +279,12 @@ def add_arguments(parser) -> None:
         metavar="EXPERT=GAMMA",
         help="gate an expert (text, face) by its own evidence of emotion: weight (1 - q(neutral))^GAMMA"
         " (benchmarks/fusion_gates.py chooses GAMMA)",
+    )
+    parser.add_argument(
+        "--neutral-as-absence",
+        action="store_true",
+        help="a gated expert that sees less emotion than its prior has no say on emotion or not, only on which"
+        " (fusion.experts.late_fusion)",
     )
 
 
@@ -287,7 +313,9 @@ def run(args) -> int:
         face_dtype=args.face_dtype,
         recipe=recipe,
         voice_temperature=args.voice_temperature,
+        voice_context_s=args.voice_context,
         gates=dict(_gate_spec(g) for g in args.gate) or None,
+        neutral_as_absence=args.neutral_as_absence,
         learned=args.learned_fusion,
     )
     print(json.dumps(record, indent=2))
@@ -321,10 +349,14 @@ def _run_recipe(args) -> dict:
     args.face_precision = plan.get("face_precision", args.face_precision)
     args.face_dtype = args.face_dtype or plan.get("face_dtype")
     args.voice_temperature = plan.get("voice_temperature", args.voice_temperature)
+    args.voice_context = plan.get("voice_context_s", args.voice_context)
+    args.neutral_as_absence = args.neutral_as_absence or plan.get("neutral_as_absence", False)
     args.gate = args.gate or [f"{expert}={gamma}" for expert, gamma in plan.get("gates", {}).items()]
     # the recipe as this bundle is made, so that `fusion bundle --recipe` on it makes it again
     gates = dict(_gate_spec(g) for g in args.gate)
-    plan = plan | {"voice_temperature": args.voice_temperature} | ({"gates": gates} if gates else {})
+    plan = plan | {"voice_temperature": args.voice_temperature, "voice_context_s": args.voice_context}
+    plan = plan | ({"neutral_as_absence": True} if args.neutral_as_absence else {})
+    plan = plan | ({"gates": gates} if gates else {})
     return recipe | {"bundle": plan}
 
 
@@ -347,8 +379,8 @@ def _gate_spec(text: str) -> tuple[str, float]:
         value = float(gamma)
     except ValueError:
         value = float("nan")
-    if expert not in ("text", "face") or not 0 < value < float("inf"):
-        raise SystemExit(f"fusion bundle: --gate takes text=GAMMA or face=GAMMA with GAMMA above 0, got {text!r}")
+    if expert not in ("text", "face") or not 0 <= value < float("inf"):
+        raise SystemExit(f"fusion bundle: --gate takes text=GAMMA or face=GAMMA with GAMMA 0 or above, got {text!r}")
     return expert, value
 
 

@@ -28,7 +28,6 @@ from encoders import SAMPLE_RATE
 from encoders.audio import HOP_LENGTH, N_FFT, N_MELS, log_mel
 from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, choose_model, portable_name
 from encoders.runtime import pick_device
-from encoders.vad import FRAME_SAMPLES, SPEECH_THRESHOLD, SpeechDetector
 from fusion.arguments import positive_int
 from fusion.errors import FileError, MediaError
 from fusion.experts.voice import SpeechFeatures, VoiceBatch, VoiceConfig, VoiceExpert, predict_proba, voice_label
@@ -44,13 +43,6 @@ STATE_TIME_MASKS = 2  # stripes of Whisper states zeroed per training example
 STATE_TIME_MASK_MAX = 10  # states of 20 ms: each stripe spans 0 to 200 ms, like the log-mel SpecAugment stripes
 # The log-mel settings a cache entry was computed with (part of its key).
 LOG_MEL = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS}
-# What a voice activity entry's key holds besides the file's bytes
-VAD_SETTINGS = {
-    "kind": "voice-activity",
-    "detector": "silero-vad",
-    "frame_samples": FRAME_SAMPLES,
-    "threshold": SPEECH_THRESHOLD,
-}
 
 
 class SpeechCache:
@@ -64,47 +56,34 @@ class SpeechCache:
         self.directory = Path(directory)
         self.whisper_model = choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL)
         self._states = None
-        self._detector = None
 
     def build(self, paths: Sequence[str], *, progress: bool = True) -> tuple[list[SpeechFeatures | None], CacheReport]:
-        """Features of every file (None where it could not be read, with the reason in the report), each with the
-        voice activity of its audio (SpeechFeatures.speech), kept in an entry of its own."""
+        """Features of every file (None where it could not be read, with the reason in the report)."""
         report, features = CacheReport(), []
         for path in tqdm(paths, desc="speech features", unit="file", disable=not progress):
             try:
-                entry, speech_entry = self._entry(path), self._entry(path, VAD_SETTINGS)
+                entry = self._entry(path)
                 cached = read_entry(entry, _read_speech, report)
-                speech = read_entry(speech_entry, _read_vad, report)
-                audio = None
-                if cached is None or speech is None:
-                    audio = self._audio(path)
-                if cached is None:
-                    cached = self._compute(audio)
-                    _write_speech(entry, cached)
-                    report.computed += 1
-                else:
+                if cached is not None:
+                    features.append(cached)
                     report.loaded += 1
-                if speech is None:
-                    speech = self._speech(audio)
-                    save_npz(speech_entry, {"speech": speech})
+                    continue
+                computed = self._compute(path)
             except (FileError, OSError) as error:  # this file's; a model that cannot load stops the build
                 report.skipped.append((str(path), str(error)))
                 features.append(None)
                 continue
-            cached.speech = speech
-            features.append(cached)
+            _write_speech(entry, computed)
+            features.append(computed)
+            report.computed += 1
         return features, report
 
-    @staticmethod
-    def _audio(path: str) -> np.ndarray:
+    def _compute(self, path: str) -> SpeechFeatures:
         from fusion.media.decoding import decode  # PyAV; imported when a file is really decoded
 
         audio = decode(path).audio
         if audio is None:
             raise MediaError(path, "no audio track")
-        return audio
-
-    def _compute(self, audio: np.ndarray) -> SpeechFeatures:
         if self._states is None:
             from encoders.asr import Transcriber
             from encoders.whisper_states import WhisperStates
@@ -114,17 +93,8 @@ class SpeechCache:
         states, _ = self._states(audio, all_blocks=True)
         return SpeechFeatures(log_mel(audio), states.astype(np.float16))
 
-    def _speech(self, audio: np.ndarray) -> np.ndarray:
-        """Voice activity of a whole recording, as the decoding of prediction finds it (one detector pass)."""
-        if self._detector is None:
-            self._detector = SpeechDetector()
-        self._detector.reset()
-        return self._detector(audio)
-
-    def _entry(self, path: str, settings: dict | None = None) -> Path:
-        """The entry of a file's features made with these settings (default: its speech features', keyed by the
-        Whisper model, blocks, log-mel parameters and CACHE_VERSION)."""
-        settings = settings or {
+    def _entry(self, path: str) -> Path:
+        settings = {
             "kind": "speech",
             "version": CACHE_VERSION,
             "whisper_model": portable_name(self.whisper_model, default=DEFAULT_WHISPER_MODEL),
@@ -144,11 +114,6 @@ def _write_speech(entry: Path, features: SpeechFeatures) -> None:
 def _read_speech(entry: Path) -> SpeechFeatures:
     with np.load(entry, allow_pickle=False) as data:
         return SpeechFeatures(data["mel"], data["states"])
-
-
-def _read_vad(entry: Path) -> np.ndarray:
-    with np.load(entry, allow_pickle=False) as data:
-        return data["speech"].astype(bool)
 
 
 # ---------------------------------------------------------------------------------------------------------- training
@@ -202,11 +167,7 @@ class VoiceFit(Fit):
         order = torch.multinomial(self.weights, per_epoch, replacement=True, generator=self.generator).tolist()
         for first in range(0, len(order), self.config.batch_size):
             rows = order[first : first + self.config.batch_size]
-            batch = VoiceBatch(
-                [self.train_set[i] for i in rows],
-                self.model.config.whisper_blocks,
-                speech_only=self.model.config.speech_only,
-            )
+            batch = VoiceBatch([self.train_set[i] for i in rows], self.model.config.whisper_blocks)
             yield rows, augment(batch, self.generator) if self.config.augment else batch
 
     def loss(self, batch) -> torch.Tensor:
@@ -312,11 +273,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--members", type=positive_int, default=VoiceConfig.members, help="ensemble members trained side by side"
     )
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
-    parser.add_argument(
-        "--whole-recordings",
-        action="store_true",
-        help="read each recording whole, silence included (default: only the speech voice activity finds)",
-    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--whisper-model", help="Whisper name or checkpoint path (default: $FUSION_WHISPER_MODEL)")
@@ -338,12 +294,7 @@ def run(args: argparse.Namespace) -> int:
         fit_rows, check_rows = speaker_split(examples, validation_fraction=args.validation_fraction, seed=args.seed)
     else:
         fit_rows, check_rows = list(range(len(examples))), []
-    model_config = VoiceConfig(
-        use_cnn=args.parts != "whisper",
-        use_whisper=args.parts != "cnn",
-        members=args.members,
-        speech_only=not args.whole_recordings,
-    )
+    model_config = VoiceConfig(use_cnn=args.parts != "whisper", use_whisper=args.parts != "cnn", members=args.members)
     train_config = VoiceTrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
