@@ -15,7 +15,8 @@ as each candidate fusion would, scoring each file by its summary (the duration-w
 
 Candidates: the shipped late fusion (product rule over calibrated evidence); a per-expert weight on the words and the
 face (w); a gate on the words and the face by their own evidence of emotion, weight (1 - q(neutral))^gamma
-(fusion.experts.late_fusion). Each candidate's setting is chosen per test fold on the other folds (RAVDESS and the
+(fusion.experts.late_fusion); the same gate with bland words and faces (q(neutral) at least their prior's) no evidence
+at all (neutral_as_absence). Each candidate's setting is chosen per test fold on the other folds (RAVDESS and the
 pairs built from MELD train's validation share), by the mean of the two UAs; the test fold then scores it, so every
 figure here is out of fold. The shipped setting is the one chosen on all folds.
 """
@@ -56,7 +57,7 @@ def candidates(late: LateFusion) -> dict[str, list[tuple[str, LateFusion]]]:
         "gate on words and face": [
             (f"gamma={g}", dataclasses.replace(late, gates={"text": g, "video": g})) for g in GAMMAS
         ],
-        "gate, bland words and faces no evidence of neutral": [
+        "gate, bland words and faces no evidence at all": [
             (f"gamma={g}", dataclasses.replace(late, gates={"text": g, "video": g}, neutral_as_absence=True))
             for g in (0.0, *GAMMAS)
         ],

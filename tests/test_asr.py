@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from encoders import SAMPLE_RATE
-from encoders.asr import SPEECH_PAD_S, FastTranscriber, _TimeMap, make_transcriber, speech_pieces
+from encoders.asr import FED_GAP_S, SPEECH_PAD_S, FastTranscriber, _TimeMap, make_transcriber, speech_pieces
 from encoders.loading import ASR_ENV, ModelNotFoundError
 from encoders.vad import FRAME_SAMPLES, SpeechDetector
 
@@ -26,12 +26,15 @@ def test_speech_pieces_are_padded_joined_and_clipped():
 
 
 def test_times_in_the_fed_speech_map_back_to_the_recording():
-    to_recording = _TimeMap([(16000, 32000), (80000, 96000)])  # 1-2 s and 5-6 s of the recording, fed as 0-2 s
+    # 1-2 s and 5-6 s of the recording, fed as 0-1 s and, after the gap, 1.5-2.5 s
+    to_recording = _TimeMap([(16000, 32000), (80000, 96000)])
+    second = 1.0 + FED_GAP_S
     assert to_recording(0.5) == pytest.approx(1.5)
-    assert to_recording(1.5) == pytest.approx(5.5)
-    assert to_recording(1.0) == pytest.approx(5.0)  # a word starting on the boundary starts in the second piece
-    assert to_recording(1.0, end=True) == pytest.approx(2.0)  # a word ending on it ends in the first
-    assert to_recording(2.5) == pytest.approx(6.0)  # past the end: clipped to the last piece
+    assert to_recording(second + 0.5) == pytest.approx(5.5)
+    assert to_recording(1.0 + FED_GAP_S / 2) == pytest.approx(2.0)  # in the gap: the end of the first piece
+    assert to_recording(second) == pytest.approx(5.0)  # a word starting on a piece's start starts in it
+    assert to_recording(second, end=True) == pytest.approx(2.0)  # a word ending there ends in the piece before
+    assert to_recording(second + 5) == pytest.approx(6.0)  # past the end: clipped to the last piece
 
 
 @pytest.fixture(scope="module")

@@ -104,9 +104,9 @@ def test_words_that_say_neutral_count_as_no_evidence_under_a_gate():
 
 
 def test_with_neutral_as_absence_half_bland_words_do_not_argue_for_neutral():
-    """Words that lean to neutral more than their prior but not fully (q(neutral) 0.7, the rest spread over the
-    emotions as their prior spreads it): the gate alone still lets them pull towards neutral; with neutral_as_absence
-    they leave the voice's answer as it was. Words that see an emotion still count."""
+    """Words that lean to neutral more than their prior but not fully (q(neutral) 0.7): the gate alone still lets
+    them pull towards neutral; with neutral_as_absence they count not at all, and the voice's answer is as it was.
+    Words that see an emotion still count."""
     rng = np.random.default_rng(6)
     voice = rng.dirichlet(np.ones(C), 60)
     prior = {"text": [0.1, 0.05, 0.05, 0.15, 0.1, 0.1, 0.45]}

@@ -23,10 +23,9 @@ answer exactly. Gates apply only in rows where an expert without one (the voice)
 alone, are still what the recording has to go by.
 
 With ``neutral_as_absence``, a gated expert that sees less emotion than it expects a priori (q_m(neutral) >=
-pi_m(neutral)) also loses its say on "emotion or not": its evidence keeps only which emotion it leans to among the
-others (q_m(c) / (1 - q_m(neutral)) over pi_m(c) / (1 - pi_m(neutral))), 0 for neutral, and its prior is not
-pooled. Words can then tell the voice that there is emotion, and which, but bland words never argue that there is
-none.
+pi_m(neutral)) counts not at all in that row (weight 0: neither its evidence nor its prior). Words can then tell the
+voice that there is emotion, and which, but bland words never argue that there is none, nor lean the voice's close
+calls with what little they say about the other classes.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ class LateFusion:
     weights: dict[str, float] = field(default_factory=dict)
     priors: dict[str, list[float]] = field(default_factory=dict)
     gates: dict[str, float] = field(default_factory=dict)  # modality -> gamma: weight x (1 - q(neutral))^gamma
-    neutral_as_absence: bool = False  # a gated expert's "neutral" is no evidence for neutral (see above)
+    neutral_as_absence: bool = False  # a gated expert that sees less emotion than its prior counts not at all
 
     def __call__(self, probabilities: Mapping[str, np.ndarray | None]) -> np.ndarray:
         """{modality: (N, C) probabilities, or NaN rows / None where it is absent} -> (N, C) pooled probabilities;
@@ -75,15 +74,9 @@ class LateFusion:
             if modality in self.gates:
                 w = np.where(ungated[rows], w * self.gate(modality, p[rows]), w)
             w = w[:, None]
-            evidence = self.evidence(modality, p[rows])
-            counts_prior = w
-            if modality in self.gates and self.neutral_as_absence:
-                bland = ungated[rows] & self.bland(modality, p[rows])
-                evidence = np.where(bland[:, None], self.emotions_only(modality, p[rows], evidence), evidence)
-                counts_prior = np.where(bland[:, None], 0.0, w)  # no say on emotion or not: its prior neither
-            total[rows] += w * evidence
-            prior[rows] += counts_prior * log_prior
-            weight[rows] += counts_prior
+            total[rows] += w * self.evidence(modality, p[rows])
+            prior[rows] += w * log_prior
+            weight[rows] += w
             seen |= rows
         total += prior / np.maximum(weight, 1e-12)
         total -= total.max(1, keepdims=True)
@@ -93,23 +86,13 @@ class LateFusion:
         return pooled
 
     def gate(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
-        """(N, C) a gated expert's probabilities -> (N,) (1 - q(neutral))^gamma: how much emotion it sees."""
-        q = np.exp(calibrated_log_probabilities(probabilities, self.temperatures.get(modality, 1.0)))
-        return np.clip(1.0 - q[:, NEUTRAL], 0.0, 1.0) ** self.gates[modality]
-
-    def bland(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
-        """(N,) whether a gated expert sees less emotion than it expects a priori: q(neutral) >= pi(neutral)."""
+        """(N, C) a gated expert's probabilities -> (N,) (1 - q(neutral))^gamma: how much emotion it sees; with
+        neutral_as_absence 0 where it sees less than its prior expects (q(neutral) >= pi(neutral))."""
         q = np.exp(calibrated_log_probabilities(probabilities, self.temperatures.get(modality, 1.0)))[:, NEUTRAL]
-        return q >= np.exp(self.log_prior(modality, probabilities.shape[1]))[NEUTRAL]
-
-    def emotions_only(self, modality: str, probabilities: np.ndarray, evidence: np.ndarray) -> np.ndarray:
-        """(N, C) an expert's evidence less its say on "emotion or not": its lean among the emotions
-        (log q(c) / (1 - q(neutral)) - log pi(c) / (1 - pi(neutral))), and 0 for neutral (neutral_as_absence)."""
-        q = np.exp(calibrated_log_probabilities(probabilities, self.temperatures.get(modality, 1.0)))[:, NEUTRAL]
-        pi = np.exp(self.log_prior(modality, probabilities.shape[1]))[NEUTRAL]
-        out = evidence - np.log(np.clip(1 - q, EPS, 1.0) / (1 - pi))[:, None]
-        out[:, NEUTRAL] = 0.0
-        return out
+        weight = np.clip(1.0 - q, 0.0, 1.0) ** self.gates[modality]
+        if self.neutral_as_absence:
+            weight = np.where(q >= np.exp(self.log_prior(modality, probabilities.shape[1]))[NEUTRAL], 0.0, weight)
+        return weight
 
     def evidence(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
         """(N, C) an expert's probabilities -> (N, C) float64 its evidence: log q_m - log pi_m above."""
