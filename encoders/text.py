@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
 
 from encoders.asr import Utterance
+from encoders.bert import Bert
 from encoders.loading import (
     DEFAULT_TEXT_MODEL,
     TEXT_ENV,
@@ -23,6 +25,9 @@ from encoders.loading import (
     quiet_loading,
 )
 from encoders.runtime import pick_device
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BATCH_SIZE = 16  # sequences (utterances or chunks of them) per BERT forward pass
 
@@ -37,7 +42,7 @@ class WordEncoder:
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
         self.name: str = choose_model(model, env_var=TEXT_ENV, default=DEFAULT_TEXT_MODEL)
         self.device = pick_device(device)
-        self.tokenizer, self.model = _load_bert(self.name)
+        self.tokenizer, self.model = _load_bert(self.name, inference=True)
         if not self.tokenizer.is_fast:
             raise ValueError(f"text model '{self.name}': pooling word pieces needs a fast tokenizer (word_ids)")
         self.model.to(self.device).eval().requires_grad_(False)
@@ -99,7 +104,11 @@ class WordEncoder:
         return chunks
 
 
-def _load_bert(name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+def _load_bert(name: str, *, inference: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel | Bert]:
+    """The tokenizer and BERT model of a local folder or a hub name (float32 on every device: the shared weights are
+    stored in float16). inference: the model as encoders.bert.Bert (no transformers modelling import), for
+    prediction; else transformers' own, for training (peft wraps it)."""
+
     def not_found(reason: str) -> ModelNotFoundError:
         return ModelNotFoundError(
             what="Text model", requested=name, env_var=TEXT_ENV, argument="text_model", reason=reason
@@ -112,8 +121,18 @@ def _load_bert(name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
             raise not_found("no such directory" if not path.exists() else "not a directory")
         source = str(path)
     try:
-        # The shared weights are stored in float16; the encoder runs in float32 on every device.
         with quiet_loading():
-            return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            if not inference:
+                from transformers import AutoModel
+
+                return tokenizer, AutoModel.from_pretrained(source, dtype=torch.float32)
+            if not Path(source).is_dir():  # a hub name: its files, downloaded (or found in the cache)
+                from huggingface_hub import snapshot_download
+
+                source = snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+            return tokenizer, Bert.load(source)
     except OSError as err:  # offline or unknown hub name, or a folder without the model's files
         raise not_found(" ".join(str(err).split()).rstrip(".")) from err  # one line: the message adds its own stop
+    except KeyError as err:  # a folder whose weights are not a BERT's
+        raise not_found(f"not a BERT model ({err})") from err

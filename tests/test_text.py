@@ -145,6 +145,21 @@ def test_every_word_gets_a_row_in_batches_and_long_utterances(word_encoder, clip
     torch.testing.assert_close(rows[-len(sentence) :], alone, rtol=1e-4, atol=1e-5)
 
 
+def test_the_inference_bert_is_transformers_bert(shared, word_encoder):
+    """encoders.bert.Bert (prediction's BERT, without transformers' modelling import) gives transformers' BertModel's
+    last hidden states on the same weights, padding included."""
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(word_encoder.name, dtype=torch.float32).eval()
+    batch = word_encoder.tokenizer(
+        ["Kids are talking by the door.", "Oh my god, no!"], padding=True, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        ours, theirs = word_encoder.model(**batch).last_hidden_state, reference(**batch).last_hidden_state
+    real = batch["attention_mask"].bool()
+    assert (ours[real] - theirs[real]).abs().max() < 1e-4
+
+
 def test_missing_whisper_file_names_the_path_and_the_variable():
     with pytest.raises(ModelNotFoundError, match=WHISPER_ENV) as error:
         Transcriber(model="/nonexistent/tiny.en.pt")

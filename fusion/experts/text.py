@@ -226,7 +226,7 @@ def merge_weights(bert: nn.Module, weights: dict[str, torch.Tensor], lora: dict 
                 up = weights[key.replace(".lora_A.", ".lora_B.")]
                 layer = modules[module].weight
                 layer += (lora["alpha"] / lora["r"]) * (up.to(layer.dtype) @ value.to(layer.dtype))
-            else:
+            elif not name.startswith("pooler."):  # mean pooling never reads BERT's pooler
                 plain[name.replace(".base_layer.", ".")] = value
     missing = set(plain) - set(bert.state_dict())
     if missing:
