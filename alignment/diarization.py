@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.speakers import SAMPLE_RATE, SpeakerEncoder, remove_nuisance
-from encoders.vad import FRAME_SAMPLES, FRAME_SECONDS, HANGOVER_SECONDS, SpeechDetector
+from encoders.vad import FRAME_SAMPLES, FRAME_SECONDS, HANGOVER_SECONDS, SpeechDetector, speech_stretches
 
 # Cosine distance between two groups' mean voice prints (the nuisance directions of encoders.speakers removed) at or
 # over which they are two people. Chosen with the number of those directions on recordings of RAVDESS actors 01-10
@@ -66,15 +66,7 @@ class Turn:
 def speech_spans(speech: np.ndarray) -> list[tuple[float, float]]:
     """(n_frames,) bool VAD frames (frame i spans [i, i + 1) * FRAME_SECONDS) -> stretches of speech (start, end)
     in seconds: pauses under JOIN_GAP_SECONDS are closed, stretches under MIN_SPEECH_SECONDS dropped."""
-    padded = np.concatenate([[False], np.asarray(speech, bool), [False]])
-    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-    spans: list[list[float]] = []
-    for first, last in zip(edges[::2], edges[1::2]):
-        start, end = first * FRAME_SECONDS, last * FRAME_SECONDS
-        if spans and start - spans[-1][1] < JOIN_GAP_SECONDS:
-            spans[-1][1] = end
-        else:
-            spans.append([start, end])
+    spans = speech_stretches(speech, join_s=JOIN_GAP_SECONDS)
     return [(s, e) for s, e in spans if e - s >= MIN_SPEECH_SECONDS]
 
 

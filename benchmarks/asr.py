@@ -34,12 +34,12 @@ import shutil
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.child import describe_machine, run_python, run_sampled, write_results
+from benchmarks.interview_input import write_wav
 
 SAMPLE_S = 0.5
 READ_SPEECH_S = 240.0
@@ -115,9 +115,7 @@ def read_speech(shared: Path, out: Path) -> Path:
         lines.append({"speaker": examples[i].speaker, "start": cursor + pause, "text": sentences[statement]})
         cursor += pause + len(audio) / 16000
     audio = np.concatenate(pieces)
-    with wave.open(str(out.with_suffix(".wav")), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
+    write_wav(out.with_suffix(".wav"), audio)
     truth = {"media": out.with_suffix(".wav").name, "seconds": len(audio) / 16000, "lines": lines}
     out.with_suffix(".json").write_text(json.dumps(truth, indent=1))
     return out

@@ -33,6 +33,7 @@ import av
 import numpy as np
 from scipy.signal import resample_poly
 
+from benchmarks.long_input import copy_packets
 from encoders import SAMPLE_RATE
 
 # The two speakers: espeak-ng voice, words per minute, pitch (0-99)
@@ -119,7 +120,7 @@ def write(audio: np.ndarray, clips: list[Path], out: Path) -> None:
             if offset >= seconds:
                 break
             with av.open(os.fspath(clip)) as source:
-                offset += _copy_video(source, output, video, offset)
+                offset += copy_packets(source, output, {"video": video}, offset)
             end = min(len(audio), round(offset * SAMPLE_RATE))
             for packet in _encode(sound, audio[written:end], written):
                 output.mux(packet)
@@ -138,21 +139,11 @@ def _encode(stream, samples: np.ndarray, first_sample: int) -> list:
     return packets
 
 
-def _copy_video(source, output, stream, offset: float) -> float:
-    """One clip's video packets, shifted by offset seconds; returns the clip's video duration (s)."""
-    end = 0.0
-    for packet in source.demux(source.streams.video[0]):
-        if packet.dts is None:
-            continue
-        base = packet.stream.time_base
-        shift = round(offset / base)
-        start = packet.stream.start_time or 0
-        packet.pts = packet.pts - start + shift if packet.pts is not None else None
-        packet.dts = packet.dts - start + shift
-        end = max(end, float((packet.pts or packet.dts) + (packet.duration or 0) - shift) * base)
-        packet.stream = stream
-        output.mux(packet)
-    return end
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    """16 kHz mono float audio as a 16-bit PCM WAV file."""
+    with wave.open(os.fspath(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
 def main() -> None:
@@ -170,9 +161,7 @@ def main() -> None:
     audio, lines = dialogue(args.minutes * 60, shared / "data/meld-text/train_sent_emo.csv", args.seed)
     if args.audio_only:
         media = out.with_suffix(".wav")
-        with wave.open(os.fspath(media), "wb") as w:
-            w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
-            w.writeframes((audio * 32767).astype(np.int16).tobytes())
+        write_wav(media, audio)
     else:
         media = out.with_suffix(".mp4")
         write(audio, sorted((shared / "data/av-clips/ravdess").glob("*.mp4")), media)

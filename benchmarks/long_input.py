@@ -30,7 +30,7 @@ def concatenate(clips: Sequence[str | os.PathLike], out: str | os.PathLike, *, s
             if offset >= seconds:
                 break
             with av.open(os.fspath(clip)) as source:
-                offset += _copy(source, output, streams, offset)
+                offset += copy_packets(source, output, streams, offset)
     return offset
 
 
@@ -47,8 +47,9 @@ def copies(clips: Sequence[str | os.PathLike], seconds: float) -> int:
     return count
 
 
-def _copy(source: av.container.InputContainer, output, streams: dict, offset: float) -> float:
-    """Copy one clip's audio and video packets, shifted by offset seconds; returns the clip's duration (s)."""
+def copy_packets(source: av.container.InputContainer, output, streams: dict, offset: float) -> float:
+    """Copy one clip's packets of the stream types in streams ({"audio": output stream, "video": ...}), shifted by
+    offset seconds; returns the clip's duration (s) in those streams."""
     inputs = [s for s in source.streams if s.type in streams]
     end = 0.0
     for packet in source.demux(*inputs):

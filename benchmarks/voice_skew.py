@@ -12,6 +12,9 @@ For the test actors of one fold of benchmarks/product_path.py (its voice expert 
    the segments' probabilities averaged by duration (fusion.predict's summary), with each of CONTEXTS seconds of
    the recording on either side of a segment read too (the bundle's voice_context_s).
 
+Beside them, the median pause before and after each file's speech, as the voice activity detector hears it: the
+context a whole training recording gives the voice.
+
 UA = macro recall over the 7 canonical classes (calm counted as neutral).
 """
 
@@ -27,6 +30,7 @@ import torch
 
 from alignment import make_segments
 from benchmarks.child import describe_machine, write_results
+from encoders.vad import FRAME_SECONDS as VAD_FRAME_S
 from fusion.experts.bundle import ExpertBundle
 from fusion.experts.voice import SpeechFeatures, VoiceExpert, predict_proba, to_canonical
 from fusion.labels import EMOTIONS
@@ -60,9 +64,13 @@ def main() -> None:
     extractor = FeatureExtractor(whisper_blocks=block)
     labels = {"whole, fp32 (benchmark path)": [], "whole, bf16": []}
     labels |= {f"segments, bf16, context {c:g} s": [] for c in CONTEXTS}
+    pauses = []  # (before, after) each file's speech, seconds, by the voice activity detector
     for example, features in zip(examples, cached):
         labels["whole, fp32 (benchmark path)"].append(_top(predict_proba(voice, [features])))
         piece = next(iter(extractor.stream(example.path, background=False)))
+        heard = np.flatnonzero(piece.speech) * VAD_FRAME_S
+        if len(heard):
+            pauses.append((heard[0], piece.duration - heard[-1] - VAD_FRAME_S))
         bf16 = piece.whisper_states
         blocks = np.zeros((block, *bf16.shape), np.float32)
         blocks[block - 1] = bf16  # the voice expert reads block `block` of the cache's all-blocks layout
@@ -78,6 +86,7 @@ def main() -> None:
         "files": len(examples),
         "voice": str(folder / "voice"),
         "ua": {name: score(true, guess, (*EMOTIONS, "none")).ua for name, guess in labels.items()},
+        "median_pause_s": dict(zip(("before", "after"), np.median(pauses, axis=0).tolist())),
         "wall_seconds": time.perf_counter() - started,
     }
     write_results(report, Path(args.out), markdown)
@@ -108,6 +117,9 @@ def markdown(report: dict) -> str:
         "| reading | UA, 7 classes |",
         "|---|---|",
         *(f"| {name} | {100 * ua:.1f} |" for name, ua in report["ua"].items()),
+        "",
+        f"Pause around each file's speech (voice activity detector), median: {report['median_pause_s']['before']:.2f} s"
+        f" before, {report['median_pause_s']['after']:.2f} s after.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -39,6 +39,7 @@ from encoders.loading import (
     portable_name,
 )
 from encoders.runtime import pick_device
+from encoders.vad import speech_stretches
 
 MIN_AUDIO_SECONDS = 0.1  # shorter than any spoken word: not worth a Whisper call
 GATE_FRAME_SECONDS = 0.025  # one 25 ms frame, the usual speech analysis window
@@ -240,21 +241,10 @@ class FastTranscriber(_Base):
 
 
 def speech_pieces(speech: np.ndarray, n_samples: int) -> list[tuple[int, int]]:
-    """The sample ranges fed to the recogniser: speech frames (encoders.vad, frame i at i * FRAME_SAMPLES) widened by
-    SPEECH_PAD_S, joined across pauses under JOIN_GAP_S, clipped to the audio; [] when there is no speech."""
-    from encoders.vad import FRAME_SAMPLES
-
-    padded = np.concatenate([[False], np.asarray(speech, bool), [False]])
-    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-    pad, join = round(SPEECH_PAD_S * SAMPLE_RATE), round(JOIN_GAP_S * SAMPLE_RATE)
-    pieces: list[list[int]] = []
-    for first, last in zip(edges[::2], edges[1::2]):
-        start, end = max(0, first * FRAME_SAMPLES - pad), min(n_samples, last * FRAME_SAMPLES + pad)
-        if pieces and start - pieces[-1][1] < join:
-            pieces[-1][1] = max(pieces[-1][1], end)
-        elif end > start:
-            pieces.append([start, end])
-    return [(a, b) for a, b in pieces]
+    """The sample ranges fed to the recogniser: speech frames (encoders.vad) widened by SPEECH_PAD_S, joined across
+    pauses under JOIN_GAP_S, clipped to the audio; [] when there is no speech."""
+    stretches = speech_stretches(speech, join_s=JOIN_GAP_S, pad_s=SPEECH_PAD_S, limit_s=n_samples / SAMPLE_RATE)
+    return [(round(a * SAMPLE_RATE), round(b * SAMPLE_RATE)) for a, b in stretches]
 
 
 class _TimeMap:

@@ -75,3 +75,21 @@ def speech_within(start: float, end: float, speech: np.ndarray, speech_start: fl
     """Whether any speech frame lies within HANGOVER_SECONDS of [start, end] (seconds); speech as in speech_at."""
     frames = speech_start + np.flatnonzero(speech) * FRAME_SECONDS
     return bool(((frames + FRAME_SECONDS >= start - HANGOVER_SECONDS) & (frames <= end + HANGOVER_SECONDS)).any())
+
+
+def speech_stretches(
+    speech: np.ndarray, *, join_s: float, pad_s: float = 0.0, limit_s: float = np.inf
+) -> list[tuple[float, float]]:
+    """(n_frames,) bool from SpeechDetector -> the runs of speech frames as (start, end) seconds from the first
+    frame, each widened by pad_s on both sides (within 0 .. limit_s), and joined where the pause between two is
+    shorter than join_s."""
+    padded = np.concatenate([[False], np.asarray(speech, bool), [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    stretches: list[list[float]] = []
+    for first, last in zip(edges[::2], edges[1::2]):
+        start, end = max(0.0, first * FRAME_SECONDS - pad_s), min(limit_s, last * FRAME_SECONDS + pad_s)
+        if stretches and start - stretches[-1][1] < join_s:
+            stretches[-1][1] = max(stretches[-1][1], end)
+        elif end > start:
+            stretches.append([start, end])
+    return [(a, b) for a, b in stretches]

@@ -69,8 +69,8 @@ MIN_VOICE_S = 0.25  # seconds of speech (with the detector's hangover) a segment
 VOICE_BATCH = 16  # segments per voice expert pass
 # Seconds of the recording on each side of a segment that the voice expert reads with it, in bundles that fusion
 # bundle makes: the voice was trained on whole recordings, and RAVDESS takes hold about 1 s of pause before their
-# speech and 0.9 s after (medians, by the voice activity detector). Read so, its label through fusion.predict
-# matches its whole-recording benchmark (benchmarks/results/voice_skew). A bundle without the setting reads 0 s.
+# speech and 0.9 s after (medians by the voice activity detector, benchmarks/results/voice_skew/fold2). Read so,
+# its label through fusion.predict matches its whole-recording benchmark. A bundle without the setting reads 0 s.
 VOICE_CONTEXT_S = 1.0
 MAX_VOICE_CONTEXT_S = 5.0  # a bundle's voice_context_s beyond this would blur neighbouring utterances together
 # face_precision, the face expert's arithmetic on the CPU (PRECISIONS): bf16 autocast ran 466 against 314 FER2013
@@ -98,9 +98,7 @@ class ExpertBundle:
     learned: AttentionFusion | None = None  # the cross-attention fusion over the experts' outputs, when it has one
     face_views: str = "flip"  # test-time views of the face expert (face_expert.VIEWS)
     face_precision: str = "fp32"  # the face expert's arithmetic on the CPU (PRECISIONS)
-    voice_context_s: float = (
-        0.0  # seconds on each side of a segment the voice also reads, in its chunk (VOICE_CONTEXT_S)
-    )
+    voice_context_s: float = 0.0  # seconds each side of a segment the voice also reads (VOICE_CONTEXT_S)
     path: Path | None = None
     id: str = ""  # sha256 of experts.json and the experts' weight files, first 16 hex digits
     labels: tuple[str, ...] = EMOTIONS

@@ -325,7 +325,6 @@ class TextExpert:
             merge_weights(words.model, encoder_weights, meta["lora"])
         except KeyError as error:
             raise CheckpointError(f"{directory}: weights {error} do not fit the base model {words.name}") from None
-        words.model.to(words.device).eval().requires_grad_(False)
         head = nn.Linear(words.dim, len(EMOTIONS))
         head.load_state_dict({"weight": weights["head.weight"], "bias": weights["head.bias"]})
         return cls(words, head, config, Path(directory))

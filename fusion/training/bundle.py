@@ -283,7 +283,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--neutral-as-absence",
         action="store_true",
-        help="a gated expert that sees less emotion than its prior has no say on emotion or not, only on which"
+        help="a gated expert counts not at all where it sees less emotion than its prior expects"
         " (fusion.experts.late_fusion)",
     )
 
