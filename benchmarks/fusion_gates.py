@@ -48,19 +48,22 @@ PAIRS_PER_UTTERANCE = 1
 
 
 def candidates(late: LateFusion) -> dict[str, list[tuple[str, LateFusion]]]:
-    """{family: [(setting, fusion), ...]}: each family's settings to choose among."""
+    """{family: [(setting, fusion), ...]}: each family's settings to choose among, all on the shipped bundle's
+    temperatures and priors; the shipped fusion itself (its gates as they are) is the last row."""
+    plain = dataclasses.replace(late, gates={}, neutral_as_absence=False)
     return {
-        "late fusion (shipped)": [("-", late)],
+        "late fusion, no gate": [("-", plain)],
         "weight on words and face": [
-            (f"w={w}", dataclasses.replace(late, weights=late.weights | {"text": w, "video": w})) for w in WEIGHTS
+            (f"w={w}", dataclasses.replace(plain, weights=plain.weights | {"text": w, "video": w})) for w in WEIGHTS
         ],
         "gate on words and face": [
-            (f"gamma={g}", dataclasses.replace(late, gates={"text": g, "video": g})) for g in GAMMAS
+            (f"gamma={g}", dataclasses.replace(plain, gates={"text": g, "video": g})) for g in GAMMAS
         ],
         "gate, bland words and faces no evidence at all": [
-            (f"gamma={g}", dataclasses.replace(late, gates={"text": g, "video": g}, neutral_as_absence=True))
+            (f"gamma={g}", dataclasses.replace(plain, gates={"text": g, "video": g}, neutral_as_absence=True))
             for g in (0.0, *GAMMAS)
         ],
+        "the shipped fusion": [("-", late)],
     }
 
 

@@ -35,7 +35,7 @@ from fusion.media.streaming import CHUNK_S, DecodeWorker, MediaChunk, read_chunk
 # Seconds: a recording up to this long is read in this process, not in the decoding process (unless that runs
 # already): starting the worker (a Python process that imports PyAV, OpenCV and the VAD) costs more than decoding
 # a short clip while the models wait. A 3.3 s clip took 12.30 s to predict cold with the worker, 11.44 s without
-# and 280 MB less (benchmarks/results/cold_start/results.md).
+# and 280 MB less (benchmarks/results/cold_start/results.md at commit 480133e).
 IN_PROCESS_MAX_S = 60.0
 IMAGE_DURATION_S = 1 / DEFAULT_FPS  # seconds: a still image counts as one sampled video frame
 
