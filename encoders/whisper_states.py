@@ -33,7 +33,8 @@ DEFAULT_BLOCKS = 2  # residual blocks run: of tiny.en's 4, the states after the 
 class WhisperStates:
     """The states after the first `blocks` encoder blocks of a loaded Whisper model, for audio of any length.
 
-    model: a ``whisper.Whisper`` (e.g. the one :class:`encoders.asr.Transcriber` loaded: no second copy)
+    model: a ``whisper.Whisper`` (e.g. the one :class:`encoders.asr.Transcriber` loaded: no second copy), or just its
+        encoder, a ``whisper.model.AudioEncoder`` (e.g. read from a CTranslate2 model by :mod:`encoders.ct2_whisper`)
     bf16: run the blocks under bf16 autocast (else float32). Prediction asks for it: 3 blocks of tiny.en over 120 s
     of RAVDESS speech took 0.40 s against 0.84 s in float32 on this 2-core CPU with AVX512-BF16, the states within
     1.1% (mean absolute difference over mean magnitude), and the default model's label through fusion.predict was
@@ -42,18 +43,19 @@ class WhisperStates:
     float32, as the shipped experts were trained on them.
     """
 
-    def __init__(self, model: whisper.Whisper, *, blocks: int = DEFAULT_BLOCKS, bf16: bool = False):
-        n_blocks = len(model.encoder.blocks)
+    def __init__(self, model, *, blocks: int = DEFAULT_BLOCKS, bf16: bool = False):
+        self.encoder = getattr(model, "encoder", model)
+        n_blocks = len(self.encoder.blocks)
         if not 1 <= blocks <= n_blocks:
             raise ValueError(f"blocks must be in 1..{n_blocks} for this Whisper model, got {blocks}")
-        self.model = model
         self.blocks = blocks
         self.bf16 = bf16
-        self.dim: int = model.dims.n_audio_state
+        self.dim: int = self.encoder.conv1.out_channels
+        self.n_mels: int = self.encoder.conv1.in_channels
 
     @property
     def device(self) -> torch.device:
-        return self.model.encoder.conv1.weight.device
+        return self.encoder.conv1.weight.device
 
     @torch.inference_mode()
     def __call__(self, audio: np.ndarray, *, all_blocks: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -81,10 +83,10 @@ class WhisperStates:
 
     def _window(self, audio: np.ndarray) -> torch.Tensor:
         """At most 30 s of audio -> (blocks, n, dim) states after each block."""
-        encoder = self.model.encoder
+        encoder = self.encoder
         if len(audio) < HOP_LENGTH + 1:  # shorter than one mel frame
             return torch.zeros(self.blocks, 0, self.dim)
-        mel = whisper.log_mel_spectrogram(torch.from_numpy(audio), self.model.dims.n_mels).to(self.device)
+        mel = whisper.log_mel_spectrogram(torch.from_numpy(audio), self.n_mels).to(self.device)
         x = torch.nn.functional.gelu(encoder.conv1(mel[None].to(encoder.conv1.weight.dtype)))
         x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (1, n, dim)
         x = x + encoder.positional_embedding[: x.shape[1]].to(x.dtype)

@@ -66,6 +66,12 @@ LABEL_MAPS: dict[str, dict[str, str]] = {
         "sadness": "sadness",
         "surprised": "surprise",
     },
+    # EMOVO (Italian acted speech): labels.tsv names its seven states by the canonical nouns (corpus codes rab dis
+    # pau gio neu tri sor: rabbia anger, disgusto disgust, paura fear, gioia happiness, neutro, tristezza, sorpresa).
+    "emovo": {emotion: emotion for emotion in EMOTIONS},
+    # Indian EmoSpeech Command (in-the-wild keywords): calm, angry, fearful, happy in the corpus, nouns in labels.tsv.
+    # Calm maps to neutral as RAVDESS's calm does (the voice expert keeps calm apart as a class of its own).
+    "emospeech-in": {"calm": "neutral", "anger": "anger", "fear": "fear", "happiness": "happiness"},
     # A user's image folder whose class folders already carry the canonical names.
     "images": {emotion: emotion for emotion in EMOTIONS},
 }

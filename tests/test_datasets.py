@@ -68,7 +68,7 @@ def touch(folder: Path, *names: str) -> None:
 
 
 def test_label_maps_map_onto_the_canonical_emotions():
-    assert set(LABEL_MAPS) == {"ravdess", "crema-d", "nemo", "meld", "fer2013", "images"}
+    assert set(LABEL_MAPS) == {"ravdess", "crema-d", "nemo", "emovo", "emospeech-in", "meld", "fer2013", "images"}
     for labels in LABEL_MAPS.values():
         assert set(labels.values()) <= set(EMOTIONS)
     assert set(LABEL_MAPS["ravdess"]) == set(RAVDESS_NATIVE) == set(RAVDESS_CODES.values())

@@ -37,7 +37,7 @@ from fusion.experts import face as face_expert
 from fusion.experts.attention import AttentionFusion
 from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.experts.text import TextEnsemble, TextExpert, load_expert
-from fusion.experts.voice import VoiceExpert, to_canonical
+from fusion.experts.voice import SpeakerStatistics, SpeechFeatures, VoiceExpert, to_canonical
 from fusion.labels import EMOTIONS, MODALITIES
 
 if TYPE_CHECKING:
@@ -182,15 +182,21 @@ class ExpertBundle:
                 return next(expert.parameters()).device
         return self.text.words.device if hasattr(self.text, "words") else self.text.members[0].words.device
 
-    def segment_probabilities(self, piece: RecordingFeatures, segments: Sequence[Segment]) -> dict[str, np.ndarray]:
+    def segment_probabilities(
+        self, piece: RecordingFeatures, segments: Sequence[Segment], voice_statistics: list | None = None
+    ) -> dict[str, np.ndarray]:
         """{modality: (len(segments), len(EMOTIONS)) probabilities, NaN rows where the segment lacks it} for a
-        fusion.media.features.RecordingFeatures piece (whisper_states computed when there is a voice expert)."""
+        fusion.media.features.RecordingFeatures piece (whisper_states computed when there is a voice expert).
+
+        voice_statistics: for a voice expert with speaker normalisation, the recording's so far (a list holding one
+        SpeakerStatistics, or empty at its start), which this piece's voiced segments are added to before they are
+        standardised with them; None: this piece alone."""
         n = len(segments)
         out = {m: np.full((n, len(EMOTIONS)), np.nan, np.float32) for m in FOLDERS}
         if not n:
             return out
         if self.voice is not None and piece.mel is not None:
-            self._voice(piece, segments, out["audio"])
+            self._voice(piece, segments, out["audio"], [] if voice_statistics is None else voice_statistics)
         if self.text is not None:
             rows = [i for i, s in enumerate(segments) if s.text.strip()]
             if rows:
@@ -223,7 +229,7 @@ class ExpertBundle:
             out[modality] = np.where(present, log_fused - np.log(np.clip(without[rows, label], EPS, 1.0)), np.nan)
         return out
 
-    def _voice(self, piece: RecordingFeatures, segments: Sequence[Segment], out: np.ndarray) -> None:
+    def _voice(self, piece: RecordingFeatures, segments: Sequence[Segment], out: np.ndarray, statistics: list) -> None:
         if piece.whisper_states is None:
             raise ValueError("the voice expert needs Whisper states: extract features with whisper_blocks set")
         mel_times = piece.start + np.arange(len(piece.mel)) * FRAME_SECONDS
@@ -242,6 +248,11 @@ class ExpertBundle:
             if len(mel) * FRAME_SECONDS >= MIN_VOICE_S and len(states):
                 items.append((mel, states))
                 rows.append(i)
+        if items and self.voice.config.speaker_normalisation:
+            # the recording's speaker statistics so far, this piece's voiced segments included (chunks stream by)
+            read = [SpeechFeatures(m, s[None]) for m, s in items]
+            statistics[:] = [SpeakerStatistics.of(read) + statistics[0] if statistics else SpeakerStatistics.of(read)]
+            items = [(f.mel, f.states[0]) for f in (self.voice.normalise(r, statistics[0]) for r in read)]
         device = self.device
         for first in range(0, len(items), VOICE_BATCH):
             batch = items[first : first + VOICE_BATCH]
@@ -252,7 +263,7 @@ class ExpertBundle:
             states_mask = torch.zeros(len(batch), n_states, dtype=torch.bool)
             for b, (m, s) in enumerate(batch):
                 mel[b, : len(m)], mel_mask[b, : len(m)] = torch.from_numpy(m), True
-                states[b, 0, : len(s)], states_mask[b, : len(s)] = torch.from_numpy(s), True
+                states[b, 0, : len(s)], states_mask[b, : len(s)] = torch.from_numpy(s.astype(np.float32)), True
             with torch.inference_mode():
                 log_p = self.voice(*(t.to(device) for t in (mel, mel_mask, states, states_mask)))
             out[rows[first : first + len(batch)]] = to_canonical(log_p.float().exp().cpu().numpy())

@@ -32,8 +32,9 @@ VOICE_LABELS: tuple[str, ...] = (*EMOTIONS, "calm")
 
 
 def voice_label(dataset: str, label: str, native_label: str) -> str:
-    """An example's class among VOICE_LABELS: its canonical label, except RAVDESS's calm."""
-    return "calm" if dataset == "ravdess" and native_label == "calm" else label
+    """An example's class among VOICE_LABELS: its canonical label, except a corpus's own calm (RAVDESS,
+    emospeech-in), kept apart from neutral."""
+    return "calm" if native_label == "calm" and label == "neutral" else label
 
 
 def to_canonical(probabilities: np.ndarray) -> np.ndarray:
@@ -58,6 +59,74 @@ class SpeechFeatures:
     states: np.ndarray
 
 
+# ---------------------------------------------------------------------------------------------- speaker normalisation
+
+# A speaker's statistics are estimated with the training population's counted as this many seconds of their speech
+# (a 3 s clip is standardised mostly with the population's statistics, a 10-minute interview with its own). Set a
+# priori, about three RAVDESS takes; not chosen on any test corpus.
+PRIOR_SECONDS = 10.0
+MEL_SECONDS = 0.01  # one log-mel frame
+STATE_SECONDS = 0.02  # one Whisper state
+VARIANCE_FLOOR = 1e-6
+
+
+@dataclass
+class FrameStatistics:
+    """Frame count and per-dimension sums and sums of squares (float64): what standardising a speaker's frames
+    needs, added up over their recordings, or over a recording's chunks as they come."""
+
+    count: int
+    total: np.ndarray  # (..., D)
+    squares: np.ndarray  # (..., D)
+
+    @classmethod
+    def of(cls, frames: np.ndarray) -> FrameStatistics:
+        """frames (..., n, D) -> statistics over the n axis."""
+        x = frames.astype(np.float64)
+        return cls(x.shape[-2], x.sum(-2), (x**2).sum(-2))
+
+    def __add__(self, other: FrameStatistics) -> FrameStatistics:
+        return FrameStatistics(self.count + other.count, self.total + other.total, self.squares + other.squares)
+
+    def rows(self, n: int) -> FrameStatistics:
+        """The first n leading rows (per block statistics: blocks 1..n)."""
+        return FrameStatistics(self.count, self.total[:n], self.squares[:n])
+
+    def standardiser(self, prior_mean, prior_std, prior_count: float) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of these frames with the prior's counted as prior_count more frames."""
+        n = self.count + prior_count
+        mean = (self.total + prior_count * prior_mean) / n
+        second = (self.squares + prior_count * (prior_std**2 + prior_mean**2)) / n
+        return mean, np.sqrt(np.maximum(second - mean**2, VARIANCE_FLOOR))
+
+
+@dataclass
+class SpeakerStatistics:
+    """The statistics of one speaker's log-mel frames and Whisper states (per block)."""
+
+    mel: FrameStatistics
+    states: FrameStatistics
+
+    @classmethod
+    def of(cls, features: Sequence[SpeechFeatures]) -> SpeakerStatistics:
+        stats = [cls(FrameStatistics.of(f.mel), FrameStatistics.of(f.states)) for f in features]
+        total = stats[0]
+        for more in stats[1:]:
+            total = total + more
+        return total
+
+    def __add__(self, other: SpeakerStatistics) -> SpeakerStatistics:
+        return SpeakerStatistics(self.mel + other.mel, self.states + other.states)
+
+
+def by_group(groups: Sequence[str]) -> dict[str, list[int]]:
+    """{group: the indices of its members}, in first-seen order."""
+    out: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        out.setdefault(group, []).append(index)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------- model
 
 
@@ -72,6 +141,9 @@ class VoiceConfig:
     use_whisper: bool = True
     dropout: float = 0.3
     members: int = 1  # independently initialised copies trained side by side; their probabilities are averaged
+    # Standardise the log-mel and the states with the speaker's own statistics (SpeakerStatistics), shrunk towards
+    # the training population's (stored with the weights) by PRIOR_SECONDS: the voice across speakers and rooms
+    speaker_normalisation: bool = False
 
 
 class VoiceExpert(nn.Module):
@@ -81,6 +153,40 @@ class VoiceExpert(nn.Module):
         super().__init__()
         self.config = config
         self.members = nn.ModuleList([VoiceMember(config) for _ in range(config.members)])
+        if config.speaker_normalisation:  # the training population's mean and std: mel (2, N_MELS), states per block
+            self.register_buffer("prior_mel", torch.stack([torch.zeros(N_MELS), torch.ones(N_MELS)]))
+            blocks = max(config.whisper_blocks)
+            self.register_buffer(
+                "prior_states",
+                torch.stack([torch.zeros(blocks, config.whisper_dim), torch.ones(blocks, config.whisper_dim)]),
+            )
+
+    def set_prior(self, statistics: SpeakerStatistics) -> None:
+        """Store the training population's statistics (of every training frame) as the prior."""
+        blocks = max(self.config.whisper_blocks)
+        for name, stats in (("prior_mel", statistics.mel), ("prior_states", statistics.states)):
+            mean = stats.total / stats.count
+            std = np.sqrt(np.maximum(stats.squares / stats.count - mean**2, VARIANCE_FLOOR))
+            prior = np.stack([mean, std]) if name == "prior_mel" else np.stack([mean[:blocks], std[:blocks]])
+            getattr(self, name).copy_(torch.from_numpy(prior.astype(np.float32)))
+
+    def normalise(self, features: SpeechFeatures, statistics: SpeakerStatistics) -> SpeechFeatures:
+        """features standardised with their speaker's statistics (of features with as many state rows), shrunk
+        towards the prior. States of several blocks (the speech cache's) keep rows 1..max(whisper_blocks); states of
+        one block (as served: the block the expert reads, (1, S, D)) are standardised with that block's prior."""
+        blocks = max(self.config.whisper_blocks)
+        rows = blocks if len(features.states) > 1 else 1
+        prior_mel = self.prior_mel.cpu().double().numpy()
+        prior_states = self.prior_states[:, -rows:].cpu().double().numpy()  # one row: the block the expert reads
+        mel_mean, mel_std = statistics.mel.standardiser(prior_mel[0], prior_mel[1], PRIOR_SECONDS / MEL_SECONDS)
+        mean, std = statistics.states.rows(rows).standardiser(
+            prior_states[0], prior_states[1], PRIOR_SECONDS / STATE_SECONDS
+        )
+        states = features.states[:rows].astype(np.float32)
+        return SpeechFeatures(
+            ((features.mel - mel_mean) / mel_std).astype(np.float32),
+            ((states - mean[:, None]) / std[:, None]).astype(np.float16),
+        )
 
     def member_logits(self, mel, mel_mask, states, states_mask) -> torch.Tensor:
         """-> (members, B, n_labels): each member's logits (each trains on its own loss)."""
@@ -181,13 +287,29 @@ def predict_proba(
     device: str | torch.device | None = None,
     batch_size: int = 64,
     bf16: bool = False,
+    speakers: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """(N, len(model.config.labels)) probabilities, one row per recording."""
+    """(N, len(model.config.labels)) probabilities, one row per recording.
+
+    speakers: who speaks in each recording, for an expert with speaker normalisation (the statistics of each
+    speaker's recordings together); without, each recording is its own speaker."""
     device = pick_device(device)
     model.eval().to(device)
+    if model.config.speaker_normalisation:
+        features = speaker_normalised(model, features, speakers or [str(i) for i in range(len(features))])
     rows = []
     for first in range(0, len(features), batch_size):
         batch = VoiceBatch(features[first : first + batch_size], model.config.whisper_blocks)
         with autocast(device, cpu_bf16=bf16):
             rows.append(model(*batch.inputs(device)).float().exp().cpu())
     return torch.cat(rows).numpy()
+
+
+def speaker_normalised(model: VoiceExpert, features: Sequence[SpeechFeatures], speakers: Sequence[str]):
+    """Each recording's features standardised by the model with the statistics of all its speaker's recordings."""
+    out: list[SpeechFeatures] = [None] * len(features)  # type: ignore[list-item]
+    for rows in by_group(speakers).values():
+        statistics = SpeakerStatistics.of([features[i] for i in rows])
+        for i in rows:
+            out[i] = model.normalise(features[i], statistics)
+    return out

@@ -137,6 +137,7 @@ class Predictor:
         """A recording given as consecutive pieces (chunks): each segment is scored by the experts from what lies
         inside it, so each piece is done once its features are extracted."""
         path, end, modalities, damaged, parts, outputs = None, 0.0, set(), [], [], []
+        voice_statistics: list = []  # the recording's speaker statistics, for a voice expert that normalises
         for piece in pieces:
             release_free_memory()
             path, end = piece.path, piece.start + piece.duration
@@ -146,7 +147,7 @@ class Predictor:
                 piece.utterances, piece.duration, start=piece.start, mode=segments, window_s=window_s
             )
             start = time.perf_counter()
-            experts = self.bundle.segment_probabilities(piece, timeline)
+            experts = self.bundle.segment_probabilities(piece, timeline, voice_statistics)
             fused = self.bundle.fuse(experts)
             attribution = self.bundle.attribution(experts, fused)
             _add(timings, "experts", start)

