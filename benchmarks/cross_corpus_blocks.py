@@ -121,8 +121,7 @@ def main() -> None:
         f" {encoder.shape.n_layer} blocks ({encoder.shape.n_state} wide): {timing[0]:.2f} s per minute of audio"
         f" with one thread, {timing[1]:.2f} s with two (first {TIMED_FILES} files, float32, unpadded).",
         "UA (%) of the probe trained on the other three corpora, on the held-out corpus's own classes (calm as"
-        " neutral)."
-        + (" Pooled vectors standardised per speaker." if args.normalise == "speaker" else ""),
+        " neutral)." + (" Pooled vectors standardised per speaker." if args.normalise == "speaker" else ""),
         "",
         "| block | " + " | ".join(CORPORA) + " | mean |",
         "|---|" + "---|" * (len(CORPORA) + 1),

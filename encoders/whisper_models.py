@@ -68,3 +68,33 @@ def load_states_encoder(name: str | os.PathLike, device=None):
     from encoders.runtime import pick_device
 
     return load_whisper(str(name), pick_device(device)).encoder
+
+
+CACHE_ENV = "FUSION_CACHE"  # where a model shipped in parts is joined once (default ~/.cache/fusion)
+FOLDER_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
+
+
+def ctranslate2_folder(name: str) -> Path:
+    """A folder that faster-whisper can load for a packaged model: the package's own for a one-part model (tiny.en);
+    for a model shipped in parts (base), a folder under $FUSION_CACHE (default ~/.cache/fusion) where model.bin is
+    joined once from its parts (written to a temporary name and renamed: a run cut short leaves no half file)."""
+    parts = encoder_parts(name)
+    if len(parts) == 1:
+        return parts[0].parent
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fusion") / "ctranslate2" / f"whisper-{name}"
+    size = sum(p.stat().st_size for p in parts)
+    target = root / "model.bin"
+    if not (target.is_file() and target.stat().st_size == size):
+        root.mkdir(parents=True, exist_ok=True)
+        partial = root / f"model.bin.{os.getpid()}.partial"
+        with open(partial, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as piece:
+                    while block := piece.read(1 << 24):
+                        out.write(block)
+        os.replace(partial, target)
+    for folder in {p.parent for p in parts}:
+        for file in FOLDER_FILES:
+            if (folder / file).is_file() and not (root / file).is_file():
+                (root / file).write_bytes((folder / file).read_bytes())
+    return root

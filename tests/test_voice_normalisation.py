@@ -107,3 +107,31 @@ def test_a_truncated_or_foreign_model_bin_is_named(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"\x07\x00\x00\x00" + whole[4:100])
     with pytest.raises(CTranslate2FormatError, match="version 7"):
         read_variables([tmp_path / "model.bin"])
+
+
+def test_a_model_shipped_in_two_parts_reads_and_joins_as_the_whole(shared, tmp_path, monkeypatch):
+    """As Whisper base comes (two wheels, each half of model.bin): tiny.en's model.bin cut in two stands in."""
+    import encoders.whisper_models as models
+    from encoders.asr import FastTranscriber
+
+    whole = models.encoder_parts("tiny.en")[0]
+    data = whole.read_bytes()
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    halves = [tmp_path / "one/model.bin.part1", tmp_path / "two/model.bin.part2"]
+    halves[0].write_bytes(data[: len(data) // 2])
+    halves[1].write_bytes(data[len(data) // 2 :])
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (tmp_path / "one" / name).write_bytes((whole.parent / name).read_bytes())
+    monkeypatch.setattr(models, "encoder_parts", lambda name: halves)
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+
+    for name, value in load_encoder(halves).state_dict().items():
+        torch.testing.assert_close(value, load_encoder([whole]).state_dict()[name])
+    folder = models.ctranslate2_folder("split")
+    assert (folder / "model.bin").read_bytes() == data and not list(folder.glob("*.partial"))
+    from fusion.media.decoding import decode
+
+    audio = decode(shared / "data/ravdess-speech-16k/Actor_01/03-01-05-02-01-01-01.flac").audio
+    words = " ".join(u.text for u in FastTranscriber(str(folder)).transcribe(audio)).lower()
+    assert "kids are talking by the door" in words

@@ -128,7 +128,9 @@ class FeatureExtractor:
         if whisper_blocks is not None:  # states from the PyTorch encoder, whichever backend transcribes
             model = load_whisper(self.sources.whisper, pick_device(device))
             self.whisper_states = WhisperStates(model, blocks=whisper_blocks, bf16=True)
-        self.transcriber = make_transcriber(self.sources.asr, self.sources.whisper, device=device, loaded=model)
+        self.transcriber = make_transcriber(
+            self.sources.asr, self.sources.whisper, device=device, loaded=model, model=self.sources.asr_model
+        )
         self.face_detector = FaceDetector(self.sources.face)
         self.speaker_encoder = SpeakerEncoder(device=device or "cpu") if voice_prints else None
         self.fps = fps

@@ -222,12 +222,15 @@ def load(
     text_model: str | os.PathLike | None = None,
     face_model: str | os.PathLike | None = None,
     asr: str | None = None,
+    asr_model: str | os.PathLike | None = None,
     **options,
 ) -> Predictor:
     """A :class:`Predictor` with every model loaded once. whisper_model, text_model, face_model: a name or local
     path for each frozen model (its :class:`EncoderSources`); asr: the speech recognition backend
-    (encoders.asr.ASR_BACKENDS, default ctranslate2); options (device, chunk_s) as for :class:`Predictor`."""
-    sources = EncoderSources(whisper=whisper_model, text=text_model, face=face_model, asr=asr)
+    (encoders.asr.ASR_BACKENDS, default ctranslate2); asr_model: that backend's model (tiny.en, base or a
+    CTranslate2 folder; default the conversion of the Whisper model); options (device, chunk_s) as for
+    :class:`Predictor`."""
+    sources = EncoderSources(whisper=whisper_model, text=text_model, face=face_model, asr=asr, asr_model=asr_model)
     return Predictor(checkpoint, sources=sources, **options)
 
 
@@ -247,7 +250,7 @@ def predict(
     """Predict the emotion timeline of one recording.
 
     The models are loaded on the first call and reused by later calls with the same checkpoint and options.
-    options: whisper_model, text_model, face_model, asr, device (see :func:`load`).
+    options: whisper_model, text_model, face_model, asr, asr_model, device (see :func:`load`).
     """
     key = None if checkpoint is None else os.fspath(checkpoint)
     options = tuple(sorted((k, None if v is None else str(v)) for k, v in options.items()))
