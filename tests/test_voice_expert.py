@@ -285,3 +285,40 @@ def test_a_segment_read_with_its_context_gives_the_voice_what_its_benchmark_read
         bundle.voice_context_s = 0.0  # without context: the segment alone, another input
         assert np.abs(bundle.segment_probabilities(piece, [segment])["audio"][0] - served).max() > 1e-4
         bundle.voice_context_s = 1.5
+
+
+def test_a_normalising_voice_is_served_what_its_benchmark_reads_and_a_recording_adds_up_its_speech(speech_features):
+    """Train/serve parity with speaker normalisation: a recording served as one piece is standardised with its own
+    statistics, as predict_proba standardises a recording alone; later pieces add to the recording's statistics
+    (tiny random model, shapes and arithmetic only)."""
+    from alignment import Segment
+    from encoders.audio import FRAME_SECONDS
+    from fusion.experts.bundle import ExpertBundle
+    from fusion.experts.voice import SpeakerStatistics
+    from fusion.media.features import RecordingFeatures
+
+    features, _ = speech_features
+    torch.manual_seed(0)
+    model = VoiceExpert(VoiceConfig(dim=16, members=1, speaker_normalisation=True)).eval()
+    model.set_prior(SpeakerStatistics.of(features))
+    bundle = ExpertBundle(voice=model, text=None, face=None, voice_context_s=1.5)
+    statistics: list = []
+    for k, f in enumerate(features[:2]):
+        duration = len(f.mel) * FRAME_SECONDS
+        n = f.states.shape[1]
+        piece = RecordingFeatures(
+            path="x",
+            duration=duration,
+            mel=f.mel,
+            utterances=[],
+            face_crops=None,
+            face_times=None,
+            face_present=None,
+            whisper_states=f.states[2].astype(np.float32),
+            whisper_times=(np.arange(n) + 0.5) * STATE_SECONDS,
+            speech=None,
+        )
+        alone = bundle.segment_probabilities(piece, [Segment(1.0, duration - 1.0)])["audio"][0]
+        np.testing.assert_allclose(alone, to_canonical(predict_proba(model, [f]))[0], atol=2e-3)
+        bundle.segment_probabilities(piece, [Segment(1.0, duration - 1.0)], statistics)
+        assert statistics[0].mel.count == sum(len(g.mel) for g in features[: k + 1])
