@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from encoders.ct2_whisper import load_encoder
-from encoders.loading import WHISPER_ENV, ModelNotFoundError, looks_like_path
+from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, ModelNotFoundError, looks_like_path, portable_name
 
 # name -> (module, file inside the module's folder) of each part of its model.bin, in order
 PACKAGED_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -57,17 +57,23 @@ def is_packaged(name: str | os.PathLike) -> bool:
     return str(name) in PACKAGED_PARTS
 
 
-def load_states_encoder(name: str | os.PathLike, device=None):
-    """The Whisper encoder whose states the voice expert reads: from the packaged CTranslate2 weights for a packaged
-    name other than the default tiny.en (base), else the encoder of openai-whisper's model (a checkpoint path or a
-    name; tiny.en's is the same weights either way, tested)."""
-    if is_packaged(name) and str(name) != "tiny.en":
-        encoder = load_encoder(encoder_parts(name))
-        return encoder if device is None else encoder.to(device)
-    from encoders.asr import load_whisper
+def load_states_encoder(name: str | os.PathLike, device=None, *, blocks: int | None = None):
+    """The Whisper encoder whose states the voice expert reads, without the decoder: for a packaged model (tiny.en,
+    base; a local copy of tiny.en counts as tiny.en, see encoders.loading.portable_name) read from its CTranslate2
+    weights, which are the same weights (tested for tiny.en); else the encoder of openai-whisper's model (a
+    checkpoint path or a name). blocks: keep only the first blocks (the states after a later one are never read)."""
     from encoders.runtime import pick_device
 
-    return load_whisper(str(name), pick_device(device)).encoder
+    portable = portable_name(str(name), default=DEFAULT_WHISPER_MODEL)
+    if is_packaged(portable):
+        encoder = load_encoder(encoder_parts(portable))
+    else:
+        from encoders.asr import load_whisper
+
+        encoder = load_whisper(str(name), pick_device(device)).encoder
+    if blocks is not None:
+        encoder.blocks = encoder.blocks[:blocks]
+    return encoder.to(pick_device(device)).eval()
 
 
 CACHE_ENV = "FUSION_CACHE"  # where a model shipped in parts is joined once (default ~/.cache/fusion)

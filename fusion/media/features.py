@@ -27,6 +27,7 @@ from encoders.loading import EncoderSources
 from encoders.runtime import pick_device
 from encoders.speakers import SpeakerEncoder
 from encoders.vad import SpeechDetector, speech_within
+from encoders.whisper_models import load_states_encoder
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
 from fusion.media.decoding import DEFAULT_FPS, Media, decode, is_short
@@ -126,8 +127,12 @@ class FeatureExtractor:
         self.whisper_states = None
         model = None
         if whisper_blocks is not None:  # states from the PyTorch encoder, whichever backend transcribes
-            model = load_whisper(self.sources.whisper, pick_device(device))
-            self.whisper_states = WhisperStates(model, blocks=whisper_blocks, bf16=True)
+            if self.sources.asr == "openai-whisper":  # the whole model, which the transcriber shares
+                model = load_whisper(self.sources.whisper, pick_device(device))
+                encoder = model.encoder
+            else:  # the encoder alone, up to the block the voice reads
+                encoder = load_states_encoder(self.sources.whisper, device, blocks=whisper_blocks)
+            self.whisper_states = WhisperStates(encoder, blocks=whisper_blocks, bf16=True)
         self.transcriber = make_transcriber(
             self.sources.asr, self.sources.whisper, device=device, loaded=model, model=self.sources.asr_model
         )
