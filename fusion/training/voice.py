@@ -320,6 +320,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--members", type=positive_int, default=VoiceConfig.members, help="ensemble members trained side by side"
     )
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    parser.add_argument(
+        "--speaker-normalisation",
+        action="store_true",
+        help="standardise the inputs with each speaker's statistics, shrunk towards the training population's"
+        " (at prediction: the recording's)",
+    )
+    parser.add_argument(
+        "--degraded-copies",
+        type=int,
+        default=0,
+        help="also train on this many room-and-phone copies of every recording (fusion.training.rooms; cached)",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--whisper-model", help="Whisper name or checkpoint path (default: $FUSION_WHISPER_MODEL)")
@@ -341,7 +353,20 @@ def run(args: argparse.Namespace) -> int:
         fit_rows, check_rows = speaker_split(examples, validation_fraction=args.validation_fraction, seed=args.seed)
     else:
         fit_rows, check_rows = list(range(len(examples))), []
-    model_config = VoiceConfig(use_cnn=args.parts != "whisper", use_whisper=args.parts != "cnn", members=args.members)
+    copies = []
+    for k in range(1, args.degraded_copies + 1):
+        copy, copy_report = cache.build([e.path for e in examples], copy=k)
+        print(f"copy {k}: {copy_report}")
+        if copy_report.skipped:
+            raise SystemExit(f"copy {k}: no features for {len(copy_report.skipped)} files: {copy_report.skipped[:3]}")
+        copies.append(copy)
+    model_config = VoiceConfig(
+        use_cnn=args.parts != "whisper",
+        use_whisper=args.parts != "cnn",
+        members=args.members,
+        speaker_normalisation=args.speaker_normalisation,
+        whisper_dim=features[0].states.shape[-1],
+    )
     train_config = VoiceTrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -356,6 +381,8 @@ def run(args: argparse.Namespace) -> int:
         [labels[i] for i in fit_rows],
         validation=([features[i] for i in check_rows], [labels[i] for i in check_rows]) if check_rows else None,
         groups=[examples[i].dataset for i in fit_rows],
+        speakers=[examples[i].speaker for i in fit_rows],
+        copies=[[copy[i] for i in fit_rows] for copy in copies],
         model_config=model_config,
         train_config=train_config,
         device=args.device,
@@ -369,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
             "whisper_model": portable_name(cache.whisper_model, default=DEFAULT_WHISPER_MODEL),
             "training": {
                 "data": args.data,
+                "degraded_copies": args.degraded_copies,
                 "config": asdict(train_config),
                 "seconds": result.seconds,
                 "history": result.history,
