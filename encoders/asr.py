@@ -18,7 +18,6 @@ states after block 3 of 4.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from encoders.loading import (
 )
 from encoders.runtime import pick_device
 from encoders.vad import speech_stretches
-from encoders.whisper_models import ctranslate2_folder, is_packaged
+from encoders.whisper_models import ctranslate2_folder, is_packaged, load_whisper
 
 MIN_AUDIO_SECONDS = 0.1  # shorter than any spoken word: not worth a Whisper call
 GATE_FRAME_SECONDS = 0.025  # one 25 ms frame, the usual speech analysis window
@@ -298,32 +297,6 @@ def _loudest_frame_dbfs(audio: np.ndarray) -> float:
     frames = audio[: len(audio) // frame * frame].astype(np.float64).reshape(-1, frame)
     rms = np.sqrt(np.mean(frames**2, axis=1)).max()
     return float(20 * np.log10(max(rms, 1e-10)))  # digital silence: -200 dBFS rather than -inf
-
-
-def load_whisper(name: str, device: torch.device):
-    """openai-whisper's model from a checkpoint file or by name; ModelNotFoundError says what failed."""
-    import whisper
-
-    def not_found(reason: str) -> ModelNotFoundError:
-        return ModelNotFoundError(
-            what="Whisper model", requested=name, env_var=WHISPER_ENV, argument="whisper_model", reason=reason
-        )
-
-    if looks_like_path(name):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise not_found("no such file" if not path.exists() else "not a file")
-        try:
-            return whisper.load_model(str(path), device=device)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as err:
-            # torch.load's errors on a file that is not a Whisper checkpoint (damaged, truncated, another model)
-            raise not_found(f"not a Whisper checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
-    if name not in whisper.available_models():
-        raise not_found(f"not a file and not a Whisper model name ({', '.join(whisper.available_models())})")
-    try:
-        return whisper.load_model(name, device=device)
-    except OSError as err:  # offline: urllib's URLError; also an unwritable ~/.cache/whisper
-        raise not_found(f"download failed: {err}") from err
 
 
 def _conversion(whisper_name: str) -> str | None:

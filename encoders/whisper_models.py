@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from encoders.ct2_whisper import load_encoder
 from encoders.loading import DEFAULT_WHISPER_MODEL, WHISPER_ENV, ModelNotFoundError, looks_like_path, portable_name
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> (module, file inside the module's folder) of each part of its model.bin, in order
 PACKAGED_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -52,6 +57,32 @@ def _missing(name: str, reason: str) -> ModelNotFoundError:
     )
 
 
+def load_whisper(name: str, device: torch.device):
+    """openai-whisper's model from a checkpoint file or by name; ModelNotFoundError says what failed."""
+    import whisper
+
+    def not_found(reason: str) -> ModelNotFoundError:
+        return ModelNotFoundError(
+            what="Whisper model", requested=name, env_var=WHISPER_ENV, argument="whisper_model", reason=reason
+        )
+
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise not_found("no such file" if not path.exists() else "not a file")
+        try:
+            return whisper.load_model(str(path), device=device)
+        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as err:
+            # torch.load's errors on a file that is not a Whisper checkpoint (damaged, truncated, another model)
+            raise not_found(f"not a Whisper checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    if name not in whisper.available_models():
+        raise not_found(f"not a file and not a Whisper model name ({', '.join(whisper.available_models())})")
+    try:
+        return whisper.load_model(name, device=device)
+    except OSError as err:  # offline: urllib's URLError; also an unwritable ~/.cache/whisper
+        raise not_found(f"download failed: {err}") from err
+
+
 def is_packaged(name: str | os.PathLike) -> bool:
     """Whether name is a CTranslate2 Whisper model that a registry package ships (PACKAGED_PARTS)."""
     return str(name) in PACKAGED_PARTS
@@ -68,8 +99,6 @@ def load_states_encoder(name: str | os.PathLike, device=None, *, blocks: int | N
     if is_packaged(portable):
         encoder = load_encoder(encoder_parts(portable))
     else:
-        from encoders.asr import load_whisper
-
         encoder = load_whisper(str(name), pick_device(device)).encoder
     if blocks is not None:
         encoder.blocks = encoder.blocks[:blocks]

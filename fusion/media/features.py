@@ -20,14 +20,14 @@ import torch
 
 from alignment.active_speaker import mouth_motion
 from alignment.diarization import speech_spans
-from encoders.asr import Utterance, Word, load_whisper, make_transcriber
+from encoders.asr import Utterance, Word, make_transcriber
 from encoders.audio import log_mel
 from encoders.face_detection import FACE_SIZE, FaceDetector, find_all_faces, main_face_crops
 from encoders.loading import EncoderSources
 from encoders.runtime import pick_device
 from encoders.speakers import SpeakerEncoder
 from encoders.vad import SpeechDetector, speech_within
-from encoders.whisper_models import load_states_encoder
+from encoders.whisper_models import load_states_encoder, load_whisper
 from encoders.whisper_states import WhisperStates
 from fusion.errors import MediaError
 from fusion.media.decoding import DEFAULT_FPS, Media, decode, is_short
