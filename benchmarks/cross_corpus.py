@@ -19,7 +19,9 @@ Levers (each a flag, so that every row of the lever table is one command):
     all the frames of the speaker (or of the one recording), in training and test alike (no labels are used);
 --parts whisper: the voice expert without the spectrogram CNN;
 --expert-normalisation: the expert standardises its inputs with each speaker's statistics, shrunk towards the
-    training population's (VoiceConfig.speaker_normalisation); a held-out corpus's speakers are its own;
+    training population's (VoiceConfig.speaker_normalisation); a held-out corpus's speakers are its own; scored
+    twice: each test speaker's recordings standardised together (a long interview), and each recording alone (a
+    short clip, as fusion.predict serves one); --recordings-alone also trains on the second view;
 --states-encoder base: Whisper base's encoder states (multilingual, 512 wide) instead of tiny.en's;
 --degraded-copies K: the expert also trains on K room-and-phone copies of every training recording
     (fusion.training.rooms: reverberation, telephone band, low-rate Opus, noise, speed), Whisper states computed from
@@ -139,6 +141,12 @@ def main() -> None:
         default=0,
         help="train also on this many room-and-phone copies of every training recording (fusion.training.rooms)",
     )
+    parser.add_argument(
+        "--recordings-alone",
+        action="store_true",
+        help="with --expert-normalisation: train also on each recording standardised alone"
+        " (VoiceTrainConfig.recordings_alone)",
+    )
     parser.add_argument("--examples-per-epoch", type=int, default=2160, help="the shipped recipe's 2160")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (the shipped recipe's)")
     parser.add_argument("--no-baselines", action="store_true")
@@ -186,34 +194,42 @@ def main() -> None:
                     speaker_normalisation=args.expert_normalisation,
                     whisper_dim=features[held_out][0].states.shape[-1],
                 ),
-                train_config=VoiceTrainConfig(examples_per_epoch=args.examples_per_epoch, bf16=args.bf16, seed=seed),
-            )
-            probabilities = to_canonical(
-                predict_proba(
-                    result.model,
-                    [features[c][i] for c, i in test],
+                train_config=VoiceTrainConfig(
+                    examples_per_epoch=args.examples_per_epoch,
                     bf16=args.bf16,
-                    speakers=[corpora[c][i].speaker for c, i in test],
-                )
+                    seed=seed,
+                    recordings_alone=args.recordings_alone,
+                ),
             )
+            # with speaker normalisation: each test speaker's recordings standardised together (a user's long
+            # interview), and each recording alone (a short clip, as fusion.predict serves one)
+            views = {"": [corpora[c][i].speaker for c, i in test]}
+            if args.expert_normalisation:
+                views[", each test recording alone"] = None
             true = [corpora[c][i].label for c, i in test]
             classes = corpus_classes(corpora[held_out])
-            scores = score(true, restricted_decision(probabilities, EMOTIONS, classes), classes)
-            runs.append(
-                {
-                    "system": f"voice recipe ({args.parts}, {args.members} members"
-                    + (", speaker normalisation" if args.expert_normalisation else "")
-                    + (f", inputs normalised per {args.normalise}" if args.normalise != "none" else "")
-                    + (f", {args.degraded_copies} room-and-phone copies" if args.degraded_copies else "")
-                    + (f", {args.states_encoder} states" if args.states_encoder else "")
-                    + ")",
-                    "held_out": held_out,
-                    "seed": seed,
-                    "train_seconds": result.seconds,
-                    "scores": scores.as_dict(),
-                }
-            )
-            print(f"{held_out} seed {seed}: UA {scores.ua:.3f} ({result.seconds:.0f} s training)", flush=True)
+            for view, speakers in views.items():
+                probabilities = to_canonical(
+                    predict_proba(result.model, [features[c][i] for c, i in test], bf16=args.bf16, speakers=speakers)
+                )
+                scores = score(true, restricted_decision(probabilities, EMOTIONS, classes), classes)
+                runs.append(
+                    {
+                        "system": f"voice recipe ({args.parts}, {args.members} members"
+                        + (", speaker normalisation" if args.expert_normalisation else "")
+                        + (", trained also on each recording alone" if args.recordings_alone else "")
+                        + (f", inputs normalised per {args.normalise}" if args.normalise != "none" else "")
+                        + (f", {args.degraded_copies} room-and-phone copies" if args.degraded_copies else "")
+                        + (f", {args.states_encoder} states" if args.states_encoder else "")
+                        + view
+                        + ")",
+                        "held_out": held_out,
+                        "seed": seed,
+                        "train_seconds": result.seconds,
+                        "scores": scores.as_dict(),
+                    }
+                )
+                print(f"{held_out} seed {seed}{view}: UA {scores.ua:.3f} ({result.seconds:.0f} s training)", flush=True)
             _write(args, runs, time.perf_counter() - started, command)
     _write(args, runs, time.perf_counter() - started, command)
     print((Path(args.out) / "results.md").read_text())

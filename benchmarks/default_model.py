@@ -9,7 +9,7 @@ fusion.predict runs per segment), each beside its baselines fitted on the same t
 same validation data; expected calibration error before and after the temperatures. The real clips go through
 fusion.Predictor.predict, and per subset of modalities (the experts present pooled), the clip-level accuracy: what
 text and video add to the voice. RAVDESS: the shipped voice expert heard every RAVDESS speaker, so its
-speaker-independent figure is its recipe's on held-out speakers (benchmarks/results/voice_expert/ravdess_ensemble).
+speaker-independent figure is its recipe's on held-out speakers (benchmarks/results/voice_expert/ravdess_four_corpora).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from fusion.training.face import stratified_split
 from fusion.training.metrics import expected_calibration_error, score
 from fusion.training.text import items_from_examples, split_by_dialogue
 
-VOICE_RECIPE = Path("benchmarks/results/voice_expert/ravdess_ensemble/results.json")
+VOICE_RECIPE = Path("benchmarks/results/voice_expert/ravdess_four_corpora/results.json")
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from fusion.labels import (  # noqa: E402
     ravdess_fields,
 )
 from fusion.media.decoding import decode  # noqa: E402
-from fusion.training.datasets import nemo, ravdess  # noqa: E402
+from fusion.training.datasets import labels_tsv, nemo, ravdess  # noqa: E402
 from fusion.training.metrics import score  # noqa: E402
 from fusion.training.splits import speaker_folds  # noqa: E402
 from fusion.training.voice import SpeechCache, VoiceTrainConfig, fit  # noqa: E402
@@ -55,6 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ravdess", required=True, help="RAVDESS speech folder")
     parser.add_argument("--nemo", help="nEMO folder (with labels.tsv)")
+    parser.add_argument("--emovo", help="EMOVO folder (with labels.tsv), a training corpus in --train-on variants")
+    parser.add_argument("--emospeech-in", help="emospeech-in folder (with labels.tsv), a training corpus likewise")
     parser.add_argument("--cache", required=True, help="speech feature cache folder")
     parser.add_argument("--test-on", choices=("ravdess", "nemo"), default="ravdess")
     parser.add_argument("--folds", type=int, default=6)
@@ -64,7 +66,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--parts", nargs="+", choices=("both", "cnn", "whisper"), default=["both"])
     parser.add_argument(
-        "--train-on", nargs="+", default=["ravdess"], help="ravdess, nemo or ravdess+nemo, each a variant"
+        "--train-on",
+        nargs="+",
+        default=["ravdess"],
+        help="each a variant: corpora joined by + (ravdess, nemo, emovo, emospeech-in), e.g. ravdess+nemo",
+    )
+    parser.add_argument(
+        "--speaker-normalisation",
+        action="store_true",
+        help="the expert standardises its inputs with each speaker's statistics (VoiceConfig.speaker_normalisation)",
+    )
+    parser.add_argument(
+        "--examples-per-epoch",
+        type=int,
+        help="examples drawn per epoch (default: the test corpus's training files times the number of corpora)",
     )
     parser.add_argument("--epochs", type=int, default=VoiceTrainConfig.epochs)
     parser.add_argument("--members", type=int, default=VoiceConfig.members, help="ensemble members per expert")
@@ -95,6 +110,10 @@ def main() -> None:
     corpora = {"ravdess": ravdess(args.ravdess).examples}
     if args.nemo:
         corpora["nemo"] = nemo(args.nemo).examples
+    if args.emovo:
+        corpora["emovo"] = labels_tsv(args.emovo, "emovo").examples
+    if args.emospeech_in:
+        corpora["emospeech-in"] = labels_tsv(args.emospeech_in, "emospeech-in").examples
     needed = {c for variant in args.train_on for c in variant.split("+")} | {args.test_on}
     missing = needed - set(corpora)
     if missing:
@@ -125,15 +144,15 @@ def main() -> None:
                 for fold, (train_rows, test_rows) in enumerate(folds):
                     if args.only_folds is not None and fold not in args.only_folds:
                         continue
-                    run = _expert_run(
+                    for run in _expert_run(
                         args, corpora, features, variant, parts, seed, fold, train_rows, test_rows, classes
-                    )
-                    runs.append(run)
-                    print(
-                        f"{run['system']} seed {seed} fold {fold}: UA {run['scores']['ua']:.3f}"
-                        f" ({run['train_seconds']:.0f} s training; {time.perf_counter() - started:.0f} s so far)",
-                        flush=True,
-                    )
+                    ):
+                        runs.append(run)
+                        print(
+                            f"{run['system']} seed {seed} fold {fold}: UA {run['scores']['ua']:.3f}"
+                            f" ({run['train_seconds']:.0f} s training; {time.perf_counter() - started:.0f} s so far)",
+                            flush=True,
+                        )
                     # after every run, so that a run cut short keeps what it measured
                     _write(
                         args, runs, time.perf_counter() - started, classes, command=shlex.join(["python", *sys.argv])
@@ -190,7 +209,7 @@ def _baselines(examples, features, true_native, folds, classes) -> list[dict]:
 
 def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows, test_rows, classes) -> dict:
     """Train on the fold's training speakers of the test corpus (if the variant names it) and every speaker of the
-    variant's other corpora, for the fixed recipe's epochs; score the fold's test speakers."""
+    variant's other corpora, for the fixed recipe's epochs; score the fold's test speakers -> one run per view."""
     test_corpus, names = args.test_on, variant.split("+")
     train_examples, train_features = [], []
     if test_corpus in names:
@@ -202,42 +221,61 @@ def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows,
             train_examples += corpora[other]
             train_features += features[other]
     # each corpus an equal share of every epoch; the test corpus keeps the draws per epoch it has alone
-    per_epoch = len(names) * own if own and len(names) > 1 else None
+    per_epoch = args.examples_per_epoch or (len(names) * own if own and len(names) > 1 else None)
     result = fit(
         train_features,
         [voice_label(e.dataset, e.label, e.native_label) for e in train_examples],
         groups=[e.dataset for e in train_examples],
-        model_config=VoiceConfig(use_cnn=parts != "whisper", use_whisper=parts != "cnn", members=args.members),
+        speakers=[e.speaker for e in train_examples],
+        model_config=VoiceConfig(
+            use_cnn=parts != "whisper",
+            use_whisper=parts != "cnn",
+            members=args.members,
+            speaker_normalisation=args.speaker_normalisation,
+        ),
         train_config=VoiceTrainConfig(
             epochs=args.epochs, augment=not args.no_augment, bf16=args.bf16, seed=seed, examples_per_epoch=per_epoch
         ),
     )
     test = [corpora[test_corpus][i] for i in test_rows]
-    probabilities = predict_proba(result.model, [features[test_corpus][i] for i in test_rows], bf16=args.bf16)
-    if test_corpus == "ravdess":
-        true = [e.native_label for e in test]
-        predicted = [VOICE_TO_RAVDESS[VOICE_LABELS[k]] for k in probabilities.argmax(1)]
-    else:  # only the corpus's own classes can be predicted: a 6-way decision for nEMO
-        true = [e.label for e in test]
-        canonical_p = to_canonical(probabilities)[:, [EMOTIONS.index(c) for c in classes]]
-        predicted = [classes[k] for k in canonical_p.argmax(1)]
     members = f", {args.members} members" if args.members > 1 else ""
-    if args.save_probabilities:
-        folder = Path(args.out) / "probabilities"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            folder / f"{parts}-{variant}-seed{seed}-fold{fold}.npz",
-            paths=np.array([e.path for e in test]),
-            probabilities=to_canonical(probabilities).astype(np.float32),
+    members += ", speaker normalisation" if args.speaker_normalisation else ""
+    # with speaker normalisation: each test speaker's recordings standardised together (a user's long interview),
+    # and each recording alone (a short clip, as fusion.predict serves one)
+    views = {"": [e.speaker for e in test]}
+    if args.speaker_normalisation:
+        views[", each test recording alone"] = None
+    runs = []
+    for view, speakers in views.items():
+        probabilities = predict_proba(
+            result.model, [features[test_corpus][i] for i in test_rows], bf16=args.bf16, speakers=speakers
         )
-    return {
-        "system": f"voice expert ({parts}{members}), trained on {variant}",
-        "seed": seed,
-        "fold": fold,
-        "test_speakers": sorted({e.speaker for e in test}),
-        "train_seconds": result.seconds,
-        "scores": score(true, predicted, classes).as_dict(),
-    }
+        if test_corpus == "ravdess":
+            true = [e.native_label for e in test]
+            predicted = [VOICE_TO_RAVDESS[VOICE_LABELS[k]] for k in probabilities.argmax(1)]
+        else:  # only the corpus's own classes can be predicted: a 6-way decision for nEMO
+            true = [e.label for e in test]
+            canonical_p = to_canonical(probabilities)[:, [EMOTIONS.index(c) for c in classes]]
+            predicted = [classes[k] for k in canonical_p.argmax(1)]
+        if args.save_probabilities:
+            folder = Path(args.out) / ("probabilities-alone" if view else "probabilities")
+            folder.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                folder / f"{parts}-{variant}-seed{seed}-fold{fold}.npz",
+                paths=np.array([e.path for e in test]),
+                probabilities=to_canonical(probabilities).astype(np.float32),
+            )
+        runs.append(
+            {
+                "system": f"voice expert ({parts}{members}{view}), trained on {variant}",
+                "seed": seed,
+                "fold": fold,
+                "test_speakers": sorted({e.speaker for e in test}),
+                "train_seconds": result.seconds,
+                "scores": score(true, predicted, classes).as_dict(),
+            }
+        )
+    return runs
 
 
 def _write(args, runs: list[dict], elapsed: float, classes, *, command: str, machine: str | None = None) -> None:

@@ -135,3 +135,34 @@ def test_a_model_shipped_in_two_parts_reads_and_joins_as_the_whole(shared, tmp_p
     audio = decode(shared / "data/ravdess-speech-16k/Actor_01/03-01-05-02-01-01-01.flac").audio
     words = " ".join(u.text for u in FastTranscriber(str(folder)).transcribe(audio)).lower()
     assert "kids are talking by the door" in words
+
+
+def test_training_can_draw_each_recording_standardised_with_its_speaker_and_alone(tmp_path, monkeypatch):
+    """As served, a short clip is standardised mostly with the prior: training must show the model that view too."""
+    from fusion.training import voice as voice_training
+
+    seen = {}
+    original = voice_training.VoiceFit.__init__
+
+    def spy(self, versions, *args, **options):
+        seen["versions"] = versions
+        original(self, versions, *args, **options)
+
+    monkeypatch.setattr(voice_training.VoiceFit, "__init__", spy)
+    rng = np.random.default_rng(5)
+    clips = [features(rng, 2.0, shift=s) for s in (0.0, 0.0, 3.0, 3.0)]
+    voice_training.fit(
+        clips,
+        ["anger", "neutral", "anger", "neutral"],
+        speakers=["a", "a", "b", "b"],
+        model_config=VoiceConfig(speaker_normalisation=True, members=1),
+        train_config=voice_training.VoiceTrainConfig(epochs=1, batch_size=4, recordings_alone=True),
+    )
+    together, alone = seen["versions"]
+    reference = VoiceExpert(VoiceConfig(speaker_normalisation=True, members=1))
+    reference.set_prior(SpeakerStatistics.of(clips))  # fit's prior: the whole training set
+    for i, clip in enumerate(clips):
+        speaker = clips[:2] if i < 2 else clips[2:]
+        np.testing.assert_allclose(together[i].mel, reference.normalise(clip, SpeakerStatistics.of(speaker)).mel)
+        np.testing.assert_allclose(alone[i].mel, reference.normalise(clip, SpeakerStatistics.of([clip])).mel)
+    assert not np.allclose(together[2].mel, alone[2].mel)

@@ -154,6 +154,9 @@ class VoiceTrainConfig:
     augment: bool = True  # gain, noise and SpecAugment on the log-mel; time stripes of zeroed Whisper states
     bf16: bool = False  # bf16 autocast on the CPU too (on CUDA it is always on)
     seed: int = 0
+    # with speaker normalisation: draw each recording also standardised alone, as a short clip is served (half the
+    # draws). Off in the recipe: measured, not shipped (benchmarks/results/cross_corpus/recordings_alone).
+    recordings_alone: bool = False
 
 
 @dataclass
@@ -234,7 +237,8 @@ def fit(
     validation: scored after every epoch, for the record (history); it chooses nothing, the last epoch is returned.
     groups: one name per example (its corpus): each corpus gets an equal share of every epoch, its classes balanced.
     speakers: one name per example, required for a model with speaker_normalisation: every example is standardised
-        with its speaker's statistics (over all their examples), and the prior is the whole training set's.
+        with its speaker's statistics (over all their examples), and with train_config.recordings_alone also, as
+        one more copy, with its own alone (as a short recording is served); the prior is the whole training set's.
     copies: degraded copies of the training set (SpeechCache.build(copy=k)), each aligned with train; every draw
         reads the original or one of its copies, equally likely. A copy is normalised with the statistics of the
         speaker's recordings in the same copy (the same room and line).
@@ -252,8 +256,14 @@ def fit(
         if speakers is None or len(speakers) != len(train):
             raise ValueError("speaker normalisation needs one speaker per training example")
         model.set_prior(SpeakerStatistics.of(train))
+        # as served, a recording is standardised with its own statistics shrunk towards the prior: mostly its
+        # speaker's in a long interview, mostly the prior's in a 3 s clip (config.recordings_alone shows the
+        # model that view too)
+        alone = (
+            speaker_normalised(model, train, [str(i) for i in range(len(train))]) if config.recordings_alone else None
+        )
         train = speaker_normalised(model, train, speakers)  # validation: predict_proba's, each recording alone
-        copies = [speaker_normalised(model, copy, speakers) for copy in copies]
+        copies = [speaker_normalised(model, copy, speakers) for copy in copies] + ([alone] if alone else [])
     model = model.to(device)
     targets = torch.tensor([model_config.labels.index(label) for label in labels])
     steps_per_epoch = -(-(config.examples_per_epoch or len(train)) // config.batch_size)
@@ -327,6 +337,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (at prediction: the recording's)",
     )
     parser.add_argument(
+        "--recordings-alone",
+        action="store_true",
+        help="with --speaker-normalisation: also train on each recording standardised alone, as a short clip is served",
+    )
+    parser.add_argument(
         "--degraded-copies",
         type=int,
         default=0,
@@ -375,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         bf16=args.bf16,
         seed=args.seed,
+        recordings_alone=args.recordings_alone,
     )
     result = fit(
         [features[i] for i in fit_rows],
