@@ -66,6 +66,24 @@ def copy_packets(source: av.container.InputContainer, output, streams: dict, off
     return end
 
 
+def joined_audio(folder: str | os.PathLike, minutes: float):
+    """The decoded 16 kHz mono audio of the speech files under folder (searched recursively, in name order), joined
+    end to end and cut to the given length: a long stretch of real speech for timing the audio path."""
+    import numpy as np
+
+    from encoders import SAMPLE_RATE
+    from fusion.media.decoding import decode
+
+    needed = int(minutes * 60 * SAMPLE_RATE)
+    pieces, total = [], 0
+    for path in sorted(p for p in Path(folder).rglob("*") if p.suffix in {".flac", ".wav", ".mp4"}):
+        pieces.append(decode(path).audio)
+        total += len(pieces[-1])
+        if total >= needed:
+            break
+    return np.concatenate(pieces)[:needed]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clips", help="folder of clips (*.mp4), concatenated in name order")

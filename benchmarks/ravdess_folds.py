@@ -207,7 +207,7 @@ def _baselines(examples, features, true_native, folds, classes) -> list[dict]:
     return runs
 
 
-def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows, test_rows, classes) -> dict:
+def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows, test_rows, classes) -> list[dict]:
     """Train on the fold's training speakers of the test corpus (if the variant names it) and every speaker of the
     variant's other corpora, for the fixed recipe's epochs; score the fold's test speakers -> one run per view."""
     test_corpus, names = args.test_on, variant.split("+")

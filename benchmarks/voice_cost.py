@@ -27,28 +27,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alignment.timeline import Segment  # noqa: E402
 from benchmarks.child import describe_machine  # noqa: E402
+from benchmarks.long_input import joined_audio  # noqa: E402
 from encoders import SAMPLE_RATE  # noqa: E402
 from encoders.audio import FRAME_SECONDS, log_mel  # noqa: E402
 from encoders.loading import DEFAULT_WHISPER_MODEL  # noqa: E402
 from encoders.whisper_models import load_states_encoder  # noqa: E402
 from encoders.whisper_states import WhisperStates  # noqa: E402
 from fusion.experts.bundle import ExpertBundle  # noqa: E402
-from fusion.media.decoding import decode  # noqa: E402
 from fusion.media.features import RecordingFeatures  # noqa: E402
 
 CHUNK_S = 30.0
 SEGMENT_S = 4.0
-
-
-def joined_audio(folder: Path, minutes: float) -> np.ndarray:
-    needed = int(minutes * 60 * SAMPLE_RATE)
-    pieces, total = [], 0
-    for path in sorted(p for p in folder.rglob("*") if p.suffix in {".flac", ".wav", ".mp4"}):
-        pieces.append(decode(path).audio)
-        total += len(pieces[-1])
-        if total >= needed:
-            break
-    return np.concatenate(pieces)[:needed]
 
 
 def voice_pass(bundle: ExpertBundle, states: WhisperStates, audio: np.ndarray) -> tuple[float, float]:
@@ -91,7 +80,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", required=True, help="markdown file to write")
     args = parser.parse_args()
-    audio = joined_audio(Path(args.clips), args.minutes)
+    audio = joined_audio(args.clips, args.minutes)
     minutes = len(audio) / SAMPLE_RATE / 60
     rows = []
     for folder in args.bundle:

@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import describe_machine  # noqa: E402
+from benchmarks.long_input import joined_audio  # noqa: E402
 from encoders import SAMPLE_RATE
 from encoders.asr import Transcriber  # noqa: E402
 from encoders.whisper_states import WINDOW_SAMPLES, WhisperStates  # noqa: E402
-from fusion.media.decoding import decode  # noqa: E402
 
 
 def main() -> None:
@@ -35,14 +35,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="markdown file to write")
     args = parser.parse_args()
 
-    needed = int(args.minutes * 60 * SAMPLE_RATE)
-    pieces, total = [], 0
-    for path in sorted(p for p in Path(args.clips).rglob("*") if p.suffix in {".flac", ".wav", ".mp4"}):
-        pieces.append(decode(path).audio)
-        total += len(pieces[-1])
-        if total >= needed:
-            break
-    audio = np.concatenate(pieces)[:needed]
+    audio = joined_audio(args.clips, args.minutes)
     states = WhisperStates(Transcriber().model, blocks=args.blocks)
     states(audio[:WINDOW_SAMPLES])  # warm-up
     seconds = []

@@ -259,11 +259,10 @@ def fit(
         # as served, a recording is standardised with its own statistics shrunk towards the prior: mostly its
         # speaker's in a long interview, mostly the prior's in a 3 s clip (config.recordings_alone shows the
         # model that view too)
-        alone = (
-            speaker_normalised(model, train, [str(i) for i in range(len(train))]) if config.recordings_alone else None
-        )
+        each_alone = [str(i) for i in range(len(train))]
+        alone = [speaker_normalised(model, train, each_alone)] if config.recordings_alone else []
         train = speaker_normalised(model, train, speakers)  # validation: predict_proba's, each recording alone
-        copies = [speaker_normalised(model, copy, speakers) for copy in copies] + ([alone] if alone else [])
+        copies = [speaker_normalised(model, copy, speakers) for copy in copies] + alone
     model = model.to(device)
     targets = torch.tensor([model_config.labels.index(label) for label in labels])
     steps_per_epoch = -(-(config.examples_per_epoch or len(train)) // config.batch_size)
