@@ -24,8 +24,8 @@ def run_python(code: str) -> dict:
 
 def run_sampled(command: list[str], every_s: float) -> dict:
     """Run command, sampling the RSS of its whole process tree (it and its children) every every_s seconds ->
-    {"seconds", "samples": [(seconds, GB), ...], "peak_gb", "stderr_lines"}. RuntimeError with its stderr if it
-    fails."""
+    {"seconds", "samples": [(seconds, GB), ...], "peak_gb", "stderr_lines", "parts": [(seconds, GB of the process
+    itself, GB of its children), ...]}. RuntimeError with its stderr if it fails."""
     import subprocess
     import time
 
@@ -33,13 +33,15 @@ def run_sampled(command: list[str], every_s: float) -> dict:
 
     started = time.perf_counter()
     process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    samples = []
+    samples, parts = [], []
     while process.poll() is None:
         try:
-            tree = [process, *process.children(recursive=True)]
-            rss = sum(p.memory_info().rss for p in tree)
-            if rss:  # 0 once the processes have exited
-                samples.append((time.perf_counter() - started, rss / 1e9))
+            own = process.memory_info().rss
+            children = sum(p.memory_info().rss for p in process.children(recursive=True))
+            if own + children:  # 0 once the processes have exited
+                now = time.perf_counter() - started
+                samples.append((now, (own + children) / 1e9))
+                parts.append((now, own / 1e9, children / 1e9))
         except psutil.Error:  # a process ended between listing and reading it
             pass
         time.sleep(every_s)
@@ -48,7 +50,13 @@ def run_sampled(command: list[str], every_s: float) -> dict:
     if process.returncode != 0:
         raise RuntimeError(stderr)
     peak = max((gb for _, gb in samples), default=0.0)
-    return {"seconds": seconds, "samples": samples, "peak_gb": peak, "stderr_lines": len(stderr.splitlines())}
+    return {
+        "seconds": seconds,
+        "samples": samples,
+        "peak_gb": peak,
+        "stderr_lines": len(stderr.splitlines()),
+        "parts": parts,
+    }
 
 
 def describe_machine() -> str:

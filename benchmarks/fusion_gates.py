@@ -158,14 +158,22 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="benchmarks/product_path.py's --work folder")
     parser.add_argument("--out", required=True)
     parser.add_argument(
+        "--view",
+        choices=("alone", "together"),
+        default="alone",
+        help="the product path's outputs with each recording read alone (fusion.predict), or each actor's recordings "
+        "together (Predictor.predict_together, fusion evaluate --by-speaker)",
+    )
+    parser.add_argument(
         "--save-learned", help="write the cross-attention fusion trained on every fold here (for fusion bundle)"
     )
     args = parser.parse_args()
     started = time.perf_counter()
     shared, work = Path(args.shared), Path(args.work)
-    folds = sorted(work.glob("fold*/outputs.npz"))
+    suffix = "-together" if args.view == "together" else ""
+    folds = sorted(work.glob(f"fold*/outputs{suffix}.npz"))
     speech = [dict(np.load(f)) for f in folds]
-    clips = [dict(np.load(f.with_name("clips.npz"))) for f in folds]
+    clips = [dict(np.load(f.with_name(f"clips{suffix}.npz"))) for f in folds]
     bundle = ExpertBundle.load(DEFAULT_CHECKPOINT, experts=["text"])
     late = bundle.late_fusion
     rng = np.random.default_rng(0)

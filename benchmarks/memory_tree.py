@@ -6,7 +6,8 @@
 For each length: a recording built from the clips (benchmarks/long_input.py: real speech and a real face
 throughout), scored by `fusion score FILE --out scores.jsonl --quiet` as a user runs it; the RSS of the scoring
 process and all its children (the decoding process) summed, sampled every SAMPLE_S seconds. The table gives the
-peak and the RSS at each tenth of the run; results.json keeps every sample.
+peak, the peak of each process (the models' process; the decoding process) and the RSS at each tenth of the run;
+results.json keeps every sample.
 """
 
 from __future__ import annotations
@@ -55,14 +56,19 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min.",
         "",
-        "| recording | scoring wall s | peak GB | GB at each tenth of the run |",
-        "|---|---|---|---|",
+        "| recording | scoring wall s | peak GB | models' process, peak GB | decoding process, peak GB "
+        "| GB at each tenth of the run |",
+        "|---|---|---|---|---|---|",
     ]
     for minutes, run in report["runs"].items():
         samples = [sample for sample in run["samples"] if sample[1] > 0]  # not the instant the processes exited
         tenths = [samples[min(len(samples) - 1, round(k * (len(samples) - 1) / 10))][1] for k in range(1, 11)]
         curve = ", ".join(f"{gb:.2f}" for gb in tenths)
-        lines.append(f"| {minutes} min | {run['seconds']:.0f} | {run['peak_gb']:.2f} | {curve} |")
+        own = max((p[1] for p in run.get("parts", ())), default=float("nan"))
+        children = max((p[2] for p in run.get("parts", ())), default=float("nan"))
+        lines.append(
+            f"| {minutes} min | {run['seconds']:.0f} | {run['peak_gb']:.2f} | {own:.2f} | {children:.2f} | {curve} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -5,14 +5,17 @@ the voice never heard.
         --out benchmarks/results/product_path
 
 Folds over RAVDESS actors 01-18 (speaker-independent). For each fold the voice expert is trained by the shipped
-recipe (the settings in fusion/checkpoints/default/voice/config.json: RAVDESS training actors and all of nEMO, 3
-members, bf16, 2,160 draws an epoch, 15 epochs), then scored on the fold's test actors two ways:
+recipe (fusion/checkpoints/default/voice/config.json: its corpora with RAVDESS's test actors left out, its model and
+training settings, speaker normalisation included), then scored on the fold's test actors:
 
-- the benchmark path: each file read whole from the speech cache (float32 Whisper states), predict_proba;
+- the benchmark path: each file read whole from the speech cache (float32 Whisper states), predict_proba; for a voice
+  with speaker normalisation in two views: each test actor's recordings standardised together (the expert's own
+  benchmark, as benchmarks/ravdess_folds.py scores it) and each recording alone (what a short clip gets);
 - the product path: a copy of the shipped bundle with this voice expert, each file through Predictor.predict
   (decoding, VAD, Whisper's segments, bf16 states, the experts, the fusion), its label the summary's, exactly as
   `fusion evaluate` scores it; the experts' outputs per segment are saved (work/fold*/outputs.npz) so that fusions
-  can be compared on them (benchmarks/fusion_gates.py).
+  can be compared on them (benchmarks/fusion_gates.py). Again with each actor's recordings read together
+  (Predictor.predict_together, as `fusion evaluate --by-speaker`): work/fold*/outputs-together.npz.
 
 Beside them, in the same run and folds, the pooled Whisper block-3 states + logistic regression probe trained on the
 fold's training actors. The 11 audio-visual clips go through the fold bundle that did not hear their actor.
@@ -38,7 +41,7 @@ from benchmarks.child import describe_machine, write_results
 from fusion.experts.voice import VoiceConfig, VoiceExpert, predict_proba, to_canonical, voice_label
 from fusion.labels import EMOTIONS, MODALITIES, ravdess_fields
 from fusion.serving.predictor import DEFAULT_CHECKPOINT, Predictor
-from fusion.training.datasets import nemo, ravdess
+from fusion.training.datasets import from_specs, ravdess
 from fusion.training.metrics import score
 from fusion.training.splits import speaker_folds
 from fusion.training.voice import SpeechCache, VoiceTrainConfig, fit
@@ -56,12 +59,19 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     shared, work = Path(args.shared), Path(args.work)
+    shipped = json.loads((DEFAULT_CHECKPOINT / "voice" / "config.json").read_text())
+    corpora = {spec.split("=", 1)[0]: spec for spec in shipped["training"]["data"]}
     speech = ravdess(shared / "data/ravdess-speech-16k").examples
-    polish = nemo(shared / "data/nemo-pl").examples
+    others = from_specs(  # the recipe's other corpora, read from this run's shared data folder
+        [
+            f"{kind}={shared / 'data' / Path(spec.split('=', 1)[1]).name}"
+            for kind, spec in corpora.items()
+            if kind != "ravdess"
+        ]
+    ).examples
     cache = SpeechCache(args.cache)
     speech_features, _ = cache.build([e.path for e in speech], progress=False)
-    polish_features, _ = cache.build([e.path for e in polish], progress=False)
-    shipped = json.loads((DEFAULT_CHECKPOINT / "voice" / "config.json").read_text())
+    other_features, _ = cache.build([e.path for e in others], progress=False)
     clips = sorted((shared / "data/av-clips/ravdess").glob("*.mp4"))
     report = {"command": " ".join(["python -m benchmarks.product_path", *sys.argv[1:]]), "machine": describe_machine()}
     report["recipe"] = shipped["training"]["config"]
@@ -73,8 +83,8 @@ def main() -> None:
             folder / "voice",
             [speech[i] for i in train],
             [speech_features[i] for i in train],
-            polish,
-            polish_features,
+            others,
+            other_features,
             shipped,
         )
         record = {"fold": k, "test_actors": actors}
@@ -89,8 +99,15 @@ def main() -> None:
         )
         bundle = _bundle(folder / "bundle", folder / "voice")
         mine = [c for c in clips if f"ravdess:{ravdess_fields(c)['actor']}" in actors]
-        _product_path(bundle, [speech[i] for i in test], folder / "outputs.npz")
-        _product_path(bundle, [(c, _clip_label(c)) for c in mine], folder / "clips.npz")
+        clip_items = [(c, _clip_label(c), f"ravdess:{ravdess_fields(c)['actor']}") for c in mine]
+        for together, suffix in ((False, ""), (True, "-together")):
+            _product_path(
+                bundle,
+                [(e.path, e.label, e.speaker) for e in (speech[i] for i in test)],
+                folder / f"outputs{suffix}.npz",
+                together=together,
+            )
+            _product_path(bundle, clip_items, folder / f"clips{suffix}.npz", together=together)
         record["seconds"] = time.perf_counter() - started
         report["folds"].append(record)
         print(
@@ -104,16 +121,17 @@ def main() -> None:
     write_results(report, Path(args.out), markdown)
 
 
-def _voice(folder: Path, train, train_features, polish, polish_features, shipped) -> VoiceExpert:
+def _voice(folder: Path, train, train_features, others, other_features, shipped) -> VoiceExpert:
     """The fold's voice expert by the shipped recipe (read back when trained before; resumable)."""
     if (folder / "config.json").is_file():
         return VoiceExpert.load(folder)
-    examples, features = list(train) + list(polish), list(train_features) + list(polish_features)
+    examples, features = list(train) + list(others), list(train_features) + list(other_features)
     config = VoiceTrainConfig(**shipped["training"]["config"])
     result = fit(
         features,
         [voice_label(e.dataset, e.label, e.native_label) for e in examples],
         groups=[e.dataset for e in examples],
+        speakers=[e.speaker for e in examples],
         model_config=VoiceConfig(
             **shipped["model"] | {k: tuple(shipped["model"][k]) for k in ("labels", "whisper_blocks")}
         ),
@@ -127,17 +145,29 @@ def _voice(folder: Path, train, train_features, polish, polish_features, shipped
 
 def _benchmark_path(model, examples, features, out: Path) -> dict:
     """The files read whole from the speech cache; their canonical probabilities saved to out, as `fusion ablate
-    --out-of-fold audio=FOLDER` reads them."""
-    probabilities = predict_proba(model, features)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, paths=np.array([e.path for e in examples]), probabilities=to_canonical(probabilities))
-    eight = [model.config.labels[k] for k in probabilities.argmax(1)]
-    true8 = [voice_label(e.dataset, e.label, e.native_label) for e in examples]
-    seven = [EMOTIONS[k] for k in to_canonical(probabilities).argmax(1)]
-    return {
-        "8": score(true8, eight, model.config.labels).as_dict(),
-        "7": score([e.label for e in examples], seven, EMOTIONS).as_dict(),
-    }
+    --out-of-fold audio=FOLDER` reads them. With speaker normalisation, each actor's recordings standardised
+    together (saved) and, under "alone", each recording alone."""
+    views = {"together": [e.speaker for e in examples]}
+    if model.config.speaker_normalisation:
+        views["alone"] = None
+    result = {}
+    for view, speakers in views.items():
+        probabilities = predict_proba(model, features, speakers=speakers)
+        if view == "together":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(out, paths=np.array([e.path for e in examples]), probabilities=to_canonical(probabilities))
+        eight = [model.config.labels[k] for k in probabilities.argmax(1)]
+        true8 = [voice_label(e.dataset, e.label, e.native_label) for e in examples]
+        seven = [EMOTIONS[k] for k in to_canonical(probabilities).argmax(1)]
+        scores = {
+            "8": score(true8, eight, model.config.labels).as_dict(),
+            "7": score([e.label for e in examples], seven, EMOTIONS).as_dict(),
+        }
+        if view == "together":
+            result |= scores
+        else:
+            result["alone"] = scores
+    return result
 
 
 def _pooled(features) -> np.ndarray:
@@ -168,17 +198,29 @@ def _clip_label(clip: Path) -> str:
     return ravdess_label(clip.name)
 
 
-def _product_path(bundle: Path, items, out: Path) -> None:
-    """Each item through Predictor.predict with the fold bundle; per file its label and, per segment, its
-    duration and each expert's probabilities (NaN where absent), saved to out (skipped when there)."""
+def _product_path(bundle: Path, items, out: Path, *, together: bool) -> None:
+    """Each (path, label, speaker) item through Predictor.predict with the fold bundle (together: each speaker's
+    recordings through Predictor.predict_together, as `fusion evaluate --by-speaker` reads them); per file its
+    label and, per segment, its duration and each expert's probabilities (NaN where absent), saved to out (skipped
+    when there)."""
     if out.is_file():
         return
     predictor = Predictor(bundle)
+    if together:
+        groups: dict[str, list[int]] = {}
+        for number, (_, _, speaker) in enumerate(items):
+            groups.setdefault(speaker, []).append(number)
+        predictions = [None] * len(items)
+        for rows in groups.values():
+            for row, prediction in zip(rows, predictor.predict_together([str(items[i][0]) for i in rows])):
+                if isinstance(prediction, Exception):
+                    raise prediction
+                predictions[row] = prediction
+    else:
+        predictions = [predictor.predict(str(path)) for path, _, _ in items]
     paths, labels, durations, index, outputs = [], [], [], [], {m: [] for m in MODALITIES}
-    for number, item in enumerate(items):
-        path, label = (item.path, item.label) if hasattr(item, "path") else (str(item[0]), item[1])
-        prediction = predictor.predict(path)
-        paths.append(path)
+    for number, ((path, label, _), prediction) in enumerate(zip(items, predictions)):
+        paths.append(str(path))
         labels.append(label)
         durations.append((prediction.timeline["end"] - prediction.timeline["start"]).to_numpy())
         index.append(np.full(len(prediction.timeline), number))
@@ -203,24 +245,21 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min (training included).",
         "",
-        "| fold | test actors | voice, benchmark path, UA 8 classes | UA 7 classes | probe, UA 7 classes |",
-        "|---|---|---|---|---|",
+        "| fold | test actors | voice, benchmark path, UA 8 classes | UA 7 classes "
+        "| each recording alone, UA 7 classes | probe, UA 7 classes |",
+        "|---|---|---|---|---|---|",
     ]
+    columns = (
+        lambda f: f["benchmark_path"]["8"]["ua"],
+        lambda f: f["benchmark_path"]["7"]["ua"],
+        lambda f: f["benchmark_path"].get("alone", {}).get("7", {}).get("ua", np.nan),
+        lambda f: f["probe"]["ua"],
+    )
     for f in report["folds"]:
-        lines.append(
-            f"| {f['fold']} | {', '.join(a.split(':')[1] for a in f['test_actors'])} "
-            f"| {100 * f['benchmark_path']['8']['ua']:.1f} | {100 * f['benchmark_path']['7']['ua']:.1f} "
-            f"| {100 * f['probe']['ua']:.1f} |"
-        )
-    mean = {
-        key: 100 * np.mean([get(f) for f in report["folds"]])
-        for key, get in (
-            ("8", lambda f: f["benchmark_path"]["8"]["ua"]),
-            ("7", lambda f: f["benchmark_path"]["7"]["ua"]),
-            ("probe", lambda f: f["probe"]["ua"]),
-        )
-    }
-    lines.append(f"| mean | | {mean['8']:.1f} | {mean['7']:.1f} | {mean['probe']:.1f} |")
+        cells = " | ".join(f"{100 * get(f):.1f}" for get in columns)
+        lines.append(f"| {f['fold']} | {', '.join(a.split(':')[1] for a in f['test_actors'])} | {cells} |")
+    means = " | ".join(f"{100 * np.mean([get(f) for f in report['folds']]):.1f}" for get in columns)
+    lines.append(f"| mean | | {means} |")
     return "\n".join(lines) + "\n"
 
 

@@ -95,6 +95,12 @@ def build_parser(full=HEAVY) -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--confusion", metavar="PNG", help="also draw the confusion matrix (of the last --experts) to this picture"
     )
+    evaluate.add_argument(
+        "--by-speaker",
+        action="store_true",
+        help="read each speaker's recordings together: the voice standardises them with that speaker's statistics "
+        "over all of them, as it does one long recording (default: each recording alone, as fusion.predict)",
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--checkpoint", help="bundle folder (default: $FUSION_CHECKPOINT or the shipped model)")
     evaluate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -255,8 +261,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             check_writable(path)  # before any model loads
     needed = sorted({name for subset in args.experts or () for name in subset}) or None
     predictor = Predictor(args.checkpoint, sources=_sources(args), device=args.device, experts=needed)
-    progress = None if args.quiet else (lambda items: tqdm(items, desc="evaluate", unit="file"))
-    results = evaluate(predictor, args.data, subsets=args.experts, progress=progress)
+    unit = "speaker" if args.by_speaker else "file"
+    progress = None if args.quiet else (lambda items: tqdm(items, desc="evaluate", unit=unit))
+    results = evaluate(predictor, args.data, subsets=args.experts, progress=progress, by_speaker=args.by_speaker)
     if args.format == "json":
         text = json.dumps([r.to_dict() for r in results], indent=1) + "\n"
     else:

@@ -43,15 +43,17 @@ class Evaluation:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files that could not be predicted
     predictions: list[dict] = field(default_factory=list)  # per file: path, label, predicted, probabilities
     seconds: float = 0.0  # of the whole run (all subsets: each file is predicted once)
+    by_speaker: bool = False  # each speaker's recordings read together (Predictor.predict_together)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def table(self) -> str:
         s = self.scores
+        together = ", each speaker's recordings together" if self.by_speaker else ""
         lines = [
             f"{', '.join(self.data)}: {self.files} files through fusion.predict, experts {'+'.join(self.experts)}"
-            f" (model {self.model_id}), {self.seconds:.0f} s",
+            f" (model {self.model_id}{together}), {self.seconds:.0f} s",
             f"UA {100 * s['ua']:.1f}  WA {100 * s['wa']:.1f}  macro-F1 {100 * s['macro_f1']:.1f}  "
             f"weighted F1 {100 * s['weighted_f1']:.1f}  ECE {100 * self.ece:.1f}",
             "recall: " + ", ".join(f"{label} {100 * r:.0f}" for label, r in s["recall"].items()),
@@ -75,29 +77,55 @@ def examples_of(data: str) -> list[Example]:
 
 
 def evaluate(
-    predictor: Predictor, data: Sequence[str], *, subsets: Sequence[Sequence[str]] | None = None, progress=None
+    predictor: Predictor,
+    data: Sequence[str],
+    *,
+    subsets: Sequence[Sequence[str]] | None = None,
+    progress=None,
+    by_speaker: bool = False,
 ) -> list[Evaluation]:
     """Score every example of data (see examples_of) through predictor.predict, once per subset of the predictor's
     experts (default: all of them together). Each file is predicted once: a subset's answer is the bundle's fusion
-    of those experts' outputs per segment, which is what a Predictor with only those experts gives."""
+    of those experts' outputs per segment, which is what a Predictor with only those experts gives.
+
+    by_speaker: the recordings of one speaker (the data's speaker column) go through predictor.predict_together,
+    so that a voice expert with speaker normalisation reads each with its speaker's statistics over all of them, as
+    it reads the segments of one long interview; recordings without a speaker are predicted alone."""
     started = time.perf_counter()
     subsets = [tuple(subset) for subset in subsets] if subsets else [predictor.experts]
     examples = [e for spec in data for e in examples_of(spec)]
-    rows = {subset: [] for subset in subsets}
+    groups: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        key = example.speaker if by_speaker and example.speaker else f"#{index}"
+        groups.setdefault(key, []).append(index)
+    predictions: list[Prediction | FusionError | None] = [None] * len(examples)
+    for rows in progress(list(groups.values())) if progress else groups.values():
+        if len(rows) == 1:
+            try:
+                predictions[rows[0]] = predictor.predict(examples[rows[0]].path)
+            except FusionError as error:
+                predictions[rows[0]] = error
+        else:
+            for row, outcome in zip(rows, predictor.predict_together([examples[i].path for i in rows])):
+                predictions[row] = outcome
+    rows_of = {subset: [] for subset in subsets}
     errors = []
-    for example in progress(examples) if progress else examples:
-        try:
-            prediction = predictor.predict(example.path)
-        except FusionError as error:  # this file's (unreadable, no modality, ...): a miss in every subset, reported
-            errors.append((example.path, str(error)))
+    for example, prediction in zip(examples, predictions):
+        if isinstance(prediction, FusionError):  # this file's (unreadable, no modality, ...): a miss, reported
+            errors.append((example.path, str(prediction)))
             prediction = None
         for subset in subsets:
             summary = None if prediction is None else subset_summary(prediction, predictor.bundle, subset)
             p = [summary.probabilities[e] for e in EMOTIONS] if summary is not None and summary.label else None
             guess = summary.label if p is not None else NONE
-            rows[subset].append({"path": example.path, "label": example.label, "predicted": guess, "probabilities": p})
+            rows_of[subset].append(
+                {"path": example.path, "label": example.label, "predicted": guess, "probabilities": p}
+            )
     seconds = time.perf_counter() - started
-    return [_evaluation(data, subset, predictor.model_id, rows[subset], errors, seconds) for subset in subsets]
+    return [
+        _evaluation(data, subset, predictor.model_id, rows_of[subset], errors, seconds, by_speaker)
+        for subset in subsets
+    ]
 
 
 def subset_summary(prediction: Prediction, bundle: ExpertBundle, experts: Sequence[str]) -> Summary:
@@ -108,7 +136,7 @@ def subset_summary(prediction: Prediction, bundle: ExpertBundle, experts: Sequen
     return weighted_summary(timeline, prediction.labels)
 
 
-def _evaluation(data, subset, model_id, rows, errors, seconds) -> Evaluation:
+def _evaluation(data, subset, model_id, rows, errors, seconds, by_speaker) -> Evaluation:
     labels = [r["label"] for r in rows]
     predicted = [r["predicted"] for r in rows]
     known = [r for r in rows if r["probabilities"] is not None]
@@ -117,7 +145,9 @@ def _evaluation(data, subset, model_id, rows, errors, seconds) -> Evaluation:
         probabilities = np.array([r["probabilities"] for r in known])
         ece = expected_calibration_error(probabilities, np.array([EMOTIONS.index(r["label"]) for r in known]))
     scores = score(labels, predicted, (*EMOTIONS, NONE) if NONE in predicted else EMOTIONS)
-    return Evaluation(list(data), list(subset), model_id, len(rows), scores.as_dict(), ece, errors, rows, seconds)
+    return Evaluation(
+        list(data), list(subset), model_id, len(rows), scores.as_dict(), ece, errors, rows, seconds, by_speaker
+    )
 
 
 def plot_confusion(evaluation: Evaluation, path: str | os.PathLike) -> None:

@@ -65,3 +65,38 @@ def test_subsets_in_one_run_are_what_a_predictor_with_only_those_experts_gives(l
             a["probabilities"], b["probabilities"], atol=1e-9
         )
     assert both[1].experts == ["voice", "text"] and len(both[1].predictions) == 7
+
+
+def test_by_speaker_reads_each_speakers_recordings_together_and_a_bad_one_costs_nothing(labelled):
+    """The voice normalises by speaker: with --by-speaker a speaker's clips share that speaker's statistics. A
+    speaker with one clip gets what fusion.predict gives; the others get other voice outputs, whatever the order of
+    their clips; the broken file, among actor 09's clips, is an error of its own."""
+    from fusion.evaluation import evaluate
+    from fusion.serving.predictor import Predictor
+
+    predictor = Predictor(experts=["voice"])
+    rows = (labelled / "set.csv").read_text().splitlines()
+    rows[-1] = rows[-1].rsplit(",", 1)[0] + ",09"
+    data = labelled / "by_speaker.csv"
+    data.write_text("\n".join(rows) + "\n")
+    (alone,) = evaluate(predictor, [str(data)])
+    (together,) = evaluate(predictor, [str(data)], by_speaker=True)
+    assert together.by_speaker and not alone.by_speaker
+    assert [r["path"] for r in together.predictions] == [r["path"] for r in alone.predictions]
+    assert [path for path, _ in together.errors] == [path for path, _ in alone.errors] == [rows[-1].split(",")[0]]
+    speakers = [row.rsplit(",", 1)[1] for row in rows[1:]]
+    single = [i for i, s in enumerate(speakers) if speakers.count(s) == 1 and i < len(speakers) - 1]
+    shared = [i for i, s in enumerate(speakers) if s == "09" and i < len(speakers) - 1]
+    assert single and len(shared) >= 2
+    for i in single:
+        assert together.predictions[i]["probabilities"] == pytest.approx(alone.predictions[i]["probabilities"])
+    differs = [
+        np.abs(np.subtract(together.predictions[i]["probabilities"], alone.predictions[i]["probabilities"])).max()
+        for i in shared
+    ]
+    assert max(differs) > 1e-3
+    paths = [together.predictions[i]["path"] for i in shared]
+    backwards = predictor.predict_together(paths[::-1])[::-1]
+    for i, prediction in zip(shared, backwards):
+        probabilities = [prediction.summary.probabilities[e] for e in EMOTIONS]
+        assert probabilities == pytest.approx(together.predictions[i]["probabilities"], abs=1e-5)

@@ -35,6 +35,36 @@ def test_pieces_of_a_recording_give_what_the_whole_gives(detector, ravdess_clips
     assert (pieces == whole).mean() > 0.97
 
 
+def test_the_onnx_model_gives_the_torchscript_models_probabilities(detector, ravdess_clips):
+    """The same package's TorchScript model, run frame by frame as its own utilities run it, agrees with the ONNX
+    file that the detector runs without torch."""
+    torch = pytest.importorskip("torch")
+    from silero_vad import load_silero_vad
+
+    audio = decode(ravdess_clips[0]).audio
+    detector.reset()
+    ours = detector.probabilities(audio)
+    scripted = load_silero_vad()
+    frames = torch.from_numpy(audio[: len(ours) * 512].copy()).view(-1, 512)
+    theirs = np.array([scripted(frame, 16_000).item() for frame in frames])
+    assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_the_decoding_process_imports_no_torch():
+    """The decoding process runs the detector; torch would cost it about 200 MB of memory."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fusion.media import decode_worker; from encoders.vad import SpeechDetector; "
+        "SpeechDetector(); print('torch' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
+
+
 def test_speech_at_widens_speech_by_the_hangover():
     speech = np.zeros(100, bool)
     speech[50:60] = True  # 1.6 s to 1.92 s after the start

@@ -183,14 +183,18 @@ class ExpertBundle:
         return self.text.words.device if hasattr(self.text, "words") else self.text.members[0].words.device
 
     def segment_probabilities(
-        self, piece: RecordingFeatures, segments: Sequence[Segment], voice_statistics: list | None = None
+        self,
+        piece: RecordingFeatures,
+        segments: Sequence[Segment],
+        voice_statistics: list | SpeakerStatistics | None = None,
     ) -> dict[str, np.ndarray]:
         """{modality: (len(segments), len(EMOTIONS)) probabilities, NaN rows where the segment lacks it} for a
         fusion.media.features.RecordingFeatures piece (whisper_states computed when there is a voice expert).
 
-        voice_statistics: for a voice expert with speaker normalisation, the recording's so far (a list holding one
+        voice_statistics, for a voice expert with speaker normalisation: the recording's so far (a list holding one
         SpeakerStatistics, or empty at its start), which this piece's voiced segments are added to before they are
-        standardised with them; None: this piece alone."""
+        standardised with them; or a SpeakerStatistics used as it is (the speaker's, gathered beforehand over
+        several recordings: :meth:`voice_statistics`); None: this piece alone."""
         n = len(segments)
         out = {m: np.full((n, len(EMOTIONS)), np.nan, np.float32) for m in FOLDERS}
         if not n:
@@ -229,7 +233,18 @@ class ExpertBundle:
             out[modality] = np.where(present, log_fused - np.log(np.clip(without[rows, label], EPS, 1.0)), np.nan)
         return out
 
-    def _voice(self, piece: RecordingFeatures, segments: Sequence[Segment], out: np.ndarray, statistics: list) -> None:
+    def voice_statistics(self, piece: RecordingFeatures, segments: Sequence[Segment]) -> SpeakerStatistics | None:
+        """The speaker statistics of what the voice expert reads in this piece's segments (None: nothing voiced, or
+        a voice expert without speaker normalisation); sums of them over a speaker's recordings can be handed to
+        :meth:`segment_probabilities`."""
+        if self.voice is None or piece.mel is None or not self.voice.config.speaker_normalisation:
+            return None
+        _, items = self._voice_items(piece, segments)
+        return SpeakerStatistics.of([SpeechFeatures(m, s[None]) for m, s in items]) if items else None
+
+    def _voice_items(self, piece: RecordingFeatures, segments: Sequence[Segment]) -> tuple[list[int], list]:
+        """The rows of the segments the voice speaks for, and for each the (log-mel, states) it reads: the segment
+        with voice_context_s of the recording on either side, where the detector hears at least MIN_VOICE_S."""
         if piece.whisper_states is None:
             raise ValueError("the voice expert needs Whisper states: extract features with whisper_blocks set")
         mel_times = piece.start + np.arange(len(piece.mel)) * FRAME_SECONDS
@@ -248,11 +263,19 @@ class ExpertBundle:
             if len(mel) * FRAME_SECONDS >= MIN_VOICE_S and len(states):
                 items.append((mel, states))
                 rows.append(i)
+        return rows, items
+
+    def _voice(self, piece: RecordingFeatures, segments: Sequence[Segment], out: np.ndarray, statistics) -> None:
+        rows, items = self._voice_items(piece, segments)
         if items and self.voice.config.speaker_normalisation:
-            # the recording's speaker statistics so far, this piece's voiced segments included (chunks stream by)
             read = [SpeechFeatures(m, s[None]) for m, s in items]
-            statistics[:] = [SpeakerStatistics.of(read) + statistics[0] if statistics else SpeakerStatistics.of(read)]
-            items = [(f.mel, f.states[0]) for f in (self.voice.normalise(r, statistics[0]) for r in read)]
+            if not isinstance(statistics, SpeakerStatistics):
+                # the recording's speaker statistics so far, this piece's voiced segments included (chunks stream by)
+                statistics[:] = [
+                    SpeakerStatistics.of(read) + statistics[0] if statistics else SpeakerStatistics.of(read)
+                ]
+                statistics = statistics[0]
+            items = [(f.mel, f.states[0]) for f in (self.voice.normalise(r, statistics) for r in read)]
         device = self.device
         for first in range(0, len(items), VOICE_BATCH):
             batch = items[first : first + VOICE_BATCH]

@@ -23,7 +23,6 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
-import torch
 
 from encoders import SAMPLE_RATE
 from encoders.face_detection import FaceDetector, FaceFinder, FrameFaces
@@ -307,7 +306,6 @@ def serve(requests: BinaryIO, replies: BinaryIO, *, fps: float, face_model: str 
     cores, threads of its own (FFmpeg's, OpenCV's) slowed Whisper more than they sped the worker up.
     """
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
     detector = FaceDetector(face_model)
     vad = SpeechDetector()
     while True:

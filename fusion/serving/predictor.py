@@ -26,8 +26,9 @@ import torch
 from alignment import DEFAULT_WINDOW_S, Segment, make_segments
 from encoders.loading import EncoderSources
 from encoders.runtime import pick_device
-from fusion.errors import CheckpointError, NoModalityError
+from fusion.errors import CheckpointError, FusionError, NoModalityError
 from fusion.experts.bundle import ExpertBundle, bundle_digest, is_bundle, read_bundle_config
+from fusion.experts.voice import SpeakerStatistics
 from fusion.labels import MODALITIES
 from fusion.media.decoding import DEFAULT_FPS
 from fusion.media.features import FeatureExtractor, RecordingFeatures
@@ -124,6 +125,53 @@ class Predictor:
         timings["total"] = time.perf_counter() - start
         return result
 
+    def predict_together(
+        self, paths: Sequence[str | os.PathLike], *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
+    ) -> list[Prediction | FusionError]:
+        """Recordings of one speaker (e.g. short clips of one person), each predicted as :meth:`predict` does, except
+        that a voice expert with speaker normalisation reads every one of them standardised with the statistics of
+        all of them, as it does the segments of one long recording. One Prediction per path, or the FusionError that
+        path raised (unreadable, no modality), so that one bad file costs the others nothing.
+
+        Every recording's features are held until all are read: meant for short recordings (a long one gathers its
+        speaker's statistics by itself). No diarization: the recordings are one speaker's.
+        """
+        read: list[list[RecordingFeatures] | FusionError] = []
+        for path in paths:
+            timings: dict[str, float] = {}
+            try:
+                pieces = list(
+                    self.extractor.stream(path, chunk_s=self.chunk_s, background=self.background, timings=timings)
+                )
+            except FusionError as error:
+                read.append(error)
+                continue
+            read.append(pieces)
+        statistics = None
+        for pieces in read:
+            for piece in pieces if isinstance(pieces, list) else ():
+                timeline = make_segments(
+                    piece.utterances, piece.duration, start=piece.start, mode=segments, window_s=window_s
+                )
+                more = self.bundle.voice_statistics(piece, timeline)
+                if more is not None:
+                    statistics = more if statistics is None else statistics + more
+        out: list[Prediction | FusionError] = []
+        for pieces in read:
+            if not isinstance(pieces, list):
+                out.append(pieces)
+                continue
+            timings = dict(pieces[0].timings) if pieces else {}
+            try:
+                out.append(
+                    self._predict_pieces(
+                        pieces, segments=segments, window_s=window_s, timings=timings, voice_statistics=statistics
+                    )
+                )
+            except FusionError as error:
+                out.append(error)
+        return out
+
     def predict_features(
         self, features: RecordingFeatures, *, segments: str = "utterance", window_s: float = DEFAULT_WINDOW_S
     ) -> Prediction:
@@ -132,12 +180,20 @@ class Predictor:
         return self._predict_pieces([features], segments=segments, window_s=window_s, timings=timings)
 
     def _predict_pieces(
-        self, pieces: Iterable[RecordingFeatures], *, segments: str, window_s: float, timings: dict[str, float]
+        self,
+        pieces: Iterable[RecordingFeatures],
+        *,
+        segments: str,
+        window_s: float,
+        timings: dict[str, float],
+        voice_statistics: SpeakerStatistics | None = None,
     ) -> Prediction:
         """A recording given as consecutive pieces (chunks): each segment is scored by the experts from what lies
-        inside it, so each piece is done once its features are extracted."""
+        inside it, so each piece is done once its features are extracted. voice_statistics: the speaker's, gathered
+        beforehand (None: the recording's own, added up piece by piece)."""
         path, end, modalities, damaged, parts, outputs = None, 0.0, set(), [], [], []
-        voice_statistics: list = []  # the recording's speaker statistics, for a voice expert that normalises
+        # the recording's speaker statistics, added up piece by piece, for a voice expert that normalises
+        statistics = [] if voice_statistics is None else voice_statistics
         for piece in pieces:
             release_free_memory()
             path, end = piece.path, piece.start + piece.duration
@@ -147,7 +203,7 @@ class Predictor:
                 piece.utterances, piece.duration, start=piece.start, mode=segments, window_s=window_s
             )
             start = time.perf_counter()
-            experts = self.bundle.segment_probabilities(piece, timeline, voice_statistics)
+            experts = self.bundle.segment_probabilities(piece, timeline, statistics)
             fused = self.bundle.fuse(experts)
             attribution = self.bundle.attribution(experts, fused)
             _add(timings, "experts", start)
