@@ -33,7 +33,7 @@ import av
 import numpy as np
 import soundfile
 
-from benchmarks.child import describe_machine
+from benchmarks.child import describe_machine, write_markdown
 from benchmarks.speakers import trimmed
 from encoders import SAMPLE_RATE
 from encoders.vad import FRAME_SECONDS, SpeechDetector
@@ -203,9 +203,7 @@ def main() -> None:
         f"| {r['recording']} | {r['start']:.2f}-{r['end']:.2f} | {r['speaker']} | {r['truth']} | {r['answer']} |"
         for r in rows
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,14 @@ def describe_machine() -> str:
     )
 
 
+def write_markdown(lines: list[str], out: str | os.PathLike) -> None:
+    """lines as the markdown file out (its folder created), and printed."""
+    text = "\n".join(lines) + "\n"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    print(text, end="")
+
+
 def write_results(report: dict, out: Path, markdown: Callable[[dict], str]) -> None:
     """report as out/results.json and markdown(report) as out/results.md (printed too); out is created."""
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.child import describe_machine  # noqa: E402
+from benchmarks.child import describe_machine, write_markdown  # noqa: E402
 from benchmarks.cross_corpus import CORPORA, corpus_classes, leave_one_out, load_corpora, restricted_decision  # noqa: E402
 from benchmarks.voice_baselines import PROBE_C, PROBE_MAX_ITER  # noqa: E402
 from encoders.ct2_whisper import load_encoder  # noqa: E402
@@ -129,9 +129,7 @@ def main() -> None:
     for block, values in rows.items():
         cells = " | ".join(f"{values[c] * 100:.1f}" for c in CORPORA)
         lines.append(f"| {block + 1} | {cells} | {statistics.mean(values.values()) * 100:.1f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def markdown(report: dict) -> str:
         samples = [sample for sample in run["samples"] if sample[1] > 0]  # not the instant the processes exited
         tenths = [samples[min(len(samples) - 1, round(k * (len(samples) - 1) / 10))][1] for k in range(1, 11)]
         curve = ", ".join(f"{gb:.2f}" for gb in tenths)
-        own = max((p[1] for p in run.get("parts", ())), default=float("nan"))
-        children = max((p[2] for p in run.get("parts", ())), default=float("nan"))
+        own = max(p[1] for p in run["parts"])
+        children = max(p[2] for p in run["parts"])
         lines.append(
             f"| {minutes} min | {run['seconds']:.0f} | {run['peak_gb']:.2f} | {own:.2f} | {children:.2f} | {curve} |"
         )

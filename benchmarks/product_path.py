@@ -38,6 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from benchmarks.child import describe_machine, write_results
+from fusion.evaluation import predict_files
 from fusion.experts.voice import VoiceConfig, VoiceExpert, predict_proba, to_canonical, voice_label
 from fusion.labels import EMOTIONS, MODALITIES, ravdess_fields
 from fusion.serving.predictor import DEFAULT_CHECKPOINT, Predictor
@@ -205,19 +206,11 @@ def _product_path(bundle: Path, items, out: Path, *, together: bool) -> None:
     when there)."""
     if out.is_file():
         return
-    predictor = Predictor(bundle)
-    if together:
-        groups: dict[str, list[int]] = {}
-        for number, (_, _, speaker) in enumerate(items):
-            groups.setdefault(speaker, []).append(number)
-        predictions = [None] * len(items)
-        for rows in groups.values():
-            for row, prediction in zip(rows, predictor.predict_together([str(items[i][0]) for i in rows])):
-                if isinstance(prediction, Exception):
-                    raise prediction
-                predictions[row] = prediction
-    else:
-        predictions = [predictor.predict(str(path)) for path, _, _ in items]
+    speakers = [speaker for _, _, speaker in items] if together else None
+    predictions = predict_files(Predictor(bundle), [str(path) for path, _, _ in items], speakers=speakers)
+    for prediction in predictions:
+        if isinstance(prediction, Exception):
+            raise prediction
     paths, labels, durations, index, outputs = [], [], [], [], {m: [] for m in MODALITIES}
     for number, ((path, label, _), prediction) in enumerate(zip(items, predictions)):
         paths.append(str(path))

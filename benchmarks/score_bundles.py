@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.child import describe_machine  # noqa: E402
+from benchmarks.child import describe_machine, write_markdown  # noqa: E402
 from benchmarks.long_input import concatenate  # noqa: E402
 
 
@@ -62,9 +62,7 @@ def main() -> None:
     for bundle, runs in seconds.items():
         median = statistics.median(runs)
         lines.append(f"| {bundle} | {', '.join(f'{s:.1f}' for s in runs)} | {median:.1f} | {median / first:.2f}x |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from alignment.diarization import cluster, distinct, speech_spans, turns
-from benchmarks.child import describe_machine
+from benchmarks.child import describe_machine, write_markdown
 from benchmarks.speakers import der, recordings, takes, trimmed
 from encoders.speakers import NUISANCE_FILE, SAMPLE_RATE, SpeakerEncoder, remove_nuisance
 from encoders.vad import SpeechDetector
@@ -159,9 +159,7 @@ def main() -> None:
         mark = " **(kept)**" if r is chosen else ""
         lines.append(f"| {r['k']}{mark} | {r['threshold']:.3f} | {ders} | {counts} | {100 * r['der']:.1f}% |")
     lines += ["", f"Kept: k = {chosen['k']}, threshold {chosen['threshold']:.3f}, saved to `{args.save}`."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(lines, args.out)
 
 
 if __name__ == "__main__":

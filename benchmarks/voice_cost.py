@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alignment.timeline import Segment  # noqa: E402
-from benchmarks.child import describe_machine  # noqa: E402
+from benchmarks.child import describe_machine, write_markdown  # noqa: E402
 from benchmarks.long_input import joined_audio  # noqa: E402
 from encoders import SAMPLE_RATE  # noqa: E402
 from encoders.audio import FRAME_SECONDS, log_mel  # noqa: E402
@@ -114,9 +114,7 @@ def main() -> None:
             f"| {folder} | {whisper} | {block} | {'yes' if normalised else 'no'} | {states_s / minutes:.3f}"
             f" | {expert_s / minutes:.3f} | {total:.3f} | {total / base:.2f}x |"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.child import describe_machine  # noqa: E402
+from benchmarks.child import describe_machine, write_markdown  # noqa: E402
 from benchmarks.long_input import joined_audio  # noqa: E402
 from encoders import SAMPLE_RATE
 from encoders.asr import Transcriber  # noqa: E402
@@ -55,9 +55,7 @@ def main() -> None:
         f" {encoded.shape[0]} states; median of {args.repeats} runs {median:.2f} s"
         f" (real-time factor {median / duration:.4f}); runs: {', '.join(f'{s:.2f}' for s in seconds)} s.",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Voice activity detection: which stretches of the audio hold speech, so that silence and noise do not speak for
 the voice.
 
-Silero VAD (MIT licence), the ONNX file that PyPI's ``silero-vad`` package ships inside itself, run by onnxruntime
-(a dependency of faster-whisper); nothing is downloaded. Its TorchScript twin in the same package gives the same
-probabilities (5.8e-6 apart on 3 minutes of the realistic interview) but needs torch, which costs the decoding
-process about 200 MB of memory; onnxruntime costs about 20 MB and ran 2.9 times faster (0.83 against 2.40 s for
-those 3 minutes, one thread). The TorchScript model had found no speech in 30 s of white noise, where webrtcvad (mode
-3, its most aggressive) called every frame speech (benchmarks/results/vad.md). It runs in the decoding process
+Silero VAD (MIT licence), the ONNX file that PyPI's ``silero-vad`` package ships inside itself, run by onnxruntime;
+nothing is downloaded. Its TorchScript twin in the same package gives the same probabilities (at most 1.2e-5 apart,
+no frame called otherwise) but needs torch: a process with the decoding process's modules and the detector took
+273 MB with it and 111 MB with onnxruntime, which also ran 3.3 times faster (1.4 against 4.8 s per 10 minutes of
+speech, one thread). It found no speech in 30 s of white noise, where webrtcvad (mode 3, its most aggressive) called
+every frame speech (all four figures: benchmarks/vad.py, benchmarks/results/vad.md). It runs in the decoding process
 (:mod:`fusion.media.streaming`), beside the models rather than in their way.
 """
 

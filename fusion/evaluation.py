@@ -21,6 +21,7 @@ import numpy as np
 
 from fusion.errors import FusionError
 from fusion.experts.bundle import FOLDERS, ExpertBundle
+from fusion.experts.voice import by_group
 from fusion.labels import EMOTIONS
 from fusion.serving.prediction import Prediction, Summary, weighted_summary
 from fusion.serving.predictor import Predictor
@@ -94,20 +95,8 @@ def evaluate(
     started = time.perf_counter()
     subsets = [tuple(subset) for subset in subsets] if subsets else [predictor.experts]
     examples = [e for spec in data for e in examples_of(spec)]
-    groups: dict[str, list[int]] = {}
-    for index, example in enumerate(examples):
-        key = example.speaker if by_speaker and example.speaker else f"#{index}"
-        groups.setdefault(key, []).append(index)
-    predictions: list[Prediction | FusionError | None] = [None] * len(examples)
-    for rows in progress(list(groups.values())) if progress else groups.values():
-        if len(rows) == 1:
-            try:
-                predictions[rows[0]] = predictor.predict(examples[rows[0]].path)
-            except FusionError as error:
-                predictions[rows[0]] = error
-        else:
-            for row, outcome in zip(rows, predictor.predict_together([examples[i].path for i in rows])):
-                predictions[row] = outcome
+    speakers = [e.speaker for e in examples] if by_speaker else None
+    predictions = predict_files(predictor, [e.path for e in examples], speakers=speakers, progress=progress)
     rows_of = {subset: [] for subset in subsets}
     errors = []
     for example, prediction in zip(examples, predictions):
@@ -126,6 +115,26 @@ def evaluate(
         _evaluation(data, subset, predictor.model_id, rows_of[subset], errors, seconds, by_speaker)
         for subset in subsets
     ]
+
+
+def predict_files(
+    predictor: Predictor, paths: Sequence[str], *, speakers: Sequence[str] | None = None, progress=None
+) -> list[Prediction | FusionError]:
+    """Each file through predictor.predict, or, given speakers (one per path; empty: unknown), each speaker's files
+    through predictor.predict_together; one Prediction or the file's FusionError per path, in order."""
+    speakers = [""] * len(paths) if speakers is None else speakers
+    groups = list(by_group([s or f"#{i}" for i, s in enumerate(speakers)]).values())
+    out: list[Prediction | FusionError | None] = [None] * len(paths)
+    for rows in progress(groups) if progress else groups:
+        if len(rows) == 1:  # streamed in bounded memory, however long the file
+            try:
+                out[rows[0]] = predictor.predict(paths[rows[0]])
+            except FusionError as error:
+                out[rows[0]] = error
+        else:
+            for row, outcome in zip(rows, predictor.predict_together([paths[i] for i in rows])):
+                out[row] = outcome
+    return out
 
 
 def subset_summary(prediction: Prediction, bundle: ExpertBundle, experts: Sequence[str]) -> Summary:

@@ -265,7 +265,13 @@ class ExpertBundle:
                 rows.append(i)
         return rows, items
 
-    def _voice(self, piece: RecordingFeatures, segments: Sequence[Segment], out: np.ndarray, statistics) -> None:
+    def _voice(
+        self,
+        piece: RecordingFeatures,
+        segments: Sequence[Segment],
+        out: np.ndarray,
+        statistics: list | SpeakerStatistics,
+    ) -> None:
         rows, items = self._voice_items(piece, segments)
         if items and self.voice.config.speaker_normalisation:
             read = [SpeechFeatures(m, s[None]) for m, s in items]
