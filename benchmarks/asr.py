@@ -19,6 +19,9 @@ wall-clock with the RSS of its whole process tree sampled every SAMPLE_S:
 - `fusion score FILE --quiet` with each backend in --backends (ctranslate2 is the default), and with the
   ctranslate2 backend's model set to each of --asr-models (e.g. base, multilingual: better words, slower).
 
+With --repeats N every run is done N times, round after round (so that a slow spell of the shared machine falls on
+all of them alike, not on one), and each time is the median of its N; results.json keeps each round's seconds.
+
 Word error rate (WER: substitutions, deletions and insertions over the true words, after lower-casing and removing
 punctuation; hyphens and apostrophes as spaces) for every run that gives words; for `fusion score`, the segments'
 text in order. Word timing: the median absolute difference of matched words' start and end times between the
@@ -32,6 +35,7 @@ import difflib
 import json
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -127,37 +131,50 @@ def measure(stem: Path, args, scratch: Path) -> dict:
     media = stem.parent / truth["media"]
     true_words = normalise(" ".join(line["text"] for line in truth["lines"]))
     result = {"media": media.name, "seconds": truth["seconds"], "true_words": len(true_words), "runs": {}}
-    words = {}
     bare = ["decode", "faster-whisper"] + (["openai-whisper"] if args.openai_whisper_bare else [])
-    for name in bare:
-        out = scratch / f"{name}.json"
-        code = BARE[name].format(path=str(media), model=TINY_EN_PT.format(shared=args.shared), out=str(out))
-        run = run_sampled([sys.executable, "-c", code], SAMPLE_S)
-        record = {"seconds": run["seconds"], "peak_gb": run["peak_gb"]}
-        if name != "decode":
-            heard = json.loads(out.read_text())
-            record["wer"] = wer(true_words, normalise(" ".join(w[0] for w in heard)))
-        result["runs"][f"bare {name}"] = record
-        print(stem.name, name, record, flush=True)
     runs = [(backend, None) for backend in args.backends]
     runs += [("ctranslate2", model) for model in args.asr_models]
-    for backend, model in runs:
-        name = f"{backend}-{model}" if model else backend
-        out = scratch / f"score-{name}.jsonl"
-        for old in scratch.glob(f"score-{name}.*"):  # a fresh run, not one resumed from the last input's
-            old.unlink() if old.is_file() else shutil.rmtree(old)
-        command = [sys.executable, "-m", "fusion.cli", "score", str(media), "--out", str(out), "--quiet"]
-        command += ["--asr", backend] + (["--asr-model", model] if model else [])
-        run = run_sampled(command, SAMPLE_S)
-        segments = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda s: s["start"])
-        heard = normalise(" ".join(s.get("text") or "" for s in segments))
-        record = {"seconds": run["seconds"], "peak_gb": run["peak_gb"], "wer": wer(true_words, heard)}
-        result["runs"][f"fusion score --asr {backend}" + (f" --asr-model {model}" if model else "")] = record
-        print(stem.name, name, record, flush=True)
+    # every run --repeats times, the rounds one after another, so that a slow spell of the machine falls on all of
+    # them alike; each figure is the median of its rounds (each round's seconds are kept)
+    for _ in range(args.repeats):
+        for name in bare:
+            out = scratch / f"{name}.json"
+            code = BARE[name].format(path=str(media), model=TINY_EN_PT.format(shared=args.shared), out=str(out))
+            run = run_sampled([sys.executable, "-c", code], SAMPLE_S)
+            record = {"seconds": run["seconds"], "peak_gb": run["peak_gb"]}
+            if name != "decode":
+                heard = json.loads(out.read_text())
+                record["wer"] = wer(true_words, normalise(" ".join(w[0] for w in heard)))
+            _add_round(result["runs"], f"bare {name}", record)
+            print(stem.name, name, record, flush=True)
+        for backend, model in runs:
+            name = f"{backend}-{model}" if model else backend
+            out = scratch / f"score-{name}.jsonl"
+            for old in scratch.glob(f"score-{name}.*"):  # a fresh run, not one resumed from the last input's
+                old.unlink() if old.is_file() else shutil.rmtree(old)
+            command = [sys.executable, "-m", "fusion.cli", "score", str(media), "--out", str(out), "--quiet"]
+            command += ["--asr", backend] + (["--asr-model", model] if model else [])
+            run = run_sampled(command, SAMPLE_S)
+            segments = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda s: s["start"])
+            heard = normalise(" ".join(s.get("text") or "" for s in segments))
+            record = {"seconds": run["seconds"], "peak_gb": run["peak_gb"], "wer": wer(true_words, heard)}
+            _add_round(
+                result["runs"], f"fusion score --asr {backend}" + (f" --asr-model {model}" if model else ""), record
+            )
+            print(stem.name, name, record, flush=True)
     if len(args.backends) == 2:
         words = _backend_words(media, args)
         result["timing_vs_openai_whisper"] = timing_difference(words["openai-whisper"], words["ctranslate2"])
     return result
+
+
+def _add_round(runs: dict, name: str, record: dict) -> None:
+    """One round's record into runs[name]: seconds the median of the rounds (all in seconds_each), peak the
+    highest."""
+    kept = runs.setdefault(name, record | {"seconds_each": []})
+    kept["seconds_each"].append(record["seconds"])
+    kept["seconds"] = statistics.median(kept["seconds_each"])
+    kept["peak_gb"] = max(kept["peak_gb"], record["peak_gb"])
 
 
 def _backend_words(media: Path, args) -> dict:
@@ -187,6 +204,7 @@ def main() -> None:
         default=[],
         help="also `fusion score --asr ctranslate2 --asr-model M` for each (e.g. base: the [base] extra)",
     )
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every run; each figure their median")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -209,7 +227,9 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min.",
         "",
-        "| input | run | wall s | × bare faster-whisper | peak GB (tree) | WER % |",
+        "Each run's seconds, round by round, are in results.json (seconds_each).",
+        "",
+        "| input | run | wall s (median of rounds) | × bare faster-whisper | peak GB (tree) | WER % |",
         "|---|---|---|---|---|---|",
     ]
     for name, result in report["inputs"].items():

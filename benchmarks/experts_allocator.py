@@ -5,9 +5,11 @@
 
 The recording's features are extracted once (Predictor.extractor.stream); then, in a fresh process per setting, its
 chunks are scored by the shipped bundle's experts, fusion and attribution as Predictor.predict scores them, and the
-process's user and system CPU seconds over that stage are read from getrusage. Settings: "mapped" (every block of
-256 KiB or more a mapping of its own: fusion.serving.memory.bound_allocator, as shipped, which keeps the memory of
-long recordings bounded) and "glibc" (glibc's own dynamic thresholds): what the bound costs in time.
+process's user and system CPU seconds and minor page faults over that stage are read from getrusage, with its peak
+RSS above the features (sampled). Settings: "shipped" (encoders.memory.bound_allocator: every block of 256 KiB or
+more a mapping of its own, which keeps the memory of long recordings bounded, except inside the voice and face
+experts' passes, which reuse their freed blocks: encoders.memory.reusing_freed_blocks), "bound" (the bound
+everywhere, as before the reuse) and "glibc" (glibc's own dynamic thresholds everywhere).
 """
 
 from __future__ import annotations
@@ -22,35 +24,61 @@ from pathlib import Path
 
 from benchmarks.child import describe_machine, write_results
 
-SETTINGS = ("mapped", "glibc")
+SETTINGS = ("shipped", "bound", "glibc")
+SAMPLE_S = 0.005  # seconds between RSS samples
 
 
 def measure(recording: str, setting: str) -> dict:
     """In this process: the experts' wall and CPU seconds on the recording under one setting."""
-    import fusion.serving.memory as memory
+    import contextlib
+    import threading
+
+    import fusion.experts.bundle as bundle_module
     import fusion.serving.predictor as predictor_module
     from alignment import make_segments
+    from encoders.memory import release_free_memory
 
     if setting == "glibc":
         predictor_module.bound_allocator = lambda: None
+    if setting in ("glibc", "bound"):
+        bundle_module.reusing_freed_blocks = contextlib.nullcontext
     predictor = predictor_module.Predictor()
     pieces = list(predictor.extractor.stream(recording, chunk_s=predictor.chunk_s, background=True, timings={}))
     predictor.extractor.close()  # the decoding process: not running while the experts are timed
     bundle, statistics = predictor.bundle, []
+    release_free_memory()
+    base, peak, done = _rss(), [0], threading.Event()
+    sampler = threading.Thread(target=_sample, args=(peak, done))
+    sampler.start()
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for piece in pieces:
-        memory.release_free_memory()
+        release_free_memory()
         timeline = make_segments(piece.utterances, piece.duration, start=piece.start, mode="utterance")
         experts = bundle.segment_probabilities(piece, timeline, statistics)
         bundle.attribution(experts, bundle.fuse(experts))
     after = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
     return {
         "setting": setting,
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall,
         "user_s": after.ru_utime - before.ru_utime,
         "system_s": after.ru_stime - before.ru_stime,
+        "page_faults": after.ru_minflt - before.ru_minflt,
+        "peak_above_features_mb": (peak[0] - base) / 1e6,
         "chunks": len(pieces),
     }
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def _sample(peak: list, done) -> None:
+    while not done.wait(SAMPLE_S):
+        peak[0] = max(peak[0], _rss())
 
 
 def main() -> None:
@@ -84,11 +112,14 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min.",
         "",
-        "| setting | experts, wall s | user CPU s | system CPU s |",
-        "|---|---|---|---|",
+        "| setting | experts, wall s | user CPU s | system CPU s | minor page faults | peak over features, MB |",
+        "|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
-        lines.append(f"| {run['setting']} | {run['wall_s']:.1f} | {run['user_s']:.1f} | {run['system_s']:.1f} |")
+        lines.append(
+            f"| {run['setting']} | {run['wall_s']:.1f} | {run['user_s']:.1f} | {run['system_s']:.1f}"
+            f" | {run['page_faults']:,} | {run['peak_above_features_mb']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@
 
 ``Predictor.predict`` on a recording built from the clips (copied one after another, not kept), in its own process,
 two ways: without releasing freed memory, and as shipped, releasing it after each chunk
-(:func:`fusion.serving.memory.release_free_memory`). For each chunk: the RSS right after its feature extraction
+(:func:`encoders.memory.release_free_memory`). For each chunk: the RSS right after its feature extraction
 (Whisper, the Whisper states, face crops), and the highest RSS sampled (every RSS_SAMPLE_S) while it was processed.
 
 The decoding process is not counted here; benchmarks/speed.py measures both processes together. The committed

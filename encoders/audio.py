@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from encoders import SAMPLE_RATE
 
@@ -129,6 +130,11 @@ class ConvBlock(nn.Module):
         self.pool = nn.Identity() if strided else nn.MaxPool2d(pool)
         self.time_pool = pool[0]
         self.strided = strided
+
+    def fold_batch_norm(self) -> None:
+        """Inference only: the batch norm folded into the convolution (encoders.runtime.fold_batch_norms)."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.conv, self.norm = fuse_conv_bn_eval(self.conv.eval(), self.norm.eval()), nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, T, F); mask: (B, T) -> (B, C', T / time_pool, F / mel_pool) and the pooled mask."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks.long_input import concatenate, copies
@@ -97,6 +98,26 @@ def test_decode_worker_is_replaced_when_a_consumer_stops_part_way(one_minute):
         worker.close()
 
 
+def test_files_asked_for_ahead_are_served_in_turn_and_a_file_out_of_turn_restarts_the_worker(one_minute, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    worker = DecodeWorker(fps=5.0, face_model=FaceDetector().model)
+    try:
+        first = [c.duration for c in worker.chunks(one_minute, chunk_s=20.0)]
+        worker.request(empty)  # asked for ahead, in order: a broken file, then the recording
+        worker.request(one_minute, chunk_s=20.0)
+        process = worker._process
+        with pytest.raises(MediaError, match="empty file"):
+            list(worker.chunks(empty))
+        assert [c.duration for c in worker.chunks(one_minute, chunk_s=20.0)] == first
+        assert worker._process is process  # both read from the process that had them decoded
+        worker.request(empty)  # asked for, then not read: another file's reader starts afresh
+        assert [c.duration for c in worker.chunks(one_minute, chunk_s=20.0)] == first
+        assert worker._process is not process and not worker._requested
+    finally:
+        worker.close()
+
+
 def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute, ravdess_clips):
     from fusion.serving.predictor import Predictor
 
@@ -129,3 +150,19 @@ def test_decode_worker_that_dies_gives_a_clear_error_and_is_restarted(one_minute
         assert len(list(worker.chunks(one_minute, chunk_s=20.0))) >= 3
     finally:
         worker.close()
+
+
+def test_a_file_decoded_ahead_gives_the_prediction_it_gives_otherwise(one_minute, ravdess_clips):
+    from fusion.serving.predictor import Predictor
+
+    # asked for while the models load: the one-minute recording (longer than a file read in this process)
+    predictor = Predictor(prefetch=one_minute)
+    assert predictor.extractor._decode_worker._requested
+    ahead = predictor.predict(one_minute).timeline
+    predictor.prefetch(ravdess_clips[0])  # the decoding process runs now: a short file is decoded there too
+    assert predictor.extractor._decode_worker._requested
+    clip_ahead = predictor.predict(ravdess_clips[0]).timeline
+    assert not predictor.extractor._decode_worker._requested
+    pd.testing.assert_frame_equal(predictor.predict(one_minute).timeline, ahead)
+    pd.testing.assert_frame_equal(predictor.predict(ravdess_clips[0]).timeline, clip_ahead)
+    predictor.extractor.close()

@@ -30,7 +30,8 @@ import torch
 
 from alignment import Segment
 from encoders.audio import FRAME_SECONDS, N_MELS
-from encoders.runtime import PRECISIONS, pick_device
+from encoders.memory import reusing_freed_blocks
+from encoders.runtime import PRECISIONS, fold_batch_norms, pick_device
 from encoders.vad import speech_at
 from fusion.errors import CheckpointError
 from fusion.experts import face as face_expert
@@ -39,6 +40,7 @@ from fusion.experts.late_fusion import EPS, LateFusion
 from fusion.experts.text import TextEnsemble, TextExpert, load_expert
 from fusion.experts.voice import SpeakerStatistics, SpeechFeatures, VoiceExpert, to_canonical
 from fusion.labels import EMOTIONS, MODALITIES
+from fusion.storage import CONFIG_FILE
 
 if TYPE_CHECKING:
     from fusion.media.features import RecordingFeatures
@@ -66,7 +68,10 @@ FORMAT_VERSION = 1
 LEARNED_FOLDER = "fusion"  # a bundle's learned fusion (fusion.experts.attention), when experts.json names one
 FOLDERS = {"audio": "voice", "text": "text", "video": "face"}  # modality -> its expert's folder in a bundle
 MIN_VOICE_S = 0.25  # seconds of speech (with the detector's hangover) a segment needs for the voice expert
-VOICE_BATCH = 16  # segments per voice expert pass
+# Segments per voice expert pass. With 8 segments of up to about 10 s (with their context), the largest activation
+# (the CNN's first block) stays under encoders.memory.REUSE_THRESHOLD_BYTES, so batch after batch reuses the pages
+# of the one before; 16 made about twice that, each a fresh mapping.
+VOICE_BATCH = 8
 # Seconds of the recording on each side of a segment that the voice expert reads with it, in bundles that fusion
 # bundle makes: the voice was trained on whole recordings, and RAVDESS takes hold about 1 s of pause before their
 # speech and 0.9 s after (medians by the voice activity detector, benchmarks/results/voice_skew/fold2). Read so,
@@ -124,13 +129,13 @@ class ExpertBundle:
         if unknown or not wanted:
             raise CheckpointError(f"no expert {unknown or '(none named)'}: a bundle's are {list(FOLDERS.values())}")
         if "voice" in wanted and (directory / FOLDERS["audio"]).is_dir():
-            voice = VoiceExpert.load(directory / FOLDERS["audio"], device=device)
+            voice = fold_batch_norms(VoiceExpert.load(directory / FOLDERS["audio"], device=device))
             if len(voice.config.whisper_blocks) != 1:
                 raise CheckpointError(f"{directory}: the voice expert must read the states of one Whisper block")
         if "text" in wanted and (directory / FOLDERS["text"]).is_dir():
             text = load_expert(directory / FOLDERS["text"], text_model=text_model, device=device)
         if "face" in wanted and (directory / FOLDERS["video"]).is_dir():
-            face = face_expert.FaceExpert.load(directory / FOLDERS["video"], device=device)
+            face = fold_batch_norms(face_expert.FaceExpert.load(directory / FOLDERS["video"], device=device))
         if voice is None and text is None and face is None:
             raise CheckpointError(f"{directory}: no expert of {sorted(wanted)} in it (a bundle has voice, text, face)")
         try:
@@ -283,31 +288,37 @@ class ExpertBundle:
                 statistics = statistics[0]
             items = [(f.mel, f.states[0]) for f in (self.voice.normalise(r, statistics) for r in read)]
         device = self.device
-        for first in range(0, len(items), VOICE_BATCH):
-            batch = items[first : first + VOICE_BATCH]
-            n_mel, n_states = max(len(m) for m, _ in batch), max(len(s) for _, s in batch)
-            mel = torch.zeros(len(batch), n_mel, N_MELS)
-            mel_mask = torch.zeros(len(batch), n_mel, dtype=torch.bool)
-            states = torch.zeros(len(batch), 1, n_states, batch[0][1].shape[-1])
-            states_mask = torch.zeros(len(batch), n_states, dtype=torch.bool)
-            for b, (m, s) in enumerate(batch):
-                mel[b, : len(m)], mel_mask[b, : len(m)] = torch.from_numpy(m), True
-                states[b, 0, : len(s)], states_mask[b, : len(s)] = torch.from_numpy(s.astype(np.float32)), True
-            with torch.inference_mode():
-                log_p = self.voice(*(t.to(device) for t in (mel, mel_mask, states, states_mask)))
-            out[rows[first : first + len(batch)]] = to_canonical(log_p.float().exp().cpu().numpy())
+        # batched by length, longest first, so that a batch pads little (the padding is masked: each segment's output
+        # is the same) and its activations fit in the blocks the batch before freed (encoders.memory)
+        order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
+        with reusing_freed_blocks():
+            for first in range(0, len(order), VOICE_BATCH):
+                chosen = order[first : first + VOICE_BATCH]
+                batch = [items[i] for i in chosen]
+                n_mel, n_states = max(len(m) for m, _ in batch), max(len(s) for _, s in batch)
+                mel = torch.zeros(len(batch), n_mel, N_MELS)
+                mel_mask = torch.zeros(len(batch), n_mel, dtype=torch.bool)
+                states = torch.zeros(len(batch), 1, n_states, batch[0][1].shape[-1])
+                states_mask = torch.zeros(len(batch), n_states, dtype=torch.bool)
+                for b, (m, s) in enumerate(batch):
+                    mel[b, : len(m)], mel_mask[b, : len(m)] = torch.from_numpy(m), True
+                    states[b, 0, : len(s)], states_mask[b, : len(s)] = torch.from_numpy(s.astype(np.float32)), True
+                with torch.inference_mode():
+                    log_p = self.voice(*(t.to(device) for t in (mel, mel_mask, states, states_mask)))
+                out[[rows[i] for i in chosen]] = to_canonical(log_p.float().exp().cpu().numpy())
 
     def face_probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, 48, 48) uint8 grey faces -> (N, len(EMOTIONS)) the face expert's probabilities, as the bundle runs it."""
         bf16 = self.face_precision == "bf16"
-        return face_expert.predict_proba(
-            self.face,
-            images,
-            device=self.device,
-            views=self.face_views,
-            bf16=bf16,
-            batch_size=FACE_BATCH_BF16 if bf16 and self.device.type == "cpu" else None,
-        )
+        with reusing_freed_blocks():
+            return face_expert.predict_proba(
+                self.face,
+                images,
+                device=self.device,
+                views=self.face_views,
+                bf16=bf16,
+                batch_size=FACE_BATCH_BF16 if bf16 and self.device.type == "cpu" else None,
+            )
 
     def _face(self, piece: RecordingFeatures, segments: Sequence[Segment], out: np.ndarray) -> None:
         present = np.flatnonzero(piece.face_present)
@@ -319,6 +330,18 @@ class ExpertBundle:
         for i, rows in enumerate(inside):
             if len(rows):
                 out[i] = frames[rows].mean(0)
+
+
+def voice_whisper_block(directory: Path, experts: Sequence[str] | None = None) -> int | None:
+    """The Whisper block whose states a bundle's voice expert reads, from its config alone, before any model loads
+    (ExpertBundle.load checks the rest); None without a voice expert, or where experts leaves it out."""
+    folder = directory / FOLDERS["audio"]
+    if (experts is not None and "voice" not in experts) or not folder.is_dir():
+        return None
+    try:
+        return int(json.loads((folder / CONFIG_FILE).read_text())["model"]["whisper_blocks"][0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise CheckpointError(f"{folder}: not a readable voice expert ({error})") from error
 
 
 def read_bundle_config(directory: Path) -> dict:

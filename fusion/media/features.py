@@ -120,10 +120,20 @@ class FeatureExtractor:
         device: str | torch.device | None = None,
         whisper_blocks: int | None = None,
         voice_prints: bool = False,
+        prefetch: str | os.PathLike | None = None,
+        chunk_s: float = CHUNK_S,
     ):
         """whisper_blocks: also keep the Whisper encoder states after this many blocks (None: not computed).
-        voice_prints: also compute the speaker encoder's voice prints of the speech (who speaks when)."""
+        voice_prints: also compute the speaker encoder's voice prints of the speech (who speaks when).
+        prefetch: a recording to start decoding (see :meth:`prefetch`, in chunks of chunk_s) before the models
+        load: its first chunks are ready when they are."""
         self.sources = (sources or EncoderSources()).resolve()
+        self.face_detector = FaceDetector(self.sources.face)
+        self.fps = fps
+        self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
+        self._vad: SpeechDetector | None = None  # loaded by the first stream() that decodes in this process
+        if prefetch is not None:
+            self.prefetch(prefetch, chunk_s=chunk_s)
         self.whisper_states = None
         model = None
         if whisper_blocks is not None:  # states from the PyTorch encoder, whichever backend transcribes
@@ -136,11 +146,20 @@ class FeatureExtractor:
         self.transcriber = make_transcriber(
             self.sources.asr, self.sources.whisper, device=device, loaded=model, model=self.sources.asr_model
         )
-        self.face_detector = FaceDetector(self.sources.face)
         self.speaker_encoder = SpeakerEncoder(device=device or "cpu") if voice_prints else None
-        self.fps = fps
-        self._decode_worker: DecodeWorker | None = None  # started by the first stream() that asks for it
-        self._vad: SpeechDetector | None = None  # loaded by the first stream() that decodes in this process
+
+    def prefetch(self, path: str | os.PathLike, *, chunk_s: float = CHUNK_S) -> None:
+        """Start decoding a recording in the decoding process now, so that the stream() of it that follows (with the
+        same chunk_s) finds its first chunk decoded: while the models load, or while they finish the file before.
+        Only where stream() would decode in that process by default (a long file, or the process runs already);
+        a file that cannot be read says so when it is streamed."""
+        if self._decode_worker is not None or not is_short(path, IN_PROCESS_MAX_S):
+            self._worker().request(path, chunk_s=chunk_s)
+
+    def _worker(self) -> DecodeWorker:
+        if self._decode_worker is None:
+            self._decode_worker = DecodeWorker(fps=self.fps, face_model=self.face_detector.model)
+        return self._decode_worker
 
     def close(self) -> None:
         """Stop the decoding process, if one was started (it also stops when this process exits)."""
@@ -203,9 +222,7 @@ class FeatureExtractor:
         if background is None:
             background = self._decode_worker is not None or not is_short(path, IN_PROCESS_MAX_S)
         if background:
-            if self._decode_worker is None:
-                self._decode_worker = DecodeWorker(fps=self.fps, face_model=self.face_detector.model)
-            chunks = self._decode_worker.chunks(path, chunk_s=chunk_s, timings=timings)
+            chunks = self._worker().chunks(path, chunk_s=chunk_s, timings=timings)
         else:
             if self._vad is None:
                 self._vad = SpeechDetector()

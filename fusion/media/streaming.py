@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -219,13 +220,23 @@ class DecodeWorker:
     --compare-background). It runs ``python -m fusion.media.decode_worker`` and speaks pickle over its standard input
     and output, rather than using multiprocessing, whose spawned children re-run the caller's main script: a user's
     script calling fusion.predict() needs no ``if __name__ == "__main__"`` guard. Started on first use, it serves
-    file after file, and is replaced if a consumer stops reading a file part-way.
+    file after file, and is replaced if a consumer stops reading a file part-way. A file asked for ahead
+    (:meth:`request`: while the models load, or while they finish the file before) is decoded in the meantime.
     """
 
     def __init__(self, *, fps: float, face_model: str | None):
         self.fps = fps
         self.face_model = face_model
         self._process: subprocess.Popen | None = None
+        self._requested: deque[tuple[str, float]] = deque()  # (path, chunk_s) sent and not yet read to the end
+
+    def request(self, path: str | os.PathLike, *, chunk_s: float = CHUNK_S) -> None:
+        """Ask for a recording now; chunks() of it later reads what was decoded meanwhile. The process takes the
+        files in the order they were asked for, each at most a chunk ahead of its reader."""
+        _check_chunk_s(chunk_s)
+        process = self._start()
+        self._send(process, (os.fspath(path), chunk_s))
+        self._requested.append((os.fspath(path), chunk_s))
 
     def chunks(
         self, path: str | os.PathLike, *, chunk_s: float = CHUNK_S, timings: dict[str, float] | None = None
@@ -235,16 +246,20 @@ class DecodeWorker:
         timings (if given) gets the worker's seconds in "decode" and "face_detection" once the file is done.
         """
         _check_chunk_s(chunk_s)  # here too, so that the error is raised in this process
-        process = self._start()
+        if self._requested and self._requested[0] != (os.fspath(path), chunk_s):
+            self.close()  # other files were asked for first and would come first: start afresh
+        if not self._requested:
+            self.request(path, chunk_s=chunk_s)
+        process = self._process
         finished = False
         try:
-            self._send(process, (os.fspath(path), chunk_s))
             while True:
                 kind, value = self._receive(process)
                 if kind == "chunk":
                     yield value
                     continue
                 finished = True
+                self._requested.popleft()
                 if kind == "error":
                     raise value
                 if timings is not None:
@@ -286,7 +301,8 @@ class DecodeWorker:
         )
 
     def close(self) -> None:
-        """Stop the process."""
+        """Stop the process (what was asked of it is dropped)."""
+        self._requested.clear()
         if self._process is not None:
             self._process.kill()
             self._process.wait()

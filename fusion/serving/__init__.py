@@ -5,7 +5,6 @@
 and the one serialisation of a timeline's rows that ``fusion predict`` and ``fusion score`` both write;
 :mod:`~fusion.serving.speakers` adds who speaks when and who is on camera; :mod:`~fusion.serving.batch` scores many
 recordings into tables (resumable, in processes or Ray tasks), and :mod:`~fusion.serving.plot` draws a timeline.
-:mod:`~fusion.serving.memory` (giving freed memory back between the chunks of a long recording) lives here because
-only the predictor's chunk loop calls it. Nothing in :mod:`fusion.training` imports this package, and nothing here
+Nothing in :mod:`fusion.training` imports this package, and nothing here
 imports fusion.training.
 """

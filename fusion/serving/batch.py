@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import multiprocessing
@@ -152,13 +151,24 @@ def plot_name(path: str) -> str:
     return f"{Path(path).stem}-{hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:8]}.png"
 
 
-@functools.lru_cache(maxsize=1)
-def _predictor(options: ScoreOptions) -> Predictor:
-    """This process's predictor: loaded on its first file, reused for every later one; it decodes in the decoding
-    process, a chunk ahead of the models, whatever the files' lengths (a batch pays its start-up once)."""
-    return Predictor(
-        options.checkpoint, sources=options.sources, device=options.device, speakers=options.speakers, background=True
-    )
+_LOADED: dict[ScoreOptions, Predictor] = {}  # this process's predictor, by the options it was loaded with
+
+
+def _predictor(options: ScoreOptions, *, first: str | None = None) -> Predictor:
+    """This process's predictor: loaded on its first file (first: that file, decoded while the models load), reused
+    for every later one; it decodes in the decoding process, a chunk ahead of the models, whatever the files'
+    lengths (a batch pays its start-up once)."""
+    if options not in _LOADED:
+        _LOADED.clear()
+        _LOADED[options] = Predictor(
+            options.checkpoint,
+            sources=options.sources,
+            device=options.device,
+            speakers=options.speakers,
+            background=True,
+            prefetch=first,
+        )
+    return _LOADED[options]
 
 
 def score_file(path: str, options: ScoreOptions) -> dict:
@@ -272,19 +282,19 @@ def output_lock(out: Path) -> Iterator[None]:
 
 
 def _score(inputs, out: Path, options: ScoreOptions, workers: int, engine: str, progress: bool) -> ScoreReport:
-    # Loaded first, so that a missing or broken model stops the run before any work, with its own error. In this
-    # process, the predictor that will score the files; for other processes, only the checkpoint is checked.
-    if engine == "local" and workers == 1:
-        checkpoint_id = _predictor(options).model_id
-    else:
-        checkpoint_id = model_id(resolve_checkpoint(options.checkpoint))
+    # The checkpoint is checked first (a folder that is no bundle stops the run before any work), then in this
+    # process the models load before any file is scored (a missing model stops the run with its own error), while
+    # the decoding process starts on the first file.
+    checkpoint_id = model_id(resolve_checkpoint(options.checkpoint))
     if options.speakers:  # other rows than a run without speakers: not resumed from one
         checkpoint_id += f"|speakers={options.n_speakers}|{options.speaker}"
     files = find_inputs(inputs)
     keys = {path: file_key(path, checkpoint_id) for path in files}
     parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
     todo = [path for path in files if not (parts / f"{keys[path]}.json").is_file()]
+    if engine == "local" and workers == 1:
+        _predictor(options, first=todo[0] if todo else None)
+    parts.mkdir(parents=True, exist_ok=True)
 
     errors = []
     run = {"local": _run_local, "ray": _run_ray}[engine]
@@ -310,7 +320,9 @@ def _score(inputs, out: Path, options: ScoreOptions, workers: int, engine: str, 
 
 def _run_local(files: list[str], options: ScoreOptions, workers: int) -> Iterator[dict]:
     if workers == 1:
-        for path in files:
+        for i, path in enumerate(files):
+            if i + 1 < len(files):  # decoded while this one's last chunk is scored
+                _predictor(options).prefetch(files[i + 1])
             yield score_file(path, options)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)  # cores shared out, so workers do not oversubscribe them

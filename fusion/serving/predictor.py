@@ -25,15 +25,15 @@ import torch
 
 from alignment import DEFAULT_WINDOW_S, Segment, make_segments
 from encoders.loading import EncoderSources
+from encoders.memory import bound_allocator, release_free_memory
 from encoders.runtime import pick_device
 from fusion.errors import CheckpointError, FusionError, NoModalityError
-from fusion.experts.bundle import ExpertBundle, bundle_digest, is_bundle, read_bundle_config
+from fusion.experts.bundle import ExpertBundle, bundle_digest, is_bundle, read_bundle_config, voice_whisper_block
 from fusion.experts.voice import SpeakerStatistics
 from fusion.labels import MODALITIES
 from fusion.media.decoding import DEFAULT_FPS
 from fusion.media.features import FeatureExtractor, RecordingFeatures
 from fusion.media.streaming import CHUNK_S
-from fusion.serving.memory import bound_allocator, release_free_memory
 from fusion.serving.prediction import ATTRIBUTION, Prediction, recording_summary, segment_outcome
 from fusion.serving.speakers import SpeakerEvidence, face_of_speakers_only, with_speakers
 
@@ -59,28 +59,33 @@ class Predictor:
         speakers: bool = False,
         experts: Sequence[str] | None = None,
         background: bool | None = None,
+        prefetch: str | os.PathLike | None = None,
     ):
         """speakers: also find who speaks when (alignment.diarization), giving the timeline a speaker column and
         the summary one entry per speaker; loads the speaker encoder. experts: only these of the bundle's experts
         (voice, text, face) take part, as if it had no others (default: all it has). background: decode in the
         decoding process (True), in this one (False), or by the recording's length (None: see
-        fusion.media.features.FeatureExtractor.stream)."""
+        fusion.media.features.FeatureExtractor.stream). prefetch: the recording the first predict() will read,
+        decoded while the models load (see :meth:`prefetch`)."""
         bound_allocator()  # before the models load: large blocks go back to the system when freed
         chosen = sources or EncoderSources()
         self.speakers = speakers
         self.device = pick_device(device)
         self.chunk_s = chunk_s  # seconds of a long recording decoded and encoded at a time
         self.background = background
-        # the text expert resolves its own base model: the one chosen, $FUSION_TEXT_MODEL, the one it names
         path = resolve_checkpoint(checkpoint)
-        self.bundle = ExpertBundle.load(path, text_model=chosen.text, device=self.device, experts=experts)
+        # the extractor first: it starts the decoding process on prefetch, which then decodes while the models load
         self.extractor = FeatureExtractor(
             sources=chosen.resolve(),
             fps=DEFAULT_FPS,
             device=self.device,
-            whisper_blocks=self.bundle.whisper_block,
+            whisper_blocks=voice_whisper_block(path, experts),
             voice_prints=speakers,
+            prefetch=prefetch if background is not False else None,
+            chunk_s=chunk_s,
         )
+        # the text expert resolves its own base model: the one chosen, $FUSION_TEXT_MODEL, the one it names
+        self.bundle = ExpertBundle.load(path, text_model=chosen.text, device=self.device, experts=experts)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -95,6 +100,12 @@ class Predictor:
     def model_id(self) -> str:
         """sha256 prefix of the loaded bundle's weights and configs."""
         return self.bundle.id
+
+    def prefetch(self, path: str | os.PathLike) -> None:
+        """Start decoding a recording that a later predict() will read (a long one, in the decoding process), so that
+        its first chunks are ready then: e.g. the next file of a batch while this one's last chunk is scored."""
+        if self.background is not False:
+            self.extractor.prefetch(path, chunk_s=self.chunk_s)
 
     def predict(
         self,
