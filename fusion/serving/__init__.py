@@ -5,6 +5,5 @@
 and the one serialisation of a timeline's rows that ``fusion predict`` and ``fusion score`` both write;
 :mod:`~fusion.serving.speakers` adds who speaks when and who is on camera; :mod:`~fusion.serving.batch` scores many
 recordings into tables (resumable, in processes or Ray tasks), and :mod:`~fusion.serving.plot` draws a timeline.
-Nothing in :mod:`fusion.training` imports this package, and nothing here
-imports fusion.training.
+Nothing in :mod:`fusion.training` imports this package, and nothing here imports fusion.training.
 """
