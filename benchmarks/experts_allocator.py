@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from benchmarks.child import describe_machine, write_results
 
 SETTINGS = ("shipped", "bound", "glibc")
@@ -72,8 +74,7 @@ def measure(recording: str, setting: str) -> dict:
 
 
 def _rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+    return psutil.Process().memory_info().rss
 
 
 def _sample(peak: list, done) -> None:

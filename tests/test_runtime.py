@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import resource
 import subprocess
 import sys
 
-import pytest
 import torch
 from torch import nn
 
@@ -76,10 +74,8 @@ print(outside, inside, faults(10))
 """
 
 
-@pytest.mark.skipif(ctypes.util.find_library("c") is None, reason="no C library to set the allocator of")
 def test_freed_blocks_are_reused_inside_and_mapped_afresh_outside():
-    if not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt"):
-        pytest.skip("not glibc: no mmap threshold to set")
+    # Linux with glibc, where the project runs and CI tests (elsewhere encoders.memory does nothing)
     out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True).stdout
     outside, inside, after = map(int, out.split())
     pages = 10 * 4 * 2**20 // resource.getpagesize()  # of ten 4 MB blocks
