@@ -65,20 +65,27 @@ def faults(times):
         del block
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
 bound_allocator()
 outside = faults(10)
+entering = rss()
 with reusing_freed_blocks():
     faults(1)  # the heap grows once
     inside = faults(10)
-print(outside, inside, faults(10))
+    held = rss() - entering
+print(outside, inside, held, rss() - entering)
 """
 
 
 def test_freed_blocks_are_reused_inside_and_mapped_afresh_outside():
     # Linux with glibc, where the project runs and CI tests (elsewhere encoders.memory does nothing)
     out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True).stdout
-    outside, inside, after = map(int, out.split())
+    outside, inside, held, left = map(int, out.split())
     pages = 10 * 4 * 2**20 // resource.getpagesize()  # of ten 4 MB blocks
     assert outside >= 0.9 * pages  # a mapping of its own each time: every page faulted in afresh
     assert inside < 0.8 * outside  # freed pages reused (most of them: glibc gives some back to the system anyway)
-    assert after >= 0.9 * pages  # the bound is back on leaving
+    assert held >= 2 * 2**20  # inside, a freed block is kept for the next one
+    assert left <= 2**20  # on leaving, what the heap kept goes back to the system
