@@ -147,6 +147,13 @@ def main() -> None:
         help="with --expert-normalisation: train also on each recording standardised alone"
         " (VoiceTrainConfig.recordings_alone)",
     )
+    parser.add_argument(
+        "--own-statistics-seconds",
+        type=float,
+        default=0.0,
+        help="with --expert-normalisation: a speaker with less speech than this is standardised with the prior alone"
+        " (VoiceConfig.own_statistics_seconds; benchmarks/short_recordings.py's variant uses 30)",
+    )
     parser.add_argument("--examples-per-epoch", type=int, default=2160, help="the shipped recipe's 2160")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (the shipped recipe's)")
     parser.add_argument("--no-baselines", action="store_true")
@@ -192,6 +199,7 @@ def main() -> None:
                     use_whisper=args.parts != "cnn",
                     members=args.members,
                     speaker_normalisation=args.expert_normalisation,
+                    own_statistics_seconds=args.own_statistics_seconds,
                     whisper_dim=features[held_out][0].states.shape[-1],
                 ),
                 train_config=VoiceTrainConfig(
@@ -218,6 +226,11 @@ def main() -> None:
                         "system": f"voice recipe ({args.parts}, {args.members} members"
                         + (", speaker normalisation" if args.expert_normalisation else "")
                         + (", trained also on each recording alone" if args.recordings_alone else "")
+                        + (
+                            f", the prior alone under {args.own_statistics_seconds:g} s"
+                            if args.own_statistics_seconds
+                            else ""
+                        )
                         + (f", inputs normalised per {args.normalise}" if args.normalise != "none" else "")
                         + (f", {args.degraded_copies} room-and-phone copies" if args.degraded_copies else "")
                         + (f", {args.states_encoder} states" if args.states_encoder else "")

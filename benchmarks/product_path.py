@@ -60,19 +60,9 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     shared, work = Path(args.shared), Path(args.work)
-    shipped = json.loads((DEFAULT_CHECKPOINT / "voice" / "config.json").read_text())
-    corpora = {spec.split("=", 1)[0]: spec for spec in shipped["training"]["data"]}
-    speech = ravdess(shared / "data/ravdess-speech-16k").examples
-    others = from_specs(  # the recipe's other corpora, read from this run's shared data folder
-        [
-            f"{kind}={shared / 'data' / Path(spec.split('=', 1)[1]).name}"
-            for kind, spec in corpora.items()
-            if kind != "ravdess"
-        ]
-    ).examples
+    shipped, speech, others = recipe_corpora(shared)
     cache = SpeechCache(args.cache)
     speech_features, _ = cache.build([e.path for e in speech], progress=False)
-    other_features, _ = cache.build([e.path for e in others], progress=False)
     clips = sorted((shared / "data/av-clips/ravdess").glob("*.mp4"))
     report = {"command": " ".join(["python -m benchmarks.product_path", *sys.argv[1:]]), "machine": describe_machine()}
     report["recipe"] = shipped["training"]["config"]
@@ -85,7 +75,7 @@ def main() -> None:
             [speech[i] for i in train],
             [speech_features[i] for i in train],
             others,
-            other_features,
+            cache,
             shipped,
         )
         record = {"fold": k, "test_actors": actors}
@@ -122,10 +112,23 @@ def main() -> None:
     write_results(report, Path(args.out), markdown)
 
 
-def _voice(folder: Path, train, train_features, others, other_features, shipped) -> VoiceExpert:
-    """The fold's voice expert by the shipped recipe (read back when trained before; resumable)."""
+def recipe_corpora(shared: Path) -> tuple[dict, list, list]:
+    """The shipped voice's config, RAVDESS speech, and the recipe's other corpora read from this shared folder."""
+    shipped = json.loads((DEFAULT_CHECKPOINT / "voice" / "config.json").read_text())
+    corpora = dict(spec.split("=", 1) for spec in shipped["training"]["data"])
+    speech = ravdess(shared / "data/ravdess-speech-16k").examples
+    others = from_specs(
+        [f"{kind}={shared / 'data' / Path(path).name}" for kind, path in corpora.items() if kind != "ravdess"]
+    ).examples
+    return shipped, speech, others
+
+
+def _voice(folder: Path, train, train_features, others, cache: SpeechCache, shipped) -> VoiceExpert:
+    """The fold's voice expert by the shipped recipe (read back when trained before; resumable). The other corpora's
+    features are read only to train (about 10 GB in memory)."""
     if (folder / "config.json").is_file():
         return VoiceExpert.load(folder)
+    other_features, _ = cache.build([e.path for e in others], progress=False)
     examples, features = list(train) + list(others), list(train_features) + list(other_features)
     config = VoiceTrainConfig(**shipped["training"]["config"])
     result = fit(

@@ -132,11 +132,13 @@ def test_chunked_prediction_matches_the_whole_recording_in_structure(one_minute,
     assert chunked.summary.modalities == whole.summary.modalities == ("audio", "text", "video")
     # No words are lost whether Whisper saw the minute whole or in chunks cut at quiet moments: each clip copied in
     # says one six-word sentence. tiny.en repeats the sentence once too often in some confident windows (whole
-    # minute: 132 words for 108 said, in 20 s chunks 108), hence the upper bound's slack.
+    # minute: 132 words for 108 said, in 20 s chunks 108), hence the upper bound's slack; on another machine it
+    # merged five repeats of one window into three (20 s chunks: 102 words for 114 said; whole: 120), hence the
+    # lower bound's: what chunking would lose is a whole chunk's words, a third of them.
     said = 6 * copies(ravdess_clips, 60.0)
     for result in (whole, chunked):
         words = " ".join(t.text for t in result.timeline.itertuples() if t.text).split()
-        assert 0.9 * said <= len(words) <= 1.3 * said, (len(words), said)
+        assert 0.85 * said <= len(words) <= 1.3 * said, (len(words), said)
 
 
 def test_decode_worker_that_dies_gives_a_clear_error_and_is_restarted(one_minute):

@@ -60,6 +60,21 @@ def test_a_long_recording_is_standardised_with_its_own_statistics_a_short_one_mo
     assert out.mel.mean() == pytest.approx(2.5 / 1.5, abs=0.1)
 
 
+def test_a_speaker_with_less_speech_than_the_threshold_is_standardised_with_the_prior_alone():
+    rng = np.random.default_rng(6)
+    model = VoiceExpert(VoiceConfig(speaker_normalisation=True, own_statistics_seconds=10.0))
+    model.set_prior(SpeakerStatistics.of([features(rng, 60.0)]))
+    short = features(rng, 3.0, shift=3.0)
+    out = model.normalise(short, SpeakerStatistics.of([short]))
+    # the prior alone (mean 0, std 1): the clip's offset of 3 stays whole
+    assert out.mel.mean() == pytest.approx(3.0, abs=0.1)
+    assert float(out.states.astype(np.float32).mean()) == pytest.approx(3.0, abs=0.1)
+    # four such clips of the same speaker (12 s) pass the threshold: their own statistics, shrunk, take over
+    more = [features(rng, 3.0, shift=3.0) for _ in range(3)]
+    out = model.normalise(short, SpeakerStatistics.of([short, *more]))
+    assert out.mel.mean() < 1.5
+
+
 def test_served_states_of_one_block_use_that_blocks_prior():
     rng = np.random.default_rng(2)
     model = expert_with_prior(rng)
@@ -137,8 +152,8 @@ def test_a_model_shipped_in_two_parts_reads_and_joins_as_the_whole(shared, tmp_p
     assert "kids are talking by the door" in words
 
 
-def test_training_can_draw_each_recording_standardised_with_its_speaker_and_alone(tmp_path, monkeypatch):
-    """As served, a short clip is standardised mostly with the prior: training must show the model that view too."""
+def versions_seen(monkeypatch) -> dict:
+    """{"versions": ...}: the training views fusion.training.voice.fit hands its training loop, once it has run."""
     from fusion.training import voice as voice_training
 
     seen = {}
@@ -149,6 +164,14 @@ def test_training_can_draw_each_recording_standardised_with_its_speaker_and_alon
         original(self, versions, *args, **options)
 
     monkeypatch.setattr(voice_training.VoiceFit, "__init__", spy)
+    return seen
+
+
+def test_training_can_draw_each_recording_standardised_with_its_speaker_and_alone(tmp_path, monkeypatch):
+    """As served, a short clip is standardised mostly with the prior: training must show the model that view too."""
+    from fusion.training import voice as voice_training
+
+    seen = versions_seen(monkeypatch)
     rng = np.random.default_rng(5)
     clips = [features(rng, 2.0, shift=s) for s in (0.0, 0.0, 3.0, 3.0)]
     voice_training.fit(
@@ -166,3 +189,31 @@ def test_training_can_draw_each_recording_standardised_with_its_speaker_and_alon
         np.testing.assert_allclose(together[i].mel, reference.normalise(clip, SpeakerStatistics.of(speaker)).mel)
         np.testing.assert_allclose(alone[i].mel, reference.normalise(clip, SpeakerStatistics.of([clip])).mel)
     assert not np.allclose(together[2].mel, alone[2].mel)
+
+
+def test_training_alone_under_the_threshold_is_standardised_with_the_prior_alone(monkeypatch):
+    """With own_statistics_seconds between one recording's length and a speaker's total, the speakers' view uses
+    their own statistics and the recordings-alone view the prior alone, as such a model serves a short clip."""
+    from fusion.training import voice as voice_training
+
+    seen = versions_seen(monkeypatch)
+    rng = np.random.default_rng(7)
+    clips = [features(rng, 2.0, shift=s) for s in (0.0, 0.0, 3.0, 3.0)]
+    config = VoiceConfig(speaker_normalisation=True, members=1, own_statistics_seconds=3.0)
+    voice_training.fit(
+        clips,
+        ["anger", "neutral", "anger", "neutral"],
+        speakers=["a", "a", "b", "b"],
+        model_config=config,
+        train_config=voice_training.VoiceTrainConfig(epochs=1, batch_size=4, recordings_alone=True),
+    )
+    together, alone = seen["versions"]
+    reference = VoiceExpert(config)
+    reference.set_prior(SpeakerStatistics.of(clips))
+    prior_mel = reference.prior_mel.double().numpy()
+    for i, clip in enumerate(clips):
+        np.testing.assert_allclose(alone[i].mel, (clip.mel - prior_mel[0]) / prior_mel[1], rtol=1e-5, atol=1e-5)
+        # each speaker's 4 s pass the threshold: their own statistics, shrunk towards the prior
+        speaker = clips[:2] if i < 2 else clips[2:]
+        np.testing.assert_allclose(together[i].mel, reference.normalise(clip, SpeakerStatistics.of(speaker)).mel)
+    assert float(together[2].mel.mean()) < float(alone[2].mel.mean()) - 0.1

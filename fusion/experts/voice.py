@@ -144,6 +144,9 @@ class VoiceConfig:
     # Standardise the log-mel and the states with the speaker's own statistics (SpeakerStatistics), shrunk towards
     # the training population's (stored with the weights) by PRIOR_SECONDS: the voice across speakers and rooms
     speaker_normalisation: bool = False
+    # with speaker normalisation: a speaker with less speech than this is standardised with the prior alone (a short
+    # clip's own statistics are mostly its emotion's, not its speaker's); 0: always shrunk towards the prior
+    own_statistics_seconds: float = 0.0
 
 
 class VoiceExpert(nn.Module):
@@ -178,10 +181,13 @@ class VoiceExpert(nn.Module):
         rows = blocks if len(features.states) > 1 else 1
         prior_mel = self.prior_mel.cpu().double().numpy()
         prior_states = self.prior_states[:, -rows:].cpu().double().numpy()  # one row: the block the expert reads
-        mel_mean, mel_std = statistics.mel.standardiser(prior_mel[0], prior_mel[1], PRIOR_SECONDS / MEL_SECONDS)
-        mean, std = statistics.states.rows(rows).standardiser(
-            prior_states[0], prior_states[1], PRIOR_SECONDS / STATE_SECONDS
-        )
+        if statistics.states.count * STATE_SECONDS < self.config.own_statistics_seconds:
+            (mel_mean, mel_std), (mean, std) = prior_mel, prior_states  # too little of the speaker: the prior alone
+        else:
+            mel_mean, mel_std = statistics.mel.standardiser(prior_mel[0], prior_mel[1], PRIOR_SECONDS / MEL_SECONDS)
+            mean, std = statistics.states.rows(rows).standardiser(
+                prior_states[0], prior_states[1], PRIOR_SECONDS / STATE_SECONDS
+            )
         states = features.states[:rows].astype(np.float32)
         return SpeechFeatures(
             ((features.mel - mel_mean) / mel_std).astype(np.float32),

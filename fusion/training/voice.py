@@ -341,6 +341,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --speaker-normalisation: also train on each recording standardised alone, as a short clip is served",
     )
     parser.add_argument(
+        "--own-statistics-seconds",
+        type=float,
+        default=VoiceConfig.own_statistics_seconds,
+        help="with --speaker-normalisation: a speaker with less speech than this is standardised with the training"
+        " population's statistics alone, in training (with --recordings-alone: each recording alone) and at"
+        " prediction (default 0: always shrunk towards them)",
+    )
+    parser.add_argument(
         "--degraded-copies",
         type=int,
         default=0,
@@ -379,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
         use_whisper=args.parts != "cnn",
         members=args.members,
         speaker_normalisation=args.speaker_normalisation,
+        own_statistics_seconds=args.own_statistics_seconds,
         whisper_dim=features[0].states.shape[-1],
     )
     train_config = VoiceTrainConfig(
