@@ -29,6 +29,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -129,21 +130,29 @@ def _voice(folder: Path, train, train_features, others, cache: SpeechCache, ship
     if (folder / "config.json").is_file():
         return VoiceExpert.load(folder)
     other_features, _ = cache.build([e.path for e in others], progress=False)
-    examples, features = list(train) + list(others), list(train_features) + list(other_features)
-    config = VoiceTrainConfig(**shipped["training"]["config"])
+    return fold_voice(folder, list(train) + list(others), list(train_features) + list(other_features), shipped)
+
+
+def fold_voice(
+    folder: Path, examples, features, shipped, *, model: dict | None = None, training: dict | None = None
+) -> VoiceExpert:
+    """A voice trained by the shipped recipe, its model and training settings overridden by `model` and `training`,
+    saved to folder (read back when trained before; resumable)."""
+    if (folder / "config.json").is_file():
+        return VoiceExpert.load(folder)
+    settings = shipped["model"] | {k: tuple(shipped["model"][k]) for k in ("labels", "whisper_blocks")} | (model or {})
+    config = VoiceTrainConfig(**shipped["training"]["config"] | (training or {}))
     result = fit(
         features,
         [voice_label(e.dataset, e.label, e.native_label) for e in examples],
         groups=[e.dataset for e in examples],
         speakers=[e.speaker for e in examples],
-        model_config=VoiceConfig(
-            **shipped["model"] | {k: tuple(shipped["model"][k]) for k in ("labels", "whisper_blocks")}
-        ),
+        model_config=VoiceConfig(**settings),
         train_config=config,
         state_dir=folder,
         resume=(folder / "training_state.pt").is_file(),
     )
-    result.model.save(folder, extra={"training": {"seconds": result.seconds, "config": shipped["training"]["config"]}})
+    result.model.save(folder, extra={"training": {"seconds": result.seconds, "config": asdict(config)}})
     return result.model
 
 

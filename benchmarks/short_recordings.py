@@ -33,19 +33,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.child import describe_machine, write_results
-from benchmarks.product_path import _pooled, _probe, recipe_corpora
-from fusion.experts.voice import VoiceConfig, VoiceExpert, predict_proba, to_canonical, voice_label
+from benchmarks.product_path import _pooled, _probe, fold_voice, recipe_corpora
+from fusion.experts.voice import VoiceExpert, predict_proba, to_canonical
 from fusion.labels import EMOTIONS
 from fusion.training.metrics import score
 from fusion.training.splits import speaker_folds
-from fusion.training.voice import SpeechCache, VoiceTrainConfig, fit
+from fusion.training.voice import SpeechCache
 
 # The training view "prior alone" needs a threshold above every training recording's length and below every
 # training speaker's total; the recordings are at most 12.0 s long and the speakers hold 90 s or more (this run
@@ -90,21 +90,23 @@ def main() -> None:
     for variant in args.variants:
         rows = []
         for k, (train, test) in enumerate(folds):
-            model = _voice(
+            normalise, alone, own_seconds = VARIANTS[variant]
+            model = fold_voice(
                 work / variant / f"fold{k}",
                 [speech[i] for i in train] + others,
                 [speech_features[i] for i in train] + other_features,
                 shipped,
-                *VARIANTS[variant],
+                model={"speaker_normalisation": normalise, "own_statistics_seconds": own_seconds},
+                training={"recordings_alone": alone},
             )
             if not args.train_only:
                 examples = [speech[i] for i in test]
-                rows.append(_views(model, examples, [speech_features[i] for i in test], seed=k))
-                for view, speakers in (("oof", [e.speaker for e in examples]), ("oof-alone", None)):
-                    probabilities = predict_proba(model, [speech_features[i] for i in test], speakers=speakers)
-                    oof = work / variant / view / f"seed0-fold{k}.npz"  # as `fusion ablate --out-of-fold` reads them
+                views, probabilities = _views(model, examples, [speech_features[i] for i in test], seed=k)
+                rows.append(views)
+                for view, rows_of_view in probabilities.items():  # as `fusion ablate --out-of-fold` reads them
+                    oof = work / variant / view / f"seed0-fold{k}.npz"
                     oof.parent.mkdir(parents=True, exist_ok=True)
-                    np.savez(oof, paths=np.array([e.path for e in examples]), probabilities=to_canonical(probabilities))
+                    np.savez(oof, paths=np.array([e.path for e in examples]), probabilities=rows_of_view)
             report["training_minutes"].setdefault(variant, []).append(
                 json.loads((work / variant / f"fold{k}" / "config.json").read_text())["training"]["seconds"] / 60
             )
@@ -167,37 +169,25 @@ def _lengths(examples, features) -> dict:
     return {"longest_recording_s": max(seconds), "smallest_speaker_s": min(totals.values())}
 
 
-def _voice(folder: Path, examples, features, shipped, normalise: bool, alone: bool, own_seconds: float) -> VoiceExpert:
-    """A fold's voice by the shipped recipe with this variant's settings (read back when trained before)."""
-    if (folder / "config.json").is_file():
-        return VoiceExpert.load(folder)
-    model = shipped["model"] | {k: tuple(shipped["model"][k]) for k in ("labels", "whisper_blocks")}
-    model["speaker_normalisation"] = normalise
-    config = VoiceTrainConfig(**shipped["training"]["config"] | {"recordings_alone": alone})
-    result = fit(
-        features,
-        [voice_label(e.dataset, e.label, e.native_label) for e in examples],
-        groups=[e.dataset for e in examples],
-        speakers=[e.speaker for e in examples],
-        model_config=VoiceConfig(**model | {"own_statistics_seconds": own_seconds}),
-        train_config=config,
-        state_dir=folder,
-        resume=(folder / "training_state.pt").is_file(),
-    )
-    result.model.save(folder, extra={"training": {"seconds": result.seconds, "config": asdict(config)}})
-    return result.model
-
-
-def _views(model: VoiceExpert, examples, features, *, seed: int) -> dict:
-    """UA (7 classes) of each view; groups of n: each actor's recordings dealt at random into groups of n."""
+def _views(model: VoiceExpert, examples, features, *, seed: int) -> tuple[dict, dict]:
+    """UA (7 classes) of each view; groups of n: each actor's recordings dealt at random into groups of n. And the
+    canonical probabilities of each actor's recordings together ("oof") and of each recording alone ("oof-alone"),
+    as the model serves them."""
     truth = [e.label for e in examples]
 
-    def ua(speakers, own_seconds: float) -> float:
+    def canonical(speakers, own_seconds: float) -> np.ndarray:
         served = model if own_seconds == model.config.own_statistics_seconds else _with_threshold(model, own_seconds)
-        probabilities = to_canonical(predict_proba(served, features, speakers=speakers))
+        return to_canonical(predict_proba(served, features, speakers=speakers))
+
+    def ua(probabilities: np.ndarray) -> float:
         return score(truth, [EMOTIONS[k] for k in probabilities.argmax(1)], EMOTIONS).ua
 
-    out = {"together": ua([e.speaker for e in examples], model.config.own_statistics_seconds)}
+    own = model.config.own_statistics_seconds
+    served = {
+        "oof": canonical([e.speaker for e in examples], own),
+        "oof-alone": canonical([str(i) for i in range(len(examples))], own),
+    }
+    out = {"together": ua(served["oof"])}
     rng = np.random.default_rng(seed)
     by_actor: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
@@ -207,9 +197,9 @@ def _views(model: VoiceExpert, examples, features, *, seed: int) -> dict:
         for actor, rows in by_actor.items():
             for position, i in enumerate(rng.permutation(rows)):
                 groups[i] = f"{actor}/{position // n}"
-        out[f"{n}: own"] = ua(groups, 0.0)
-        out[f"{n}: prior"] = ua(groups, float("inf"))
-    return out
+        out[f"{n}: own"] = ua(canonical(groups, 0.0))
+        out[f"{n}: prior"] = ua(canonical(groups, float("inf")))
+    return out, served
 
 
 def _with_threshold(model: VoiceExpert, own_seconds: float) -> VoiceExpert:
