@@ -125,6 +125,56 @@ def test_with_neutral_as_absence_half_bland_words_do_not_argue_for_neutral():
     assert LateFusion.from_dict(absent.to_dict()) == absent
 
 
+def test_a_stricter_absence_ratio_lets_only_clearly_emotional_words_count():
+    """absence_ratio 0.5: words whose q(neutral) is under their prior's but above half of it (0.3 against 0.45)
+    count not at all; words that see clearly more emotion (q(neutral) 0.1) still count, as with the ratio 1."""
+    rng = np.random.default_rng(7)
+    voice = rng.dirichlet(np.ones(C), 60)
+    prior = {"text": [0.1, 0.05, 0.05, 0.15, 0.1, 0.1, 0.45]}
+
+    def words(neutral: float) -> np.ndarray:
+        row = np.full(C, (1 - neutral - 0.4) / (C - 2))
+        row[0], row[6] = 0.4, neutral
+        return np.tile(row, (60, 1))
+
+    strict = LateFusion(priors=prior, gates={"text": 0.0}, neutral_as_absence=True, absence_ratio=0.5)
+    loose = LateFusion(priors=prior, gates={"text": 0.0}, neutral_as_absence=True)
+    alone = strict({"audio": voice})
+    np.testing.assert_allclose(strict({"audio": voice, "text": words(0.3)}), alone, atol=1e-6)
+    assert (loose({"audio": voice, "text": words(0.3)})[:, 0] > alone[:, 0]).all()
+    np.testing.assert_allclose(
+        strict({"audio": voice, "text": words(0.1)}), loose({"audio": voice, "text": words(0.1)})
+    )
+    assert (strict({"audio": voice, "text": words(0.1)})[:, 0] > alone[:, 0]).all()
+    assert LateFusion.from_dict(strict.to_dict()) == strict and "absence_ratio" not in loose.to_dict()
+
+
+def test_with_certainty_words_unsure_which_emotion_barely_move_the_voice():
+    """Words that see emotion but spread it over anger, happiness and surprise (Whisper's "!" after a neutral sentence
+    read loudly) turn the voice's sadness into anger without the certainty weight; with it they move the voice's
+    odds by a fraction of that and its answer stands. Words that name one emotion still count (their weight is
+    their top emotion's share of q(not neutral))."""
+    prior = {"text": [0.1, 0.05, 0.05, 0.15, 0.1, 0.1, 0.45]}
+    voice = np.array([[0.05, 0.05, 0.3, 0.05, 0.4, 0.05, 0.1]])  # sadness over fear
+    spread = np.array([[0.3, 0.02, 0.02, 0.33, 0.02, 0.24, 0.07]])
+    named = np.array([[0.85, 0.02, 0.02, 0.03, 0.02, 0.03, 0.03]])
+    absent = LateFusion(priors=prior, gates={"text": 0.0}, neutral_as_absence=True)
+    sure = LateFusion(priors=prior, gates={"text": 0.0}, neutral_as_absence=True, certainty=1.0)
+    alone = sure({"audio": voice})
+
+    def moved(fusion, words):  # how far the words move the log-odds of sadness against fear
+        fused = fusion({"audio": voice, "text": words})
+        return abs(np.log(fused[0, 4] / fused[0, 2]) - np.log(alone[0, 4] / alone[0, 2]))
+
+    assert moved(absent, spread) > 0 and moved(sure, spread) < 0.4 * moved(absent, spread)
+    assert absent({"audio": voice, "text": spread})[0].argmax() == 0  # without the weight the words say anger
+    assert sure({"audio": voice, "text": spread})[0].argmax() == alone[0].argmax() == 4
+    assert sure({"audio": voice, "text": named})[0].argmax() == 0
+    np.testing.assert_allclose(sure.gate("text", named), named[0, 0] / (1 - named[0, 6]))
+    np.testing.assert_allclose(sure({"text": spread}), absent({"text": spread}), atol=1e-12)  # words alone: as before
+    assert LateFusion.from_dict(sure.to_dict()) == sure and "certainty" not in absent.to_dict()
+
+
 def test_attribution_names_the_modality_that_moved_the_answer():
     """Words that say anger over a voice that leans to sadness: the answer is anger, the words' attribution is the
     largest, and leaving them out changes the label; a modality absent from a row has no attribution there."""

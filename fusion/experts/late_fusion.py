@@ -25,7 +25,15 @@ alone, are still what the recording has to go by.
 With ``neutral_as_absence``, a gated expert that sees less emotion than it expects a priori (q_m(neutral) >=
 pi_m(neutral)) counts not at all in that row (weight 0: neither its evidence nor its prior). Words can then tell the
 voice that there is emotion, and which, but bland words never argue that there is none, nor lean the voice's close
-calls with what little they say about the other classes.
+calls with what little they say about the other classes. ``absence_ratio`` (rho, default 1) moves that boundary:
+the expert counts only where q_m(neutral) < rho * pi_m(neutral), so with rho < 1 words must see clearly more
+emotion than they expect a priori before they argue with the voice.
+
+With ``certainty`` (kappa), a gated expert's weight is also multiplied by how sure it is which emotion it sees,
+(max over the emotions c of q_m(c) / (1 - q_m(neutral)))^kappa: words that say "there is emotion here" but spread it
+over anger, happiness and surprise (Whisper's "!" after a neutral sentence read loudly: the voice's own evidence,
+heard again through the punctuation) barely move the voice's choice among the emotions; words that name one emotion
+count nearly in full.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ class LateFusion:
     priors: dict[str, list[float]] = field(default_factory=dict)
     gates: dict[str, float] = field(default_factory=dict)  # modality -> gamma: weight x (1 - q(neutral))^gamma
     neutral_as_absence: bool = False  # a gated expert that sees less emotion than its prior counts not at all
+    absence_ratio: float = 1.0  # with neutral_as_absence: it counts only where q(neutral) < ratio x pi(neutral)
+    certainty: float = 0.0  # kappa: a gated expert's weight x (its top emotion's share of q(not neutral))^kappa
 
     def __call__(self, probabilities: Mapping[str, np.ndarray | None]) -> np.ndarray:
         """{modality: (N, C) probabilities, or NaN rows / None where it is absent} -> (N, C) pooled probabilities;
@@ -87,11 +97,17 @@ class LateFusion:
 
     def gate(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
         """(N, C) a gated expert's probabilities -> (N,) (1 - q(neutral))^gamma: how much emotion it sees; with
-        neutral_as_absence 0 where it sees less than its prior expects (q(neutral) >= pi(neutral))."""
-        q = np.exp(calibrated_log_probabilities(probabilities, self.temperatures.get(modality, 1.0)))[:, NEUTRAL]
+        neutral_as_absence 0 where it sees less than its prior expects (q(neutral) >= absence_ratio x pi(neutral));
+        with certainty, times how sure it is which emotion."""
+        calibrated = np.exp(calibrated_log_probabilities(probabilities, self.temperatures.get(modality, 1.0)))
+        q = calibrated[:, NEUTRAL]
         weight = np.clip(1.0 - q, 0.0, 1.0) ** self.gates[modality]
+        if self.certainty:
+            emotions = np.delete(calibrated, NEUTRAL, 1)
+            weight = weight * (emotions.max(1) / np.maximum(emotions.sum(1), EPS)) ** self.certainty
         if self.neutral_as_absence:
-            weight = np.where(q >= np.exp(self.log_prior(modality, probabilities.shape[1]))[NEUTRAL], 0.0, weight)
+            expected = np.exp(self.log_prior(modality, probabilities.shape[1]))[NEUTRAL]
+            weight = np.where(q >= self.absence_ratio * expected, 0.0, weight)
         return weight
 
     def evidence(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
@@ -121,6 +137,8 @@ class LateFusion:
             }
             | ({"gates": dict(self.gates)} if self.gates else {})
             | ({"neutral_as_absence": True} if self.neutral_as_absence else {})
+            | ({"absence_ratio": self.absence_ratio} if self.absence_ratio != 1.0 else {})
+            | ({"certainty": self.certainty} if self.certainty else {})
         )
 
     @classmethod
@@ -131,6 +149,8 @@ class LateFusion:
             {k: [float(x) for x in v] for k, v in data.get("priors", {}).items()},
             {k: float(v) for k, v in data.get("gates", {}).items()},
             bool(data.get("neutral_as_absence", False)),
+            float(data.get("absence_ratio", 1.0)),
+            float(data.get("certainty", 0.0)),
         )
 
 

@@ -89,6 +89,7 @@ def build(
     voice_context_s: float = VOICE_CONTEXT_S,
     gates: dict[str, float] | None = None,
     neutral_as_absence: bool = False,
+    certainty: float = 0.0,
     learned: str | os.PathLike | None = None,
     scratch: str | os.PathLike | None = None,
 ) -> dict:
@@ -163,7 +164,14 @@ def build(
         voice=voice,
         text=text_folder,
         face=face,
-        late_fusion=LateFusion(temperatures, {m: 1.0 for m in FOLDERS}, priors, _gates(gates), neutral_as_absence),
+        late_fusion=LateFusion(
+            temperatures,
+            {m: 1.0 for m in FOLDERS},
+            priors,
+            _gates(gates),
+            neutral_as_absence,
+            certainty=certainty,
+        ),
         face_views=face_views,
         face_precision=face_precision,
         extra={
@@ -286,6 +294,14 @@ def add_arguments(parser) -> None:
         help="a gated expert counts not at all where it sees less emotion than its prior expects"
         " (fusion.experts.late_fusion)",
     )
+    parser.add_argument(
+        "--certainty",
+        type=float,
+        default=0.0,
+        metavar="KAPPA",
+        help="weight a gated expert also by its certainty which emotion it sees, (its top emotion's share of"
+        " q(not neutral))^KAPPA (fusion.experts.late_fusion; benchmarks/fusion_gates.py measures KAPPA 1)",
+    )
 
 
 def run(args) -> int:
@@ -316,6 +332,7 @@ def run(args) -> int:
         voice_context_s=args.voice_context,
         gates=dict(_gate_spec(g) for g in args.gate) or None,
         neutral_as_absence=args.neutral_as_absence,
+        certainty=args.certainty,
         learned=args.learned_fusion,
     )
     print(json.dumps(record, indent=2))
@@ -351,11 +368,13 @@ def _run_recipe(args) -> dict:
     args.voice_temperature = plan.get("voice_temperature", args.voice_temperature)
     args.voice_context = plan.get("voice_context_s", args.voice_context)
     args.neutral_as_absence = args.neutral_as_absence or plan.get("neutral_as_absence", False)
+    args.certainty = args.certainty or plan.get("certainty", 0.0)
     args.gate = args.gate or [f"{expert}={gamma}" for expert, gamma in plan.get("gates", {}).items()]
     # the recipe as this bundle is made, so that `fusion bundle --recipe` on it makes it again
     gates = dict(_gate_spec(g) for g in args.gate)
     plan = plan | {"voice_temperature": args.voice_temperature, "voice_context_s": args.voice_context}
     plan = plan | ({"neutral_as_absence": True} if args.neutral_as_absence else {})
+    plan = plan | ({"certainty": args.certainty} if args.certainty else {})
     plan = plan | ({"gates": gates} if gates else {})
     return recipe | {"bundle": plan}
 
