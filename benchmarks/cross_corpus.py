@@ -155,6 +155,7 @@ def main() -> None:
         " (VoiceConfig.own_statistics_seconds; benchmarks/short_recordings.py's variant uses 30)",
     )
     parser.add_argument("--examples-per-epoch", type=int, default=2160, help="the shipped recipe's 2160")
+    parser.add_argument("--epochs", type=int, default=15, help="the shipped recipe's 15")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (the shipped recipe's)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-expert", action="store_true", help="the baselines alone")
@@ -203,6 +204,7 @@ def main() -> None:
                     whisper_dim=features[held_out][0].states.shape[-1],
                 ),
                 train_config=VoiceTrainConfig(
+                    epochs=args.epochs,
                     examples_per_epoch=args.examples_per_epoch,
                     bf16=args.bf16,
                     seed=seed,
