@@ -4,7 +4,8 @@
 
 Reads the experts' outputs per segment that benchmarks/product_path.py saved for each fold (RAVDESS speech of actors
 its voice expert never heard, through Predictor.predict; the 11 audio-visual clips likewise) and fuses them again
-as each candidate fusion would, scoring each file by its summary (the duration-weighted mean over its segments), as
+as each candidate fusion would, scoring each file by its summary (the mean over its segments weighted by seconds
+times the fusion's summary weights), as
 `fusion evaluate` does:
 
 - RAVDESS speech, 7 classes (calm counted as neutral): voice alone, and voice + the words Whisper heard. The words
@@ -111,8 +112,9 @@ def _ravdess_words(outputs: dict) -> list[tuple[np.ndarray, str]]:
     return [(outputs["text"][r], str(outputs["labels"][outputs["file_index"][r]])) for r in np.flatnonzero(spoken)]
 
 
-def file_labels(fusion: LateFusion, outputs: dict, modalities) -> list[str]:
-    """Each file's label: the duration-weighted mean of its segments' fused probabilities ("none" without any)."""
+def file_labels(fusion, outputs: dict, modalities) -> list[str]:
+    """Each file's label: its segments' fused probabilities averaged as fusion.predict's summary does, weighted by
+    their seconds and, for a LateFusion, its summary_weights ("none" without any segment)."""
     fused = fusion({m: outputs[m] for m in modalities})
     valid = ~np.isnan(fused).any(1)
     labels = []
@@ -121,8 +123,11 @@ def file_labels(fusion: LateFusion, outputs: dict, modalities) -> list[str]:
         if not rows.any():
             labels.append(NONE)
             continue
-        mean = (fused[rows] * outputs["durations"][rows, None]).sum(0)
-        labels.append(EMOTIONS[int(np.argmax(mean))])
+        weights = outputs["durations"][rows]
+        if isinstance(fusion, LateFusion):
+            weights = weights * fusion.summary_weights({m: outputs[m][rows] for m in modalities})
+        mean = (fused[rows] * weights[:, None]).sum(0)
+        labels.append(EMOTIONS[int(np.argmax(mean))] if weights.sum() > 0 else NONE)
     return labels
 
 

@@ -23,8 +23,8 @@ standardised together, each group with its own statistics and with the prior alo
 statistics start to pay is the threshold a short recording is served with. Each variant's out-of-fold
 probabilities are saved for `fusion ablate --out-of-fold` (WORK/VARIANT/oof: each actor's recordings together;
 WORK/VARIANT/oof-alone: each recording alone). Beside them, the pooled Whisper block-3 states + logistic regression
-probe of the same folds, and the same probe trained with the voice's other corpora. UA = macro recall, 7 classes
-(calm counted as neutral).
+probe of the same folds, the same probe trained with the voice's other corpora, and each variant with a probe as one
+voice on a lone recording. UA = macro recall, 7 classes (calm counted as neutral).
 """
 
 from __future__ import annotations
@@ -87,9 +87,11 @@ def main() -> None:
         "variants": {},
         "probe": [],
         "probe_mixes": [],
+        "with_probe": {},
         "training_minutes": {},
     }
     folds = speaker_folds(speech, args.folds)
+    alone: dict[str, list[np.ndarray]] = {}  # each variant's probabilities of each held-out recording alone, per fold
     for variant in args.variants:
         rows = []
         for k, (train, test) in enumerate(folds):
@@ -106,6 +108,7 @@ def main() -> None:
                 examples = [speech[i] for i in test]
                 views, probabilities = _views(model, examples, [speech_features[i] for i in test], seed=k)
                 rows.append(views)
+                alone.setdefault(variant, []).append(probabilities["oof-alone"])
                 for view, rows_of_view in probabilities.items():  # as `fusion ablate --out-of-fold` reads them
                     oof = work / variant / view / f"seed0-fold{k}.npz"
                     oof.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ def main() -> None:
     if args.train_only:
         return
     pooled_others = _pooled(other_features)
-    for train, test in folds:
+    for k, (train, test) in enumerate(folds):
         report["probe"].append(
             _probe(
                 [speech[i] for i in train],
@@ -127,30 +130,41 @@ def main() -> None:
                 [speech_features[i] for i in test],
             )["ua"]
         )
-        report["probe_mixes"].append(
-            _probe_mixes(
-                [speech[i] for i in train],
-                _pooled([speech_features[i] for i in train]),
-                others,
-                pooled_others,
-                [speech[i] for i in test],
-                _pooled([speech_features[i] for i in test]),
-            )
+        mixes, probes = _probe_mixes(
+            [speech[i] for i in train],
+            _pooled([speech_features[i] for i in train]),
+            others,
+            pooled_others,
+            [speech[i] for i in test],
+            _pooled([speech_features[i] for i in test]),
         )
+        report["probe_mixes"].append(mixes)
+        truth = [speech[i].label for i in test]
+        for variant, per_fold in alone.items():  # each variant as served, and with a probe as one voice
+            theirs = report["with_probe"].setdefault(variant, {})
+            voice = np.log(np.clip(per_fold[k], 1e-7, 1.0))
+            joints = {"alone": voice} | {name: voice + np.log(np.clip(p, 1e-7, 1.0)) for name, p in probes.items()}
+            for name, joint in joints.items():  # equal weights on the two's log-probabilities
+                theirs.setdefault(name, []).append(score(truth, [EMOTIONS[j] for j in joint.argmax(1)], EMOTIONS).ua)
     report["wall_seconds"] = time.perf_counter() - started
     write_results(report, Path(args.out), markdown)
 
 
-def _probe_mixes(train, x_train, others, x_others, test, x_test) -> dict:
+def _probe_mixes(train, x_train, others, x_others, test, x_test) -> tuple[dict, dict]:
     """The probe (as benchmarks/product_path.py's) trained on the fold's RAVDESS actors with the voice's other
     corpora beside them, each corpus an equal share of the loss (as the voice's epochs draw them): how much of the
-    probe's lead on a lone clip is its training on RAVDESS alone."""
+    probe's lead on a lone clip is its training on RAVDESS alone. -> ({name: UA on the test recordings}, {name:
+    (n_test, len(EMOTIONS)) its probabilities}), the probe on RAVDESS alone among the probabilities."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    out = {}
-    for name, kinds in (("ravdess + nemo", {"nemo"}), ("four corpora", {e.dataset for e in others})):
+    out, probabilities = {}, {}
+    for name, kinds in (
+        ("ravdess", set()),
+        ("ravdess + nemo", {"nemo"}),
+        ("four corpora", {e.dataset for e in others}),
+    ):
         rows = [i for i, e in enumerate(others) if e.dataset in kinds]
         x = np.concatenate([x_train, x_others[rows]])
         labels = [e.label for e in train] + [others[i].label for i in rows]
@@ -159,8 +173,14 @@ def _probe_mixes(train, x_train, others, x_others, test, x_test) -> dict:
         weights = np.array([len(corpus) / (len(counts) * counts[c]) for c in corpus])
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         model.fit(x, labels, logisticregression__sample_weight=weights)
-        out[name] = score([e.label for e in test], list(model.predict(x_test)), EMOTIONS).ua
-    return out
+        if name != "ravdess":
+            out[name] = score([e.label for e in test], list(model.predict(x_test)), EMOTIONS).ua
+        if name != "ravdess + nemo":
+            p, classes = model.predict_proba(x_test), list(model.classes_)
+            probabilities[name] = np.stack(
+                [p[:, classes.index(e)] if e in classes else 0 * p[:, 0] for e in EMOTIONS], 1
+            )
+    return out, probabilities
 
 
 def _lengths(examples, features) -> dict:
@@ -246,6 +266,19 @@ def markdown(report: dict) -> str:
     lines.append(f"| ravdess | {100 * np.mean(report['probe']):.1f} |")
     for name in report["probe_mixes"][0]:
         lines.append(f"| {name} | {100 * np.mean([m[name] for m in report['probe_mixes']]):.1f} |")
+    if report.get("with_probe"):
+        names = [n for n in next(iter(report["with_probe"].values())) if n != "alone"]
+        lines += [
+            "",
+            "Each variant with a probe as one voice (equal weights on their log-probabilities), each test recording "
+            "alone:",
+            "",
+            "| variant | alone | " + " | ".join(f"with the probe on {n}" for n in names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for variant, theirs in report["with_probe"].items():
+            cells = " | ".join(f"{100 * np.mean(theirs[n]):.1f}" for n in ("alone", *names))
+            lines.append(f"| {variant} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -324,14 +324,15 @@ def _score(args: argparse.Namespace) -> int:
 def _table(result) -> str:
     lines = [f"{result.file}  ({result.duration:.2f} s, modalities: {', '.join(result.summary.modalities)})"]
     who = "speaker" in result.timeline.columns
-    lines.append(f"{'start':>7} {'end':>7}  {'label':<10} {'p':>5}  {'modalities':<17} {'who  ' if who else ''}text")
+    columns = f"{'start':>7} {'end':>7}  {'label':<10} {'p':>5} {'w':>5}  {'modalities':<17}"
+    lines.append(f"{columns} {'who  ' if who else ''}text")
     for row in result.timeline.itertuples(index=False):
         p = getattr(row, row.label) if row.label else float("nan")
         speaker = f"{row.speaker or '-':<4} " if who else ""
-        where = f"{row.start:7.2f} {row.end:7.2f}  {row.label or '-':<10} {p:5.2f}  {row.modalities:<17}"
-        lines.append(f"{where} {speaker}{row.text}")
+        where = f"{row.start:7.2f} {row.end:7.2f}  {row.label or '-':<10} {p:5.2f} {row.summary_weight:5.2f}"
+        lines.append(f"{where}  {row.modalities:<17} {speaker}{row.text}")
     summary = result.summary
-    lines.append(f"{summary.speaker or 'overall'}: {_top(summary)}")
+    lines.append(f"{summary.speaker or 'overall'} (segments weighted by length x w): {_top(summary)}")
     for speaker, theirs in (summary.speakers or {}).items():
         lines.append(f"{speaker}: {_top(theirs)}, {theirs.seconds:.1f} s")
     return "\n".join(lines) + "\n"

@@ -1,10 +1,11 @@
 """`fusion evaluate`: a labelled set scored through exactly the path users get, `Predictor.predict` per file.
 
 Each recording goes through decoding, voice activity, segments, the experts and their fusion, as `fusion.predict`
-runs them; its predicted label is its summary's (the duration-weighted mean over its segments). The scores are UA
-(macro recall), WA (accuracy), macro and weighted F1, per-class recall, the confusion matrix and the expected
-calibration error of the summaries' probabilities. A file that cannot be predicted is listed with its error and
-counted as a miss (its predicted label: none), so one bad file never hides the others nor flatters the figures.
+runs them; its predicted label is its summary's (the mean over its segments, weighted by seconds times
+summary_weight). The scores are UA (macro recall), WA (accuracy), macro and weighted F1, per-class recall, the
+confusion matrix and the expected calibration error of the summaries' probabilities. A file that cannot be
+predicted is listed with its error and counted as a miss (its predicted label: none), so one bad file never hides
+the others nor flatters the figures.
 
     fusion evaluate ravdess=$FUSION_SHARED/data/ravdess-speech-16k --experts voice --experts voice,text
     fusion evaluate my_interviews.csv --confusion confusion.png     # a csv of path, label[, speaker]
@@ -23,7 +24,7 @@ from fusion.errors import FusionError
 from fusion.experts.bundle import FOLDERS, ExpertBundle
 from fusion.experts.voice import by_group
 from fusion.labels import EMOTIONS
-from fusion.serving.prediction import Prediction, Summary, weighted_summary
+from fusion.serving.prediction import SUMMARY_WEIGHT, Prediction, Summary, weighted_summary
 from fusion.serving.predictor import Predictor
 from fusion.training.datasets import Example, from_spec
 from fusion.training.metrics import expected_calibration_error, score
@@ -140,9 +141,10 @@ def predict_files(
 def subset_summary(prediction: Prediction, bundle: ExpertBundle, experts: Sequence[str]) -> Summary:
     """The summary the prediction would have with only these experts: their outputs per segment fused again."""
     modalities = [m for m, name in FOLDERS.items() if name in experts]
-    fused = bundle.fuse({m: prediction.experts[m] for m in modalities})
+    experts = {m: prediction.experts[m] for m in modalities}
+    fused = bundle.fuse(experts)
     timeline = prediction.timeline[["start", "end"]].assign(**{e: fused[:, i] for i, e in enumerate(prediction.labels)})
-    return weighted_summary(timeline, prediction.labels)
+    return weighted_summary(timeline.assign(**{SUMMARY_WEIGHT: bundle.summary_weights(experts)}), prediction.labels)
 
 
 def _evaluation(data, subset, model_id, rows, errors, seconds, by_speaker) -> Evaluation:

@@ -1,9 +1,11 @@
 """Late fusion arithmetic: calibration, weights, missing modalities (synthetic probabilities, no models)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fusion.experts.late_fusion import LateFusion
+from fusion.serving.prediction import weighted_summary, with_summary_weights
 from fusion.training.calibration import fit_temperature, fit_weights
 from fusion.training.metrics import expected_calibration_error
 
@@ -173,6 +175,39 @@ def test_with_certainty_words_unsure_which_emotion_barely_move_the_voice():
     np.testing.assert_allclose(sure.gate("text", named), named[0, 0] / (1 - named[0, 6]))
     np.testing.assert_allclose(sure({"text": spread}), absent({"text": spread}), atol=1e-12)  # words alone: as before
     assert LateFusion.from_dict(sure.to_dict()) == sure and "certainty" not in absent.to_dict()
+
+
+def test_a_resting_face_after_the_voice_does_not_tip_the_recordings_summary():
+    """A recording whose voice says sadness by a hair (0.52 against neutral 0.47) and then shows a resting face for
+    0.4 s with no voice: counted by its seconds alone, the face's neutral tips the summary; with the summary weights
+    (the gates one level up) the resting face counts 0 and the voice's answer stands. A face that shows an emotion
+    there still counts, by its gate; in a recording with no voice at all every face segment counts in full."""
+    labels = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+    prior = [0.13, 0.03, 0.13, 0.25, 0.17, 0.12, 0.17]
+    fusion = LateFusion(priors={"video": prior}, gates={"video": 0.0}, neutral_as_absence=True, certainty=1.0)
+    voice = np.array([[0.0, 0.0, 0.005, 0.0, 0.52, 0.005, 0.47], [np.nan] * C])
+    resting = np.array([[0.02, 0.01, 0.02, 0.05, 0.1, 0.02, 0.78]] * 2)
+    happy = np.array([[0.02, 0.01, 0.02, 0.85, 0.02, 0.03, 0.05]] * 2)
+
+    def summary(face, *, weighted=True, with_voice=True):
+        experts = {"audio": voice if with_voice else np.full_like(voice, np.nan), "video": face}
+        fused = fusion(experts)
+        timeline = pd.DataFrame({"start": [0.0, 3.0], "end": [3.0, 3.4], **dict(zip(labels, fused.T))})
+        timeline["modalities"] = ["audio,video", "video"]
+        if weighted:
+            timeline = with_summary_weights(timeline, fusion.summary_weights(experts))
+        return weighted_summary(timeline, labels), timeline
+
+    unweighted, _ = summary(resting, weighted=False)
+    kept, timeline = summary(resting)
+    assert unweighted.label == "neutral" and kept.label == "sadness"
+    assert timeline["summary_weight"].tolist() == [1.0, 0.0] and kept.seconds == 3.0
+    _, timeline = summary(happy)
+    np.testing.assert_allclose(timeline["summary_weight"][1], fusion.gate("video", happy[1:])[0])
+    assert 0.8 < timeline["summary_weight"][1] < 1.0
+    _, timeline = summary(resting, with_voice=False)
+    assert timeline["summary_weight"].tolist() == [1.0, 1.0]
+    assert LateFusion().summary_weights({"audio": voice, "video": resting}).tolist() == [1.0, 1.0]  # no gates
 
 
 def test_attribution_names_the_modality_that_moved_the_answer():

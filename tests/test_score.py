@@ -17,7 +17,7 @@ from benchmarks.long_input import concatenate
 from fusion.labels import EMOTIONS
 from fusion.serving.batch import STAGE_COLUMNS, ScoreOptions, plot_name, score_files
 
-SEGMENT_COLUMNS = ["file", "start", "end", "text", "face_present", *EMOTIONS, "label", "modalities"]
+SEGMENT_COLUMNS = ["file", "start", "end", "text", "face_present", *EMOTIONS, "label", "modalities", "summary_weight"]
 SEGMENT_COLUMNS += ["attribution_audio", "attribution_text", "attribution_video"]
 FILE_COLUMNS = [
     "file", "duration", "label", *EMOTIONS, "modalities", "segments", "damaged", *STAGE_COLUMNS, "checkpoint"

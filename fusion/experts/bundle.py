@@ -221,6 +221,12 @@ class ExpertBundle:
             return self.learned.fuse(probabilities)
         return self.late_fusion(probabilities)
 
+    def summary_weights(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        """{modality: (N, C) an expert's probabilities per segment of one recording, NaN rows where absent} -> (N,)
+        how much each segment counts in the recording's summary, a factor on its seconds (the late fusion's gates,
+        one level up: LateFusion.summary_weights)."""
+        return self.late_fusion.summary_weights(probabilities)
+
     def attribution(self, probabilities: dict[str, np.ndarray], fused: np.ndarray) -> dict[str, np.ndarray]:
         """{modality: (N,) how much it moved each row's fused answer}: the fused label's log-probability less its
         log-probability with that modality left out (NaN where the modality is absent). Positive: the modality

@@ -34,6 +34,11 @@ With ``certainty`` (kappa), a gated expert's weight is also multiplied by how su
 over anger, happiness and surprise (Whisper's "!" after a neutral sentence read loudly: the voice's own evidence,
 heard again through the punctuation) barely move the voice's choice among the emotions; words that name one emotion
 count nearly in full.
+
+A recording's summary weighs its segments by the same rule (:meth:`LateFusion.summary_weights`): where the voice
+speaks somewhere in the recording, a segment that only gated experts speak for (a face between utterances, words the
+voice expert had too little sound for) counts as much as its largest gate would weigh it beside the voice, so a
+resting face after the last word is no evidence that the speaker is calm.
 """
 
 from __future__ import annotations
@@ -109,6 +114,31 @@ class LateFusion:
             expected = np.exp(self.log_prior(modality, probabilities.shape[1]))[NEUTRAL]
             weight = np.where(q >= self.absence_ratio * expected, 0.0, weight)
         return weight
+
+    def summary_weights(self, probabilities: Mapping[str, np.ndarray | None]) -> np.ndarray:
+        """{modality: (N, C) probabilities of one recording's segments, NaN rows / None where absent} -> (N,) how
+        much each segment counts in the recording's summary, a factor on its seconds: 1 where an expert without a
+        gate speaks; a segment that only gated experts speak for, in a recording where an ungated expert speaks
+        somewhere, the largest of their gates (0 where each sees no more emotion than its prior); 1 for every
+        segment of a recording that no ungated expert speaks in (what it has to go by); 0 where no expert speaks."""
+        present = {m: p for m, p in probabilities.items() if p is not None}
+        if not present:
+            raise ValueError("summary weights need at least one modality's probabilities")
+        n = len(next(iter(present.values())))
+        rows = {m: ~np.isnan(p).any(1) for m, p in present.items()}
+        ungated = np.zeros(n, bool)
+        for modality, speaks in rows.items():
+            if modality not in self.gates:
+                ungated |= speaks
+        seen = np.logical_or.reduce(list(rows.values()))
+        if not ungated.any():
+            return seen.astype(np.float64)
+        weights = ungated.astype(np.float64)
+        for modality, speaks in rows.items():
+            alone = speaks & ~ungated
+            if modality in self.gates and alone.any():
+                weights[alone] = np.maximum(weights[alone], self.gate(modality, present[modality][alone]))
+        return weights
 
     def evidence(self, modality: str, probabilities: np.ndarray) -> np.ndarray:
         """(N, C) an expert's probabilities -> (N, C) float64 its evidence: log q_m - log pi_m above."""

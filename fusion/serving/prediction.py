@@ -22,6 +22,7 @@ from fusion.labels import MODALITIES
 
 ON_CAMERA = "on-camera"  # for_speaker's name for the speaker whose face is shown
 ATTRIBUTION = {m: f"attribution_{m}" for m in MODALITIES}  # the timeline's column of each modality's attribution
+SUMMARY_WEIGHT = "summary_weight"  # the timeline's column: how much a segment counts in the summary, beside its seconds
 
 
 def _found(speakers: dict) -> str:
@@ -30,11 +31,12 @@ def _found(speakers: dict) -> str:
 
 @dataclass(frozen=True)
 class Summary:
-    """A recording's emotion, or one speaker's: the duration-weighted mean probabilities over its predicted segments.
+    """A recording's emotion, or one speaker's: the mean probabilities over its predicted segments, each weighted
+    by its seconds times its summary_weight (see :class:`Prediction`).
 
     label: the top emotion; None (and every probability NaN, null in JSON) when no segment has anything to go by:
     nothing is known, which is not "0% of every emotion". modalities: those whose experts had something to say in
-    some segment (None in a speaker's entry). seconds: the seconds of predicted segments (a speaker's, and
+    some segment (None in a speaker's entry). seconds: the seconds of the segments that count (a speaker's, and
     for_speaker's). on_camera: whether the face shown is this speaker's (True, False, None: unknown). speaker: whose
     summary for_speaker made this. speakers: one Summary per speaker, when the prediction has speakers.
     """
@@ -64,15 +66,28 @@ class Summary:
 
 
 def weighted_summary(timeline: pd.DataFrame, labels: tuple[str, ...]) -> Summary:
-    """The duration-weighted mean probabilities of the segments that have any (NaN rows skipped), its top label
-    (None, and NaN probabilities, when none has), and the seconds of those segments."""
+    """The mean probabilities of the segments that have any (NaN rows skipped), each weighted by its seconds times
+    its summary_weight (when the timeline has that column), its top label (None, and NaN probabilities, when no
+    segment counts), and the seconds of the segments that count."""
     probabilities = timeline[list(labels)].to_numpy(dtype=np.float64)
     predicted = ~np.isnan(probabilities).any(1)
-    weights = (timeline["end"] - timeline["start"]).to_numpy() * predicted
-    if not predicted.any():
+    seconds = (timeline["end"] - timeline["start"]).to_numpy()
+    weights = seconds * predicted
+    if SUMMARY_WEIGHT in timeline:
+        weights = weights * timeline[SUMMARY_WEIGHT].fillna(0.0).to_numpy()
+    if not (weights > 0).any():
         return Summary(dict.fromkeys(labels, math.nan), None, seconds=0.0)
-    mean = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
-    return Summary(dict(zip(labels, mean.tolist())), labels[int(np.argmax(mean))], seconds=float(weights.sum()))
+    mean = (np.nan_to_num(probabilities) * weights[:, None]).sum(0) / weights.sum()
+    counted = float(seconds[weights > 0].sum())
+    return Summary(dict(zip(labels, mean.tolist())), labels[int(np.argmax(mean))], seconds=counted)
+
+
+def with_summary_weights(timeline: pd.DataFrame, weights: np.ndarray) -> pd.DataFrame:
+    """The timeline with its summary_weight column (after modalities) set to weights: (n_segments,) from
+    ExpertBundle.summary_weights."""
+    timeline = timeline.drop(columns=SUMMARY_WEIGHT, errors="ignore")
+    timeline.insert(timeline.columns.get_loc("modalities") + 1, SUMMARY_WEIGHT, np.asarray(weights, np.float64))
+    return timeline
 
 
 def recording_summary(timeline: pd.DataFrame, labels: tuple[str, ...]) -> Summary:
@@ -100,18 +115,22 @@ class Prediction:
 
     timeline: one row per segment with columns start, end (seconds), text, face_present (share of sampled
         frames with a face; NaN without video), one probability column per emotion, label (top emotion),
-        modalities (comma-separated, the experts that had something there) and attribution_audio / _text / _video:
-        how much each modality moved the segment's answer (the label's log-probability less its log-probability
-        with that modality left out; NaN where it is absent). A segment with no modality at all has NaN
+        modalities (comma-separated, the experts that had something there), summary_weight (how much the segment
+        counts in the summary, a factor on its seconds: 1 where the voice speaks; for a segment that only a face or
+        words speak for, in a recording where the voice speaks elsewhere, as much as they would count beside the
+        voice, 0 where they show no more emotion than usual: see fusion.experts.late_fusion) and attribution_audio /
+        _text / _video: how much each modality moved the segment's answer (the label's log-probability less its
+        log-probability with that modality left out; NaN where it is absent). A segment with no modality at all has NaN
         probabilities and an empty label.
-    summary: the recording's :class:`Summary`, the duration-weighted mean over the predicted segments.
+    summary: the recording's :class:`Summary`, the mean over the predicted segments weighted by seconds times
+        summary_weight.
     damaged: (start, end) seconds of the recording that could not be decoded (damaged packets, skipped; audio
         there is silence, and no frame was sampled from them); empty for an intact file.
     turns: who speaks when (alignment.diarization.Turn), when the Predictor was asked for speakers; then the
         timeline has a speaker column after text ("S1", "S2", ... in order of first speech; "" where no one
         speaks) and an on_camera_speaking column after face_present (True: the face shown is the segment's
         speaker; False: it is someone else, whose face is then left out of the segment; None: unknown, without a
-        face or a speaker), and the summary has speakers: {speaker: Summary}, each the duration-weighted mean over
+        face or a speaker), and the summary has speakers: {speaker: Summary}, each the weighted mean over
         that speaker's segments, as the whole summary is over all of them.
     """
 
@@ -128,8 +147,8 @@ class Prediction:
 
     def segment_rows(self) -> list[dict]:
         """One plain record per segment, the timeline's columns in order (start, end, text, face_present, one
-        probability per label, label, modalities): NaN becomes None, so that every record is valid JSON, and
-        modalities stays the comma-separated string ("" where no modality has anything)."""
+        probability per label, label, modalities, summary_weight, attributions): NaN becomes None, so that every
+        record is valid JSON, and modalities stays the comma-separated string ("" where no modality has anything)."""
         rows = []
         for row in self.timeline.to_dict("records"):
             row = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
@@ -150,6 +169,7 @@ class Prediction:
                 **({"on_camera_speaking": row["on_camera_speaking"]} if "on_camera_speaking" in row else {}),
                 "probabilities": {e: row[e] for e in self.labels},
                 "label": row["label"] or None,
+                **({SUMMARY_WEIGHT: row[SUMMARY_WEIGHT]} if SUMMARY_WEIGHT in row else {}),
                 "attribution": {m: row[column] for m, column in ATTRIBUTION.items() if column in row},
             }
             for row in self.segment_rows()

@@ -34,7 +34,13 @@ from fusion.labels import MODALITIES
 from fusion.media.decoding import DEFAULT_FPS
 from fusion.media.features import FeatureExtractor, RecordingFeatures
 from fusion.media.streaming import CHUNK_S
-from fusion.serving.prediction import ATTRIBUTION, Prediction, recording_summary, segment_outcome
+from fusion.serving.prediction import (
+    ATTRIBUTION,
+    Prediction,
+    recording_summary,
+    segment_outcome,
+    with_summary_weights,
+)
 from fusion.serving.speakers import SpeakerEvidence, face_of_speakers_only, with_speakers
 
 CHECKPOINT_ENV = "FUSION_CHECKPOINT"
@@ -224,6 +230,7 @@ class Predictor:
             raise NoModalityError(path, "no audio track and no face in any sampled frame")
         timeline = pd.concat(parts, ignore_index=True)
         experts = {m: np.concatenate([o[m] for o in outputs]) for m in MODALITIES}
+        timeline = with_summary_weights(timeline, self.bundle.summary_weights(experts))
         summary = recording_summary(timeline, self.labels)
         return Prediction(path, end, self.labels, timeline, summary, timings, damaged, experts=experts)
 

@@ -28,6 +28,7 @@ from fusion.serving.prediction import (
     recording_summary,
     segment_outcome,
     weighted_summary,
+    with_summary_weights,
 )
 
 
@@ -76,7 +77,7 @@ def with_speakers(
     """The prediction with a speaker column (who says most of each utterance, who covers most of another segment;
     "" where no one speaks), an
     on_camera_speaking column (whether the face shown is that speaker: True, False or None for unknown, see
-    alignment.active_speaker.segments_on_camera) and, in its summary, the duration-weighted probabilities and label
+    alignment.active_speaker.segments_on_camera) and, in its summary, the weighted mean probabilities and label
     of each speaker's segments with whether they are on camera. on_camera: per speaker (speaker_on_camera); None:
     unknown for all."""
     on_camera = on_camera or {}
@@ -95,8 +96,8 @@ def with_speakers(
 def speaker_summaries(
     timeline: pd.DataFrame, labels: tuple[str, ...], on_camera: dict[str, bool | None]
 ) -> dict[str, Summary]:
-    """{speaker: its Summary} for each speaker of on_camera (whose value is kept): the duration-weighted mean over
-    that speaker's segments of timeline, with their seconds."""
+    """{speaker: its Summary} for each speaker of on_camera (whose value is kept): weighted_summary of that
+    speaker's segments of timeline, with their seconds."""
     return {
         speaker: dataclasses.replace(
             weighted_summary(timeline[timeline["speaker"] == speaker], labels), on_camera=shown
@@ -125,6 +126,9 @@ def face_of_speakers_only(prediction: Prediction, bundle: ExpertBundle) -> Predi
         outcome = segment_outcome(prediction.labels, p if has.any() else np.full_like(p, np.nan), has)
         outcome |= {ATTRIBUTION[m]: attribution[m][i] for m in MODALITIES}
         timeline.loc[row, list(outcome)] = list(outcome.values())
+    experts = {m: o.copy() for m, o in prediction.experts.items()}
+    experts["video"][rows] = np.nan
+    timeline = with_summary_weights(timeline, bundle.summary_weights(experts))
     on_camera = {name: theirs.on_camera for name, theirs in prediction.summary.speakers.items()}
     summary = recording_summary(timeline, prediction.labels)
     summary = dataclasses.replace(summary, speakers=speaker_summaries(timeline, prediction.labels, on_camera))

@@ -6,7 +6,8 @@ experts less that one: retraining without it and dropping it at inference are on
 
 Per recording, each expert scores each output segment from what the segment holds of its modality, exactly as
 fusion.predict does (fusion.experts.bundle.ExpertBundle.segment_probabilities); a subset's segments are pooled by
-the bundle's late fusion and averaged over the recording, weighted by segment duration (fusion.predict's summary).
+the bundle's late fusion and averaged over the recording as fusion.predict's summary weighs them (seconds times
+ExpertBundle.summary_weights).
 A recording with none of a subset's modalities gets the pooled prior's most likely class (the model's guess
 without evidence). The experts' outputs are cached per recording, keyed by its bytes and the bundle's id.
 
@@ -187,8 +188,9 @@ def _read(entry: Path) -> RecordingOutputs:
 def recording_probabilities(
     outputs: RecordingOutputs, bundle: ExpertBundle, subset: Sequence[str], replaced: Mapping[str, np.ndarray]
 ) -> np.ndarray | None:
-    """(len(EMOTIONS),) the subset's experts pooled per segment and averaged over the recording, weighted by
-    segment duration; None where no segment has any of the subset's modalities. replaced: {modality: (C,)
+    """(len(EMOTIONS),) the subset's experts pooled per segment and averaged over the recording as fusion.predict's
+    summary does (weighted by seconds times ExpertBundle.summary_weights); None where no segment has any of the
+    subset's modalities. replaced: {modality: (C,)
     probabilities} used instead of that expert's output in every segment where it is present."""
     experts = {}
     for modality in subset:
@@ -201,8 +203,10 @@ def recording_probabilities(
     keep = ~np.isnan(pooled).any(1)
     if not keep.any():
         return None
-    weights = outputs.durations[keep]
-    return (pooled[keep] * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+    weights = outputs.durations * bundle.summary_weights(experts)
+    if not (weights[keep] > 0).any():
+        return None
+    return (pooled[keep] * weights[keep, None]).sum(0) / weights[keep].sum()
 
 
 def run_expert_ablation(
