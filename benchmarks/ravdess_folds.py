@@ -77,6 +77,12 @@ def main() -> None:
         help="the expert standardises its inputs with each speaker's statistics (VoiceConfig.speaker_normalisation)",
     )
     parser.add_argument(
+        "--recordings-alone",
+        action="store_true",
+        help="with --speaker-normalisation: also train on each recording standardised alone "
+        "(VoiceTrainConfig.recordings_alone)",
+    )
+    parser.add_argument(
         "--examples-per-epoch",
         type=int,
         help="examples drawn per epoch (default: the test corpus's training files times the number of corpora)",
@@ -234,12 +240,18 @@ def _expert_run(args, corpora, features, variant, parts, seed, fold, train_rows,
             speaker_normalisation=args.speaker_normalisation,
         ),
         train_config=VoiceTrainConfig(
-            epochs=args.epochs, augment=not args.no_augment, bf16=args.bf16, seed=seed, examples_per_epoch=per_epoch
+            epochs=args.epochs,
+            augment=not args.no_augment,
+            bf16=args.bf16,
+            seed=seed,
+            examples_per_epoch=per_epoch,
+            recordings_alone=args.recordings_alone,
         ),
     )
     test = [corpora[test_corpus][i] for i in test_rows]
     members = f", {args.members} members" if args.members > 1 else ""
     members += ", speaker normalisation" if args.speaker_normalisation else ""
+    members += ", also each recording alone" if args.recordings_alone else ""
     # with speaker normalisation: each test speaker's recordings standardised together (a user's long interview),
     # and each recording alone (a short clip, as fusion.predict serves one)
     views = {"": [e.speaker for e in test]}
