@@ -203,10 +203,8 @@ def recording_probabilities(
     keep = ~np.isnan(pooled).any(1)
     if not keep.any():
         return None
-    weights = outputs.durations * bundle.summary_weights(experts)
-    if not (weights[keep] > 0).any():
-        return None
-    return (pooled[keep] * weights[keep, None]).sum(0) / weights[keep].sum()
+    weights = (outputs.durations * bundle.summary_weights(experts))[keep]
+    return (pooled[keep] * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
 
 
 def run_expert_ablation(
